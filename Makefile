@@ -1,0 +1,43 @@
+# One entry point for users and CI. Everything installs what it needs.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PKGS := clang llvm libbpf-dev iproute2 redis-server openssl curl procps
+BPF_OBJ := scheduler/bpf/dlba_tc.o
+
+.PHONY: install run test lint bench clean
+
+install: $(BIN)/dlba $(BPF_OBJ)
+
+.apt-stamp:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	$(PY) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt: installing$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@touch $@
+
+$(BIN)/dlba: .apt-stamp pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/pip install -q --upgrade pip >/dev/null 2>&1 || true
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+$(BPF_OBJ): scheduler/bpf/dlba_tc.c .apt-stamp
+	clang -O2 -g -target bpf -I/usr/include/$$(gcc -print-multiarch) -c $< -o $@
+
+run: install
+	$(BIN)/dlba up
+
+test: install
+	$(BIN)/ruff check dlba scheduler tests bench
+	$(BIN)/mypy dlba scheduler
+	$(BIN)/pytest -q -p no:cacheprovider tests
+
+bench: install
+	$(BIN)/python -m bench.run $(if $(QUICK),--quick,)
+
+clean:
+	rm -rf $(VENV) .apt-stamp $(BPF_OBJ) run
