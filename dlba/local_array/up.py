@@ -1,0 +1,311 @@
+"""`dlba up` and `dlba down`: a whole array on this machine, in network namespaces.
+
+With root: build the contract's topology, start a demo back end per back-end namespace and
+a `dlba node` per node namespace, wait until each answers, print the URLs, run until
+SIGINT/SIGTERM, remove everything. Without root: one node on loopback. `--detach` leaves
+the array running (for tests and scripts); `dlba down` removes it or a crashed run's rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import tomllib
+from pathlib import Path
+
+from dlba.local_array import config_gen, netns_builder, processes
+from dlba.local_array.config_gen import BackendEntry, NodeEntry, StatePaths
+from dlba.local_array.topology import (
+    ADMIN_PORT,
+    BACKEND_PORT,
+    DEFAULT_PREFIX,
+    REDIS_ADDRESS,
+    REDIS_PORT,
+    make_plan,
+)
+
+START_DEADLINE_S = 30.0
+# Stop order: nodes before back ends, so no node sees its back ends vanish and marks them
+# failed (noise in the logs of a clean shutdown).
+NODE_FIRST = [f"n{k}" for k in range(1, 100)]
+
+
+def node_command(config: Path, name: str) -> list[str]:
+    # sys.executable: the interpreter running `dlba up` (the venv's), whatever PATH says.
+    return [sys.executable, "-m", "dlba", "node", "--config", str(config), "--name", name]
+
+
+def backend_command(name: str, listen: str) -> list[str]:
+    return [sys.executable, "-m", "dlba", "demo-backend", "--name", name, "--listen", listen]
+
+
+def redis_command(state: StatePaths) -> list[str]:
+    data = state.root / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    # No persistence: the bus holds only what the nodes push while the array runs.
+    return [
+        "redis-server", "--bind", REDIS_ADDRESS, "--port", str(REDIS_PORT),
+        "--save", "", "--appendonly", "no", "--protected-mode", "no", "--dir", str(data),
+    ]  # fmt: skip
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog)
+    p.add_argument("--state", default="./run", help="state folder (default ./run)")
+    # Tests build private arrays under another prefix next to a user's `dlba-` array.
+    p.add_argument("--prefix", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def _up_parser() -> argparse.ArgumentParser:
+    p = _parser("dlba up")
+    p.add_argument("--config", help="run the nodes with this config instead of a generated one")
+    p.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
+    p.add_argument("--backends", type=int, default=3, help="number of demo back ends (default 3)")
+    p.add_argument("--redis", action="store_true", help="start redis-server as the config bus")
+    p.add_argument("--detach", action="store_true", help="start, print, exit; stop with dlba down")
+    p.add_argument(
+        "--host-access",
+        action="store_true",
+        help="give the front bridge 198.18.0.1 so this host's browser reaches the dashboard",
+    )
+    return p
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _user_config(path: str) -> tuple[Path, list[str], Path | None]:
+    """(absolute path, node names, token file) of a user's --config, read with tomllib."""
+    cfg = Path(path).resolve()
+    try:
+        data = tomllib.loads(cfg.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise _UsageError(f"{cfg}: cannot read: {exc}") from None
+    names = [str(n.get("name", "")) for n in data.get("nodes", [])]
+    if not names or not all(names):
+        raise _UsageError(f"{cfg}: nodes: at least one [[nodes]] with a name is needed")
+    token = data.get("admin", {}).get("token_file")
+    return cfg, names, (cfg.parent / token) if token else None
+
+
+def _wait_healthz(host: str, netns: str | None, watch: list[processes.Started]) -> None:
+    processes.wait_until(
+        lambda: processes.http_status(host, ADMIN_PORT, "/healthz", netns) == 200,
+        START_DEADLINE_S,
+        f"http://{host}:{ADMIN_PORT}/healthz" + (f" in {netns}" if netns else ""),
+        watch,
+    )
+
+
+def _live_recorded(state: StatePaths) -> list[str]:
+    return [n for n, pid, st in processes.recorded(state.root) if processes.alive(pid, st)]
+
+
+def _stop_all(state: StatePaths, prefix: str | None) -> netns_builder.Removed:
+    processes.stop_recorded(state.root, order=NODE_FIRST)
+    return netns_builder.teardown(prefix) if prefix else netns_builder.Removed()
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+def _banner(lines: list[str]) -> None:
+    print("\n".join(lines), flush=True)
+
+
+def _up_netns(args: argparse.Namespace, state: StatePaths) -> int:
+    if _live_recorded(state):
+        print(f"dlba up: an array is already running from {state.root}; run dlba down first")
+        return 2
+    found = netns_builder.leftovers(args.prefix)
+    if found:
+        print(f"dlba up: removing what an earlier run left ({found.summary()})")
+        _stop_all(state, args.prefix)
+
+    user_token: Path | None = None
+    if args.config:
+        config, names, user_token = _user_config(args.config)
+        plan = make_plan(len(names), args.backends, prefix=args.prefix, redis=args.redis,
+                         host_access=args.host_access)  # fmt: skip
+    else:
+        plan = make_plan(args.nodes, args.backends, prefix=args.prefix, redis=args.redis,
+                         host_access=args.host_access)  # fmt: skip
+        names = [plan.node_name(k) for k in range(1, plan.nodes + 1)]
+        config = state.config
+    cert_names, cert_ips = config_gen.cert_subjects(plan)
+    config_gen.write_state(state, config_gen.config_for_plan(plan), cert_names, cert_ips)
+    state.array_file.write_text(json.dumps({
+        "mode": "netns", "prefix": plan.prefix, "nodes": names, "backends": plan.backends,
+        "redis": plan.redis, "config": str(config),
+        "admin": [f"http://{plan.node_front(k)}:{ADMIN_PORT}" for k in range(1, plan.nodes + 1)],
+    }) + "\n")  # fmt: skip
+
+    netns_builder.build(plan)
+    detached = False
+    try:
+        started: list[processes.Started] = []
+        if plan.redis:
+            r = processes.start("redis", redis_command(state), state.root, plan.redis_ns)
+            started.append(r)
+            processes.wait_for_port(REDIS_ADDRESS, REDIS_PORT, plan.redis_ns, START_DEADLINE_S, [r])
+        for j in range(1, plan.backends + 1):
+            name = plan.backend_name(j)
+            cmd = backend_command(name, plan.backend_endpoint(j))
+            started.append(processes.start(name, cmd, state.root, plan.backend_ns(j)))
+        for j in range(1, plan.backends + 1):
+            # Checked from node 1's namespace: proves the back-end network, not just the server.
+            processes.wait_for_port(plan.backend_address(j), BACKEND_PORT, plan.node_ns(1),
+                                    START_DEADLINE_S, started)  # fmt: skip
+        for k, name in enumerate(names, start=1):
+            cmd = node_command(config, name)
+            started.append(processes.start(name, cmd, state.root, plan.node_ns(k)))
+        for k in range(1, plan.nodes + 1):
+            _wait_healthz(plan.node_front(k), plan.client_ns, started)
+
+        token = (user_token or state.token).read_text().strip()
+        ca = state.certs / "ca.pem"
+        curl = f"ip netns exec {plan.client_ns} curl"
+        _banner([
+            f"DLBA array up: {plan.nodes} nodes, {plan.backends} back ends"
+            + (", redis" if plan.redis else "") + f" (state {state.root})",
+            f"  VIP        http://{plan.vip}/   https://{plan.vip}/",
+            f"  dashboard  {plan.admin_url(1)}?token={token}"
+            + ("" if plan.host_address else "   (from this host: add --host-access)"),
+            f"  try        {curl} -s http://{plan.vip}/whoami",
+            f"             {curl} -s --cacert {ca} https://{plan.vip}/whoami",
+            f"  logs       {state.logs}/",
+            "dlba down stops it." if args.detach else "Ctrl-C stops and removes the array.",
+        ])  # fmt: skip
+        if args.detach:
+            detached = True
+            return 0
+        _wait_for_signal()
+        print("dlba up: stopping", flush=True)
+        return 0
+    finally:
+        if not detached:
+            _stop_all(state, plan.prefix)
+
+
+def _free_port(preferred: int) -> int:
+    """`preferred` if it is free on 127.0.0.1, else any free port."""
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise OSError("no free port on 127.0.0.1")
+
+
+def _up_loopback(args: argparse.Namespace, state: StatePaths) -> int:
+    print("dlba up: network namespaces need root; running one node on loopback instead "
+          "(run as root for the whole array)", flush=True)  # fmt: skip
+    if _live_recorded(state):
+        print(f"dlba up: an array is already running from {state.root}; run dlba down first")
+        return 2
+    http, tls, admin = _free_port(8000), _free_port(8443), _free_port(ADMIN_PORT)
+    ports = [_free_port(18080 + j) for j in range(1, args.backends + 1)]
+    node = NodeEntry("n1", "127.0.0.1", (f"127.0.0.1:{http}",), (f"127.0.0.1:{tls}",))
+    backends = [BackendEntry(j, f"127.0.0.1:{p}") for j, p in enumerate(ports, start=1)]
+    text = config_gen.render_config([node], backends, vip=None,
+                                    admin_listen=f"127.0.0.1:{admin}")  # fmt: skip
+    config_gen.write_state(state, text, *config_gen.cert_subjects(None))
+    config = Path(args.config).resolve() if args.config else state.config
+    state.array_file.write_text(json.dumps({
+        "mode": "loopback", "prefix": None, "nodes": ["n1"], "backends": len(ports),
+        "config": str(config), "admin": [f"http://127.0.0.1:{admin}"],
+    }) + "\n")  # fmt: skip
+    detached = False
+    try:
+        started = [
+            processes.start(f"b{j}", backend_command(f"b{j}", f"127.0.0.1:{p}"), state.root)
+            for j, p in enumerate(ports, start=1)
+        ]
+        for p in ports:
+            processes.wait_for_port("127.0.0.1", p, None, START_DEADLINE_S, started)
+        started.append(processes.start("n1", node_command(config, "n1"), state.root))
+        _wait_healthz("127.0.0.1", None, started)
+        token = config_gen.read_token(state)
+        _banner([
+            f"DLBA node up on loopback in front of {len(ports)} back ends "
+            f"({', '.join(f'127.0.0.1:{p}' for p in ports)}; state {state.root})",
+            f"  HTTP       http://127.0.0.1:{http}/   https://127.0.0.1:{tls}/",
+            f"  dashboard  http://127.0.0.1:{admin}/?token={token}",
+            f"  try        curl -s http://127.0.0.1:{http}/whoami",
+            "dlba down stops it." if args.detach else "Ctrl-C stops it.",
+        ])  # fmt: skip
+        if args.detach:
+            detached = True
+            return 0
+        _wait_for_signal()
+        return 0
+    finally:
+        if not detached:
+            _stop_all(state, None)
+
+
+def up_main(argv: list[str]) -> int:
+    args = _up_parser().parse_args(argv)
+    args.prefix = args.prefix or DEFAULT_PREFIX
+    state = StatePaths(Path(args.state).resolve())
+    try:
+        if os.geteuid() != 0:
+            return _up_loopback(args, state)
+        return _up_netns(args, state)
+    except (_UsageError, ValueError) as exc:
+        print(f"dlba up: {exc}", file=sys.stderr)
+        return 2
+    except (RuntimeError, TimeoutError, FileExistsError, OSError) as exc:
+        print(f"dlba up: {exc}", file=sys.stderr)
+        return 1
+
+
+def down_main(argv: list[str]) -> int:
+    """Stop what `dlba up` recorded in the state folder and remove every `<prefix>*`
+    namespace and bridge, whether or not the state folder still exists."""
+    args = _parser("dlba down").parse_args(argv)
+    state = StatePaths(Path(args.state).resolve())
+    # An explicit --prefix (tests) names the only array to touch; otherwise the contract's
+    # `dlba-` plus whatever prefix the state folder says its array used.
+    prefixes = [args.prefix] if args.prefix else [DEFAULT_PREFIX]
+    if not args.prefix:
+        try:
+            recorded_prefix = json.loads(state.array_file.read_text()).get("prefix")
+        except (OSError, ValueError):
+            recorded_prefix = None
+        if isinstance(recorded_prefix, str) and recorded_prefix not in prefixes:
+            prefixes.append(recorded_prefix)
+    if os.geteuid() != 0:
+        # Without root only the loopback mode's processes can be ours to stop.
+        stopped = processes.stop_recorded(state.root)
+        print(f"dlba down: stopped {len(stopped)} processes")
+        if any(netns_builder.leftovers(p).namespaces for p in prefixes):
+            print("dlba down: array namespaces exist; removing them needs root")
+            return 1
+        return 0
+    stopped = processes.stop_recorded(state.root, order=NODE_FIRST)
+    removed = netns_builder.Removed()
+    for prefix in prefixes:
+        r = netns_builder.teardown(prefix)
+        removed.processes += r.processes
+        removed.namespaces += r.namespaces
+        removed.links += r.links
+    state.array_file.unlink(missing_ok=True)
+    if stopped or removed:
+        print(f"dlba down: stopped {len(stopped)} recorded processes; removed {removed.summary()}")
+    else:
+        print("dlba down: nothing to remove")
+    return 0
