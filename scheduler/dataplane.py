@@ -1,0 +1,135 @@
+"""The scheduler's data plane: one interface, two implementations.
+
+* eBPF (scheduler/dataplane_ebpf.py): a tc ingress program on `front`; the default.
+* AF_PACKET (scheduler/dataplane_afpacket.py): the same decisions in pure Python, chosen
+  automatically, with a one-line warning, where the BPF program cannot load.
+
+Typical use by the scheduler role (inside the scheduler node's network namespace):
+
+    dp = make_dataplane("front", "198.18.0.100", buckets=4096)
+    dp.install()
+    dp.set_nodes({0: mac_n1, 1: mac_n2, 2: mac_n3})
+    dp.set_self(2, mac_n3)
+    dp.set_port_rules({80, 443}, {9000: 0}, default_node=None)
+    dp.set_deny(["203.0.113.0/24"])
+    dp.set_assignments(table)          # whenever the client table changes
+    ... dp.last_access_ns(), dp.counters() ...
+    dp.close()
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from scheduler.frame_decision import MAX_NODES
+
+log = logging.getLogger("dlba.dataplane")
+
+
+@dataclass
+class DataPlaneCounters:
+    """Totals since install: packets per node index (self included) and drops by reason."""
+
+    packets: dict[int, int] = field(default_factory=dict)
+    drops: dict[str, int] = field(default_factory=dict)  # acl, port, no_node
+    redirected: int = 0  # frames sent on to another node
+    passed_self: int = 0  # frames this node kept (owner == self)
+    passed_other: int = 0  # non-TCP/UDP to the VIP, kept (ICMP)
+    fragments: int = 0
+    malformed: int = 0
+
+
+class DataPlane(Protocol):
+    def install(self) -> None:
+        """Attach to the front interface (clsact ingress) in the current network namespace."""
+
+    def set_nodes(self, macs: Mapping[int, bytes]) -> None:
+        """Node index (0..N-1, config order) -> MAC; indexes not listed become unknown."""
+
+    def set_self(self, index: int, own_mac: bytes) -> None:
+        """Which node index this scheduler is, and the MAC of its front interface."""
+
+    def set_assignments(self, table: Sequence[int]) -> None:
+        """Bucket -> node index (-1: nobody); len == buckets; swapped in atomically."""
+
+    def set_port_rules(
+        self, balanced: Collection[int], pinned: Mapping[int, int], default_node: int | None
+    ) -> None:
+        """VIP port rules (seed 001); before the first call ports 80 and 443 are balanced."""
+
+    def set_deny(self, cidrs: Sequence[str]) -> None:
+        """IPv4 source CIDRs dropped in the data plane and counted (seed 000)."""
+
+    def last_access_ns(self) -> list[int]:
+        """Per bucket, CLOCK_MONOTONIC ns of the last packet (0 = never)."""
+
+    def counters(self) -> DataPlaneCounters: ...
+
+    def close(self) -> None:
+        """Detach and remove everything install() made."""
+
+
+def validate_mac(mac: bytes) -> bytes:
+    if not isinstance(mac, bytes | bytearray) or len(mac) != 6:
+        raise ValueError(f"a MAC is 6 bytes, got {mac!r}")
+    return bytes(mac)
+
+
+def validate_node(index: int, what: str = "node index") -> int:
+    if not 0 <= index < MAX_NODES:
+        raise ValueError(f"{what} {index} outside 0..{MAX_NODES - 1}")
+    return index
+
+
+def validate_table(table: Sequence[int], buckets: int) -> list[int]:
+    if len(table) != buckets:
+        raise ValueError(f"table has {len(table)} buckets, the data plane {buckets}")
+    out = []
+    for node in table:
+        out.append(-1 if node < 0 else validate_node(node, "table entry"))
+    return out
+
+
+def validate_ports(
+    balanced: Collection[int], pinned: Mapping[int, int], default_node: int | None
+) -> None:
+    for port in [*balanced, *pinned]:
+        if not 0 <= port <= 0xFFFF:
+            raise ValueError(f"port {port} outside 0..65535")
+    both = set(balanced) & set(pinned)
+    if both:
+        raise ValueError(f"ports both balanced and pinned: {sorted(both)}")
+    for node in pinned.values():
+        validate_node(node, "pinned node")
+    if default_node is not None:
+        validate_node(default_node, "default node")
+
+
+def validate_cidrs(cidrs: Sequence[str]) -> list[ipaddress.IPv4Network]:
+    return [ipaddress.IPv4Network(c, strict=False) for c in cidrs]
+
+
+def make_dataplane(ifname: str, vip: str, buckets: int, prefer: str = "ebpf") -> DataPlane:
+    """The eBPF data plane, or the AF_PACKET one when BPF cannot load (one warning line).
+
+    prefer="afpacket" skips eBPF. The BPF object is loaded (verified) here, so a failure shows
+    now rather than at install()."""
+    if prefer not in ("ebpf", "afpacket"):
+        raise ValueError(f"prefer must be 'ebpf' or 'afpacket', not {prefer!r}")
+    ipaddress.IPv4Address(vip)
+    if buckets <= 0:
+        raise ValueError("buckets must be positive")
+    from scheduler.dataplane_afpacket import AfPacketDataPlane
+
+    if prefer == "ebpf":
+        try:
+            from scheduler.dataplane_ebpf import EbpfDataPlane
+
+            return EbpfDataPlane(ifname, vip, buckets)
+        except OSError as exc:
+            log.warning("eBPF data plane unavailable (%s); using AF_PACKET fallback", exc)
+    return AfPacketDataPlane(ifname, vip, buckets)

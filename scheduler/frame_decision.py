@@ -1,0 +1,156 @@
+"""The scheduler's routing decision for one Ethernet frame, as pure code (no I/O).
+
+This is the Route/Load Balance Pkts module of patent 003 (Fig. 9, 906) over the Client IP Hash
+Table (Fig. 4). scheduler/bpf/dlba_tc.c implements the very same decision in the kernel; the
+AF_PACKET fallback calls `decide` per frame, and tests/array/test_bpf_prog.py checks the eBPF
+program against this module frame by frame. Read dlba_tc.c's header comment for the order of
+checks and the reasoning on fragments.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+MAX_NODES = 64  # DLBA_MAX_NODES in dlba_tc.h
+NO_NODE = 0xFFFFFFFF
+ETH_HLEN = 14
+ETH_P_IP = 0x0800
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+
+
+class Action(Enum):
+    PASS = "pass"  # up this machine's own stack, untouched
+    DROP = "drop"
+    FORWARD = "forward"  # MACs rewritten, sent back out of the front interface
+
+
+class Reason(Enum):
+    NOT_OURS = "not_ours"  # not IPv4 to the VIP addressed to our MAC: none of our business
+    MALFORMED = "malformed"  # to the VIP but too short or a bad header: the kernel drops it
+    ACL = "acl"
+    OTHER_PROTO = "other_proto"  # ICMP etc. to the VIP: the scheduler node answers itself
+    PORT = "port"  # no rule for the port and no default node
+    NO_NODE = "no_node"  # owner unknown (no MAC) or the bucket has no owner
+    NOT_CONFIGURED = "not_configured"  # no client table yet
+    SELF = "self"
+    FORWARD = "forward"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: Action
+    reason: Reason
+    node: int | None = None  # the node chosen, when one was
+    bucket: int | None = None  # the client-table bucket used, when one was
+    fragment: bool = False
+
+
+def bucket_of(src_ip: int, src_port: int, buckets: int) -> int:
+    """Patent 003 Fig. 4 and the contract: (client IPv4 as unsigned u32 + client port) % size."""
+    return (src_ip + src_port) % buckets
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Everything the decision reads: the same state the eBPF maps hold."""
+
+    vip: bytes  # 4 bytes, network order
+    buckets: int
+    table: Sequence[int] | None = None  # bucket -> node index (NO_NODE or -1: nobody)
+    self_index: int | None = None
+    own_mac: bytes = b"\0" * 6
+    node_macs: Mapping[int, bytes] = field(default_factory=dict)
+    balanced: Collection[int] = frozenset({80, 443})
+    pinned: Mapping[int, int] = field(default_factory=dict)
+    default_node: int | None = None
+    deny: tuple[tuple[int, int, frozenset[int]], ...] = ()  # see compile_deny
+
+    @staticmethod
+    def compile_deny(cidrs: Sequence[str]) -> tuple[tuple[int, int, frozenset[int]], ...]:
+        """CIDRs grouped by prefix length: a lookup costs one set probe per distinct length."""
+        by_len: dict[int, set[int]] = {}
+        for text in cidrs:
+            net = ipaddress.IPv4Network(text, strict=False)
+            by_len.setdefault(net.prefixlen, set()).add(int(net.network_address))
+        return tuple(
+            (plen, (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF, frozenset(addrs))
+            for plen, addrs in sorted(by_len.items(), reverse=True)
+        )
+
+
+def denied(src_ip: int, deny: tuple[tuple[int, int, frozenset[int]], ...]) -> bool:
+    return any((src_ip & mask) in addrs for _plen, mask, addrs in deny)
+
+
+_ETH = struct.Struct("!6s6sH")
+_IP = struct.Struct("!BBHHHBBH4s4s")
+_PORTS = struct.Struct("!HH")
+
+
+def decide(frame: bytes | bytearray | memoryview, rules: Rules) -> Verdict:
+    """The verdict for one frame arriving on the front interface."""
+    if len(frame) < ETH_HLEN + 20:
+        return Verdict(Action.PASS, Reason.NOT_OURS)
+    dst_mac, _src_mac, proto = _ETH.unpack_from(frame, 0)
+    if proto != ETH_P_IP:
+        return Verdict(Action.PASS, Reason.NOT_OURS)
+    vihl, _tos, _tot, _id, frag, _ttl, l4proto, _csum, saddr, daddr = _IP.unpack_from(
+        frame, ETH_HLEN
+    )
+    if daddr != rules.vip or dst_mac != rules.own_mac:
+        return Verdict(Action.PASS, Reason.NOT_OURS)
+    ihl = vihl & 0x0F
+    if vihl >> 4 != 4 or ihl < 5:
+        return Verdict(Action.PASS, Reason.MALFORMED)
+    src = int.from_bytes(saddr, "big")
+    if rules.deny and denied(src, rules.deny):
+        return Verdict(Action.DROP, Reason.ACL)
+    if l4proto not in (IPPROTO_TCP, IPPROTO_UDP):
+        return Verdict(Action.PASS, Reason.OTHER_PROTO)
+
+    fragment = bool(frag & 0x3FFF)  # MF or a fragment offset
+    if fragment:
+        sport, balanced, node = 0, True, None  # every piece hashed with port 0 (see dlba_tc.c)
+    else:
+        l4off = ETH_HLEN + ihl * 4
+        if len(frame) < l4off + 4:
+            return Verdict(Action.PASS, Reason.MALFORMED)
+        sport, dport = _PORTS.unpack_from(frame, l4off)
+        balanced = dport in rules.balanced
+        node = None if balanced else rules.pinned.get(dport)
+        if not balanced and node is None:
+            if rules.default_node is None:
+                return Verdict(Action.DROP, Reason.PORT)
+            node = rules.default_node
+
+    bucket = None
+    if balanced:
+        if rules.table is None or rules.buckets <= 0:
+            return Verdict(Action.PASS, Reason.NOT_CONFIGURED, fragment=fragment)
+        bucket = bucket_of(src, sport, rules.buckets)
+        node = rules.table[bucket]
+    assert node is not None
+    return _deliver(rules, node, bucket, fragment)
+
+
+def _deliver(rules: Rules, node: int, bucket: int | None, fragment: bool) -> Verdict:
+    if node < 0 or node >= MAX_NODES:
+        return Verdict(Action.DROP, Reason.NO_NODE, None, bucket, fragment)
+    if node == rules.self_index:
+        return Verdict(Action.PASS, Reason.SELF, node, bucket, fragment)
+    if node not in rules.node_macs:
+        return Verdict(Action.DROP, Reason.NO_NODE, node, bucket, fragment)
+    return Verdict(Action.FORWARD, Reason.FORWARD, node, bucket, fragment)
+
+
+def rewrite_macs(frame: bytes | bytearray, dst_mac: bytes, src_mac: bytes) -> bytearray:
+    """The only change the scheduler makes to a forwarded frame (patent: 'packet unchanged')."""
+    out = bytearray(frame)
+    out[0:6] = dst_mac
+    out[6:12] = src_mac
+    return out
