@@ -160,7 +160,12 @@ class Config:
         return None
 
     def read_secret(self) -> bytes:
-        return _read_file_value(self, "cluster.secret_file", self.cluster.secret_file).encode()
+        """The HMAC key shared by the array: hex text in the file (as `dlba certs init` makes)."""
+        text = _read_file_value(self, "cluster.secret_file", self.cluster.secret_file)
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            return text.encode()
 
     def read_admin_token(self) -> str:
         return _read_file_value(self, "admin.token_file", self.admin.token_file)

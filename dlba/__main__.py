@@ -1,0 +1,5 @@
+import sys
+
+from dlba.cli import main
+
+sys.exit(main())

@@ -1,0 +1,220 @@
+"""Keepalive connections to one back end, and the protocol that reads its responses.
+
+Written on asyncio protocols with httptools (llhttp) rather than aiohttp's client because the
+proxy must stream each response to a client transport with flow control and reuse the
+connection for the next client's request without a per-request session or task; aiohttp's
+client allocates a ClientResponse, a StreamReader and a task per request, which is where a
+naive aiohttp proxy spends most of its time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Protocol, cast
+
+import httptools
+
+log = logging.getLogger("dlba.backend")
+
+
+class ResponseSink(Protocol):
+    """What a back-end connection reports to the exchange that is using it."""
+
+    def on_response_head(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool,
+        chunked: bool, has_length: bool,
+    ) -> None: ...
+    def on_response_body(self, data: bytes) -> None: ...
+    def on_response_complete(self) -> None: ...
+    def on_tunnel_data(self, data: bytes) -> None: ...
+    def on_backend_lost(self, exc: Exception | None, got_bytes: bool) -> None: ...
+    def on_backend_writable(self, writable: bool) -> None: ...
+
+
+class BackendConnection(asyncio.Protocol):
+    """One TCP connection to a back end; idle in its pool or bound to one exchange."""
+
+    def __init__(self, pool: BackendPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.sink: ResponseSink | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.head_request = False
+        self.got_bytes = False
+        self.tunnel = False
+        self.closed = False
+        self.reused = 0
+        self.idle_since = 0.0
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+
+    # --- asyncio.Protocol -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.got_bytes = True
+        sink = self.sink
+        if self.tunnel:
+            if sink is not None:
+                sink.on_tunnel_data(data)
+            return
+        if sink is None:
+            # A back end must not talk while idle; whatever it is, the connection is unusable.
+            self.abort()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self.tunnel = True
+            rest = data[int(e.args[0]) :]
+            if rest and self.sink is not None:
+                self.sink.on_tunnel_data(rest)
+        except httptools.HttpParserError as e:
+            log.warning("event=backend_protocol_error backend=%s error=%r", self.pool.name, e)
+            self.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            sink.on_backend_lost(exc, self.got_bytes)
+
+    def pause_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.on_backend_writable(False)
+
+    def resume_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.on_backend_writable(True)
+
+    # --- httptools callbacks ----------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._headers = []
+
+    def on_status(self, status: bytes) -> None:
+        self._reason = status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        headers = self._headers
+        chunked = has_length = False
+        for name, value in headers:
+            low = name.lower()
+            if low == b"content-length":
+                has_length = True
+            elif low == b"transfer-encoding" and b"chunked" in value.lower():
+                chunked = True
+        if self.sink is not None:
+            self.sink.on_response_head(
+                status, self._reason, headers, self.parser.should_keep_alive(), chunked,
+                has_length,
+            )
+        if self.head_request and status >= 200:
+            # httptools cannot be told that a HEAD response has no body, so the message is
+            # ended here and the parser replaced before the next response arrives.
+            self.parser = httptools.HttpResponseParser(self)
+            self._finish()
+
+    def on_body(self, body: bytes) -> None:
+        if self.sink is not None:
+            self.sink.on_response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.parser.get_status_code() < 200 or self.head_request:
+            return  # 1xx: the final response follows on the same connection
+        self._finish()
+
+    def _finish(self) -> None:
+        sink, self.sink = self.sink, None
+        self.head_request = False
+        if sink is not None:
+            sink.on_response_complete()
+
+    # --- used by the exchange ---------------------------------------------------------------
+    def bind(self, sink: ResponseSink, head_request: bool) -> None:
+        self.sink = sink
+        self.head_request = head_request
+        self.got_bytes = False
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class BackendPool:
+    """Idle keepalive connections to one back end, most recently used first."""
+
+    def __init__(
+        self, backend_id: int, host: str, port: int, *, max_idle: int, idle_timeout_s: float,
+        connect_timeout_s: float,
+    ) -> None:
+        self.backend_id = backend_id
+        self.host = host
+        self.port = port
+        self.name = f"{backend_id}@{host}:{port}"
+        self.max_idle = max_idle
+        self.idle_timeout_s = idle_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.idle: deque[BackendConnection] = deque()
+        self.closed = False
+
+    def take_idle(self) -> BackendConnection | None:
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.closed:
+                conn.reused += 1
+                return conn
+        return None
+
+    async def connect(self) -> BackendConnection:
+        loop = asyncio.get_running_loop()
+        _, proto = await asyncio.wait_for(
+            loop.create_connection(lambda: BackendConnection(self), self.host, self.port),
+            self.connect_timeout_s,
+        )
+        return proto
+
+    def release(self, conn: BackendConnection, now: float) -> None:
+        if self.closed or conn.closed or len(self.idle) >= self.max_idle:
+            conn.abort()
+            return
+        conn.sink = None
+        conn.idle_since = now
+        self.idle.append(conn)
+
+    def forget(self, conn: BackendConnection) -> None:
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    def expire(self, now: float) -> None:
+        """Close connections idle for longer than the back end is likely to keep them."""
+        while self.idle and now - self.idle[0].idle_since > self.idle_timeout_s:
+            self.idle.popleft().abort()
+
+    def close(self) -> None:
+        self.closed = True
+        while self.idle:
+            self.idle.pop().abort()

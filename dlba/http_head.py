@@ -1,0 +1,187 @@
+"""Pure rewriting of HTTP/1.1 message heads between a client and a back end (no I/O).
+
+The proxy re-frames every message: hop-by-hop headers never cross it (RFC 9110 §7.6.1),
+the body framing to each side is chosen by the proxy, and the forwarding headers are set
+from the connection the proxy itself saw, so a client cannot forge its own address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+Headers = list[tuple[bytes, bytes]]
+
+# Lower-case names that describe one hop only; `Connection` may name more at run time.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"forwarded"})
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+_REASONS = {
+    200: b"OK",
+    400: b"Bad Request",
+    403: b"Forbidden",
+    404: b"Not Found",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+
+@dataclass(frozen=True)
+class TrustedProxies:
+    """Peers whose own X-Forwarded-For is kept and appended to, instead of replaced."""
+
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    @classmethod
+    def parse(cls, cidrs: Iterable[str]) -> TrustedProxies:
+        return cls(tuple(ipaddress.ip_network(c, strict=False) for c in cidrs))
+
+    def __contains__(self, peer: object) -> bool:
+        if not self.networks or not isinstance(peer, str):
+            return False
+        try:
+            addr = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(addr in n for n in self.networks)
+
+
+def connection_tokens(headers: Sequence[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return frozenset(tokens)
+
+
+def header_value(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """First value of a header; `name` must be lower-case."""
+    for n, v in headers:
+        if n.lower() == name:
+            return v
+    return None
+
+
+def request_head(
+    method: bytes,
+    target: bytes,
+    headers: Sequence[tuple[bytes, bytes]],
+    *,
+    client_ip: str,
+    scheme: bytes,
+    trusted: TrustedProxies,
+    chunked: bool,
+    upgrade: bool,
+) -> bytes:
+    """The head sent to a back end: HTTP/1.1, keepalive, forwarding headers set by us."""
+    drop = HOP_BY_HOP | connection_tokens(headers)
+    keep_forwarded = client_ip in trusted
+    out = [method, b" ", target, b" HTTP/1.1\r\n"]
+    prior_xff: bytes | None = None
+    prior_fwd: bytes | None = None
+    upgrade_value: bytes | None = None
+    for name, value in headers:
+        low = name.lower()
+        if low in FORWARDING:
+            if keep_forwarded and low == b"x-forwarded-for":
+                prior_xff = value if prior_xff is None else prior_xff + b", " + value
+            elif keep_forwarded and low == b"forwarded":
+                prior_fwd = value if prior_fwd is None else prior_fwd + b", " + value
+            elif keep_forwarded and low == b"x-forwarded-proto":
+                out += [name, b": ", value, b"\r\n"]
+            continue
+        if low in drop:
+            if low == b"upgrade":
+                upgrade_value = value
+            continue
+        out += [name, b": ", value, b"\r\n"]
+    ip = client_ip.encode()
+    out += [b"X-Forwarded-For: ", prior_xff + b", " + ip if prior_xff else ip, b"\r\n"]
+    if not keep_forwarded:
+        out += [b"X-Forwarded-Proto: ", scheme, b"\r\n"]
+    node = b'"[' + ip + b']"' if b":" in ip else ip
+    fwd = b"for=" + node + b";proto=" + scheme
+    out += [b"Forwarded: ", prior_fwd + b", " + fwd if prior_fwd else fwd, b"\r\n"]
+    if upgrade and upgrade_value is not None:
+        out += [b"Connection: upgrade\r\nUpgrade: ", upgrade_value, b"\r\n"]
+    if chunked:
+        out.append(b"Transfer-Encoding: chunked\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+def response_head(
+    status: int,
+    reason: bytes,
+    headers: Sequence[tuple[bytes, bytes]],
+    extra: Sequence[tuple[bytes, bytes]],
+    *,
+    chunked: bool,
+    keep_alive: bool,
+    upgrade: bool,
+) -> bytes:
+    """The head sent to the client. `extra` carries injected headers (Set-Cookie)."""
+    drop = HOP_BY_HOP | connection_tokens(headers)
+    out = [b"HTTP/1.1 ", str(status).encode(), b" ", reason or _REASONS.get(status, b"-"), b"\r\n"]
+    upgrade_value = None
+    for name, value in headers:
+        low = name.lower()
+        if low in drop:
+            if low == b"upgrade":
+                upgrade_value = value
+            continue
+        out += [name, b": ", value, b"\r\n"]
+    for name, value in extra:
+        out += [name, b": ", value, b"\r\n"]
+    if upgrade and upgrade_value is not None:
+        out += [b"Connection: upgrade\r\nUpgrade: ", upgrade_value, b"\r\n"]
+    elif not keep_alive:
+        out.append(b"Connection: close\r\n")
+    if chunked:
+        out.append(b"Transfer-Encoding: chunked\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+def error_response(status: int, message: str, *, close: bool = True) -> bytes:
+    """A complete small response the proxy makes itself (400, 408, 431, 502, 503...)."""
+    body = f"{status} {_REASONS.get(status, b'-').decode()}: {message}\n".encode()
+    head = [
+        b"HTTP/1.1 ",
+        str(status).encode(),
+        b" ",
+        _REASONS.get(status, b"-"),
+        b"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ",
+        str(len(body)).encode(),
+        b"\r\nCache-Control: no-store\r\n",
+        b"Connection: close\r\n" if close else b"",
+        b"\r\n",
+    ]
+    return b"".join(head) + body
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"

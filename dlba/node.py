@@ -1,0 +1,173 @@
+"""`dlba node`: one member of the array — the proxy listeners, the admin API, back-end checks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import ssl
+import sys
+from typing import Any
+
+from aiohttp import web
+
+from dlba import tls
+from dlba.admin_api import make_admin_app, own_node_row
+from dlba.backend_checks import BackendChecks
+from dlba.client_connection import ClientConnection
+from dlba.config import Config, ConfigError, HostPort, load_config, parse_host_port
+from dlba.metrics import NodeCollector
+from dlba.proxy_context import ProxyContext
+
+events = logging.getLogger("dlba.event")
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    if config.tls.cert is None or config.tls.key is None:
+        return None
+    sni = {name: (s.cert, s.key) for s in config.tls.sni for name in s.names}
+    return tls.server_context(config.tls.cert, config.tls.key, sni)
+
+
+def listen_socket(addr: HostPort) -> socket.socket:
+    """A listening socket shared by worker processes of the node (SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    # The VIP may be bound before the address is configured on this host (failover).
+    sock.setsockopt(socket.SOL_IP, 15, 1)  # IP_FREEBIND
+    sock.bind((addr.host, addr.port))
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+class NodeRuntime:
+    """A running node; also the admin API's view of it."""
+
+    def __init__(self, config: Config, name: str) -> None:
+        self.config = config
+        self.name = name
+        self.address = config.node(name).address
+        self.config_version = 1
+        self.loop = asyncio.get_running_loop()
+        self.ctx = ProxyContext(config, name, self.loop)
+        self.collector = NodeCollector(name, self.ctx.stats, lambda: self.ctx.table)
+        self.checks = BackendChecks(self.ctx)
+        self.servers: list[asyncio.AbstractServer] = []
+        self.admin_runner: web.AppRunner | None = None
+        self.stopped = asyncio.Event()
+        self._janitor: asyncio.Task[None] | None = None
+
+    # --- NodeView ---------------------------------------------------------------------------
+    def role(self) -> str:
+        return "server"
+
+    def scheduler_name(self) -> str | None:
+        return None
+
+    def table_version(self) -> int:
+        return 0
+
+    def node_rows(self) -> list[dict[str, Any]]:
+        return [own_node_row(self)]
+
+    # --- life cycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.config
+        node = cfg.node(self.name)
+        ssl_ctx = tls_context(cfg)
+        loop = self.loop
+        for addr in node.listen:
+            self.servers.append(await loop.create_server(
+                lambda: ClientConnection(self.ctx, b"http"), sock=listen_socket(addr),
+            ))
+        for addr in node.listen_tls:
+            self.servers.append(await loop.create_server(
+                lambda: ClientConnection(self.ctx, b"https"), sock=listen_socket(addr),
+                ssl=ssl_ctx, ssl_handshake_timeout=cfg.proxy.header_timeout_s,
+            ))
+        admin_addr = node.admin or parse_host_port(cfg.admin.listen, default_host=node.address)
+        if cfg.admin.listen.startswith(":") and node.admin is None and not cfg.cluster.vip:
+            admin_addr = HostPort("127.0.0.1", admin_addr.port)
+        app = make_admin_app(self, cfg.read_admin_token())
+        self.admin_runner = web.AppRunner(app, access_log=None)
+        await self.admin_runner.setup()
+        await web.SockSite(self.admin_runner, listen_socket(admin_addr)).start()
+        self.checks.start()
+        self._janitor = asyncio.ensure_future(self._expire_pools())
+        events.warning(
+            "event=node_started node=%s http=%s https=%s admin=%s backends=%d",
+            self.name, ",".join(map(str, node.listen)) or "-",
+            ",".join(map(str, node.listen_tls)) or "-", admin_addr, len(cfg.backends),
+        )
+
+    async def _expire_pools(self) -> None:
+        while True:
+            await asyncio.sleep(5)
+            now = self.loop.time()
+            for pool in self.ctx.pools.values():
+                pool.expire(now)
+
+    async def stop(self) -> None:
+        self.checks.stop()
+        if self._janitor is not None:
+            self._janitor.cancel()
+        for s in self.servers:
+            s.close()
+        if self.admin_runner is not None:
+            await self.admin_runner.cleanup()
+        self.ctx.close()
+        self.stopped.set()
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+async def run_node(config: Config, name: str) -> None:
+    node = NodeRuntime(config, name)
+    await node.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, node.stopped.set)
+    await node.stopped.wait()
+    await node.stop()
+
+
+def node_main(argv: list[str]) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="dlba node", description="run one DLBA node")
+    p.add_argument("--config", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        config = load_config(args.config)
+        config.node(args.name)
+        config.read_secret()
+        config.read_admin_token()
+        tls_context(config)
+    except ConfigError as e:
+        print(f"dlba: config error: {e}", file=sys.stderr)
+        return 2
+    except (ssl.SSLError, OSError) as e:
+        print(f"dlba: config error: {args.config}: tls: {e}", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+
+        uvloop.run(run_node(config, args.name))
+    except OSError as e:
+        print(f"dlba: cannot start node {args.name}: {e}", file=sys.stderr)
+        return 1
+    return 0
