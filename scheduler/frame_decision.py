@@ -154,3 +154,42 @@ def rewrite_macs(frame: bytes | bytearray, dst_mac: bytes, src_mac: bytes) -> by
     out[0:6] = dst_mac
     out[6:12] = src_mac
     return out
+
+
+def build_frame(
+    src: str,
+    dst: str,
+    sport: int = 40000,
+    dport: int = 80,
+    *,
+    proto: int = IPPROTO_TCP,
+    dst_mac: bytes = b"\x02\0\0\0\0\x01",
+    src_mac: bytes = b"\x02\0\0\0\0\xcc",
+    frag: int = 0,
+    ihl: int = 5,
+    payload: bytes = b"",
+) -> bytes:
+    """An Ethernet + IPv4 + TCP/UDP frame (checksums left zero): for tests and the bench.
+
+    frag is the raw flags+offset field (0x2000 = MF); a non-zero offset omits the L4 header."""
+    l4 = b""
+    if frag & 0x1FFF == 0:
+        if proto == IPPROTO_TCP:
+            l4 = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 0x50, 0x02, 65535, 0, 0)
+        elif proto == IPPROTO_UDP:
+            l4 = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0)
+    options = b"\x01" * (4 * (ihl - 5))  # NOPs
+    body = l4 + payload
+    ip = _IP.pack(
+        0x40 | ihl,
+        0,
+        4 * ihl + len(body),
+        1,
+        frag,
+        64,
+        proto,
+        0,
+        ipaddress.IPv4Address(src).packed,
+        ipaddress.IPv4Address(dst).packed,
+    )
+    return _ETH.pack(dst_mac, src_mac, ETH_P_IP) + ip + options + body
