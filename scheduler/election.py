@@ -1,0 +1,191 @@
+"""Elect Scheduler (patent 003, Fig. 9 module 905, "Scheduler Failover"): a pure state machine.
+
+Events go in, a ``Decision`` comes out; the failover daemon does the pinging, the asking and the
+ARP.  The rules, and why:
+
+* Only ping failures start an election.  The patent's argument: a status/sync channel can break
+  while the machine is fine, and electing on it leads to two schedulers fighting with ARPs.  So
+  ``on_status_channel`` exists only to record the fact; it can never trigger anything.
+* Among the live candidates (this node plus every peer that answered and also lost the
+  scheduler) the highest physical IP wins, compared as IPv4 integers ("10.0.0.9" < "10.0.0.10").
+* A live scheduler is never preempted: a node that is starting or returning and sees one follows
+  it, whatever its own IP.
+* Two schedulers can only coexist after a partition heals.  Each takeover starts a new ``term``
+  (one above the highest seen); the older term stands down, so the returning old scheduler yields
+  to the one elected while it was away.  Equal terms fall back to the IP rule.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+def ip_key(address: str) -> int:
+    return int(ipaddress.IPv4Address(address))
+
+
+class Role(enum.Enum):
+    STARTING = "starting"  # no scheduler known yet
+    SERVER = "server"  # following a scheduler that answers pings
+    SUSPECTING = "suspecting"  # pings to the scheduler failed `threshold` times
+    SCHEDULER = "scheduler"
+
+
+class Decision(enum.Enum):
+    KEEP = "keep"  # nothing to do
+    ELECT = "elect"  # ask every reachable peer for its view, then call on_peer_views
+    TAKE_OVER = "take_over"  # load the synced table, take the VIP, start sweeping
+    STAY_SERVER = "stay_server"  # keep serving; someone else is (or will be) the scheduler
+    STAND_DOWN = "stand_down"  # stop answering ARP for the VIP at once, rejoin as a server
+
+
+@dataclass(frozen=True)
+class PeerView:
+    """What a peer that answered says about itself."""
+
+    address: str
+    candidate: bool  # it has lost the scheduler too and is willing to take the role
+    scheduler_alive: bool  # its own pings to the scheduler it follows still succeed
+    is_scheduler: bool = False  # it holds the role now
+    term: int = 0
+
+
+@dataclass(frozen=True)
+class PingResult:
+    ok: bool
+    now: float
+
+
+@dataclass(frozen=True)
+class PeerViews:
+    views: tuple[PeerView, ...]
+    now: float
+
+
+@dataclass(frozen=True)
+class SchedulerSeen:
+    """The VIP's ARP/neighbour entry points at ``address`` (learned, not asked)."""
+
+    address: str
+    now: float
+
+
+@dataclass(frozen=True)
+class StatusChannel:
+    ok: bool
+    now: float
+
+
+Event = PingResult | PeerViews | SchedulerSeen | StatusChannel
+
+
+class Election:
+    """One node's view of who the scheduler is, and what to do about it."""
+
+    def __init__(self, address: str, *, ping_failures: int = 3) -> None:
+        if ping_failures < 1:
+            raise ValueError("ping_failures must be >= 1")
+        self.address = address
+        self._key = ip_key(address)
+        self.threshold = ping_failures
+        self.role = Role.STARTING
+        self.scheduler: str | None = None
+        self.term = 0  # highest term seen anywhere
+        self._term_held = 0  # the term in which this node took the role
+        self.failures = 0
+        self.status_channel_ok = True
+        self.last_change = 0.0
+
+    def view(self) -> PeerView:
+        """What this node answers when a peer asks (the other half of ``on_peer_views``)."""
+        return PeerView(
+            address=self.address,
+            candidate=self.role in (Role.SUSPECTING, Role.STARTING),
+            scheduler_alive=self.role is Role.SERVER,
+            is_scheduler=self.role is Role.SCHEDULER,
+            term=self._term_held if self.role is Role.SCHEDULER else self.term,
+        )
+
+    def handle(self, event: Event) -> Decision:
+        if isinstance(event, PingResult):
+            return self.on_ping_result(event.ok, event.now)
+        if isinstance(event, PeerViews):
+            return self.on_peer_views(event.views, event.now)
+        if isinstance(event, SchedulerSeen):
+            return self.on_scheduler_seen(event.address, event.now)
+        return self.on_status_channel(event.ok, event.now)
+
+    def on_ping_result(self, ok: bool, now: float) -> Decision:
+        if self.role in (Role.SCHEDULER, Role.STARTING):
+            return Decision.KEEP  # nothing to ping yet, or we are the one being pinged
+        if ok:
+            self.failures = 0
+            if self.role is Role.SUSPECTING:
+                self._become(Role.SERVER, self.scheduler, now)
+            return Decision.KEEP
+        self.failures += 1
+        if self.failures < self.threshold:
+            return Decision.KEEP
+        self._become(Role.SUSPECTING, self.scheduler, now)
+        # Every failure past the threshold asks again, so a winner that died mid-election is
+        # replaced on the next round without a separate timer.
+        return Decision.ELECT
+
+    def on_status_channel(self, ok: bool, now: float) -> Decision:
+        # Recorded for the dashboard only: see the module docstring.
+        self.status_channel_ok = ok
+        return Decision.KEEP
+
+    def on_scheduler_seen(self, address: str, now: float) -> Decision:
+        if address == self.address:
+            return Decision.KEEP
+        if self.role is Role.SCHEDULER:
+            # Someone else answers for the VIP: which of us yields depends on terms, which ARP
+            # does not carry.  Ask.
+            return Decision.ELECT
+        if self.role is Role.SUSPECTING and address == self.scheduler:
+            return Decision.KEEP  # a stale neighbour entry for the one that stopped answering
+        self.failures = 0
+        self._become(Role.SERVER, address, now)
+        return Decision.STAY_SERVER
+
+    def on_peer_views(self, views: Iterable[PeerView], now: float) -> Decision:
+        peers = [v for v in views if v.address != self.address]
+        self.term = max([self.term, *(v.term for v in peers)])
+        schedulers = [v for v in peers if v.is_scheduler]
+        if self.role is Role.SCHEDULER:
+            mine = (self._term_held, self._key)
+            rival = max(schedulers, key=lambda v: (v.term, ip_key(v.address)), default=None)
+            if rival is not None and (rival.term, ip_key(rival.address)) > mine:
+                self._become(Role.SERVER, rival.address, now)
+                return Decision.STAND_DOWN
+            return Decision.KEEP
+        if schedulers:
+            # A live scheduler answered: follow it, never preempt (a returning node's case).
+            best = max(schedulers, key=lambda v: (v.term, ip_key(v.address)))
+            self.failures = 0
+            self._become(Role.SERVER, best.address, now)
+            return Decision.STAY_SERVER
+        if self.role is Role.SERVER:
+            return Decision.STAY_SERVER  # our pings work: no reason to elect
+        if any(v.scheduler_alive for v in peers):
+            # Someone still reaches the scheduler: the fault is on our side; taking the VIP now
+            # would start an ARP war.
+            return Decision.STAY_SERVER
+        winner = max([self._key, *(ip_key(v.address) for v in peers if v.candidate)])
+        if winner == self._key:
+            self.term += 1
+            self._term_held = self.term
+            self.failures = 0
+            self._become(Role.SCHEDULER, self.address, now)
+            return Decision.TAKE_OVER
+        return Decision.STAY_SERVER
+
+    def _become(self, role: Role, scheduler: str | None, now: float) -> None:
+        if role is not self.role or scheduler != self.scheduler:
+            self.last_change = now
+        self.role = role
+        self.scheduler = scheduler
