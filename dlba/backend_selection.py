@@ -82,6 +82,7 @@ class BackendSelector:
         self._url_ring = HashRing({})
         self._accepting: list[WebServerStatus] = []
         self._probe_ids: tuple[int, ...] = ()
+        self._policy_name: str | None = None
         self.reconfigure(persistence, scheduling)
 
     def reconfigure(self, persistence: PersistenceConfig, scheduling: SchedulingConfig) -> None:
@@ -91,8 +92,7 @@ class BackendSelector:
         self._session_cookies = tuple(persistence.session_cookies)
         self._url_params = frozenset(p.lower() for p in persistence.url_session_params)
         self._url_patterns = compile_url_patterns(scheduling.url_hash_paths)
-        policy_name = getattr(self, "_policy_name", None)
-        if policy_name != scheduling.policy:
+        if self._policy_name != scheduling.policy:
             # A new policy starts with fresh state; an unchanged one keeps its rotation/credits.
             self.policy: Policy = make_policy(scheduling.policy, self._rng)
             self._policy_name = scheduling.policy

@@ -45,12 +45,16 @@ class LeastConn:
 
     def choose(self, candidates: Sequence[WebServerStatus], key: str) -> WebServerStatus | None:
         best: list[WebServerStatus] = []
+        best_open = best_weight = 0
         for row in candidates:
-            if not row.accepts_new:
+            # Same comparison as _lighter, with each row's weight computed once.
+            w = row.effective_weight
+            if w <= 0:
                 continue
-            if not best or _lighter(row, best[0]):
-                best = [row]
-            elif not _lighter(best[0], row):
+            o = row.open_connections + 1
+            if not best or o * best_weight < best_open * w:
+                best, best_open, best_weight = [row], o, w
+            elif o * best_weight == best_open * w:
                 best.append(row)
         if not best:
             return None
@@ -111,14 +115,14 @@ class ResponseTime:
         best_score = 0.0
         untried: WebServerStatus | None = None
         for row in candidates:
-            if not row.accepts_new:
+            w = row.effective_weight
+            if w <= 0:
                 continue
             if row.responses == 0:
                 if untried is None or _lighter(row, untried):
                     untried = row
                 continue
-            score = (row.avg_response_ms + self.FLOOR_MS) * (row.open_connections + 1) / (
-                row.effective_weight)
+            score = (row.avg_response_ms + self.FLOOR_MS) * (row.open_connections + 1) / w
             if not best or score < best_score:
                 best, best_score = [row], score
             elif score == best_score:

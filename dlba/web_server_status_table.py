@@ -71,7 +71,10 @@ class WebServerStatus:
 
     @property
     def effective_weight(self) -> int:
-        if self.state is not BackendState.UP:
+        # Same conditions as `state is UP`, inlined: this runs for every candidate of every
+        # request, and agent_state is None or "ready" exactly when the agent allows service.
+        if (self.marked_down or not self.health_ok or not self.enabled or self.admin_drain
+                or (self.agent_state is not None and self.agent_state != "ready")):
             return 0
         return self._agent_scaled_weight()
 
@@ -86,7 +89,8 @@ class WebServerStatus:
 
     @property
     def accepts_new(self) -> bool:
-        return self.state is BackendState.UP and self.effective_weight > 0
+        # effective_weight > 0 implies the state is UP.
+        return self.effective_weight > 0
 
     @property
     def accepts_persistent(self) -> bool:

@@ -243,3 +243,33 @@ def test_to_json_contract_fields() -> None:
     assert doc["failed"] is True and doc["state"] == "down"
     assert doc["unable_to_connect"] == THRESHOLD
     assert doc["effective_weight"] == 0 and doc["agent"] is None
+
+
+@given(
+    marked_down=st.booleans(), health_ok=st.booleans(), enabled=st.booleans(),
+    admin_drain=st.booleans(),
+    agent_state=st.sampled_from([None, "ready", "drain", "down", "maint", "stopped"]),
+    pct=st.integers(0, 300), agent_weight=st.none() | st.integers(0, 500),
+    weight=st.integers(1, 500),
+)
+def test_derived_properties_agree(marked_down: bool, health_ok: bool, enabled: bool,
+                                  admin_drain: bool, agent_state: str | None, pct: int,
+                                  agent_weight: int | None, weight: int) -> None:
+    row = table(1).rows[0]
+    row.marked_down, row.health_ok, row.enabled, row.admin_drain = (
+        marked_down, health_ok, enabled, admin_drain)
+    row.agent_state, row.agent_weight_pct, row.agent_weight, row.weight = (
+        agent_state, pct, agent_weight, weight)
+    down = marked_down or not health_ok or agent_state in ("down", "maint", "stopped")
+    draining = not down and (not enabled or admin_drain or agent_state == "drain")
+    expected = BackendState.DOWN if down else (
+        BackendState.DRAINING if draining else BackendState.UP)
+    assert row.state is expected
+    if expected is not BackendState.UP:
+        assert row.effective_weight == 0
+    elif agent_weight is not None:
+        assert row.effective_weight == agent_weight
+    else:
+        assert row.effective_weight == (0 if pct == 0 else max(1, weight * pct // 100))
+    assert row.accepts_new == (expected is BackendState.UP and row.effective_weight > 0)
+    assert row.accepts_persistent == (expected is not BackendState.DOWN)
