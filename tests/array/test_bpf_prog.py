@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from scheduler import frame_decision as fd
 from scheduler.dataplane_ebpf import C_MALFORMED, C_PASS_OTHER, EbpfDataPlane
-from scheduler.frame_decision import Action, Rules, build_frame, bucket_of, decide
+from scheduler.frame_decision import Action, Rules, bucket_of, build_frame, decide
 
 pytestmark = pytest.mark.array
 
@@ -241,7 +241,9 @@ def frames(draw: st.DrawFn) -> bytes:
     return frame[:cut]
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(frame=frames())
 def test_kernel_program_agrees_with_frame_decision(dp: EbpfDataPlane, frame: bytes) -> None:
     verdict = decide(frame, RULES)
