@@ -120,8 +120,8 @@ def build_topology(ns: dict[str, str]) -> None:
     for role in ("n1", "n2"):
         sh("ip", "-n", ns[role], "addr", "add", f"{VIP}/32", "dev", "lo")
         for conf in ("all", "front"):
-            sh("ip", "netns", "exec", ns[role], "sysctl", "-qw",
-               f"net.ipv4.conf.{conf}.arp_ignore=1", f"net.ipv4.conf.{conf}.arp_announce=2")  # fmt: skip
+            arp = [f"net.ipv4.conf.{conf}.arp_ignore=1", f"net.ipv4.conf.{conf}.arp_announce=2"]
+            sh("ip", "netns", "exec", ns[role], "sysctl", "-qw", *arp)
     # The scheduler answers ARP for the VIP (VIP ownership proper is another module's job).
     sh("ip", "-n", ns["sch"], "addr", "add", f"{VIP}/32", "dev", "front")
 
