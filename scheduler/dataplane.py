@@ -65,7 +65,7 @@ class DataPlane(Protocol):
         """IPv4 source CIDRs dropped in the data plane and counted (seed 000)."""
 
     def last_access_ns(self) -> list[int]:
-        """Per bucket, CLOCK_MONOTONIC ns of the last packet (0 = never)."""
+        """Per bucket, CLOCK_MONOTONIC ns of the last packet (0 = never); tick resolution."""
 
     def counters(self) -> DataPlaneCounters: ...
 

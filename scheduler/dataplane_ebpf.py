@@ -42,7 +42,7 @@ C_PASS_OTHER = MAX_NODES + 6
 C_MALFORMED = MAX_NODES + 7
 C_NUM = MAX_NODES + 8
 
-CONFIG = struct.Struct("=4sIII6s2x")  # struct dlba_config
+CONFIG = struct.Struct("=4sIII6s2xI")  # struct dlba_config
 NODE = struct.Struct("=6sBx")  # struct dlba_node
 LPM_KEY = struct.Struct("=I4s")  # struct dlba_lpm_key
 U32 = struct.Struct("=I")
@@ -96,7 +96,9 @@ class EbpfDataPlane:
     # -- control plane ----------------------------------------------------------------------
 
     def _write_config(self) -> None:
-        value = CONFIG.pack(self._vip, self.buckets, self._self, self._default, self._own_mac)
+        value = CONFIG.pack(
+            self._vip, self.buckets, self._self, self._default, self._own_mac, len(self._deny)
+        )
         self._config.update(U32.pack(0), value)
 
     def install(self) -> None:
@@ -152,12 +154,18 @@ class EbpfDataPlane:
         keys = {
             LPM_KEY.pack(net.prefixlen, net.network_address.packed) for net in validate_cidrs(cidrs)
         }
-        # Add before delete: a network listed before and after is never briefly open.
-        for key in keys - self._deny:
+        # Add before delete: a network listed before and after is never briefly open. The
+        # count in the config (non-zero turns the trie lookup on) goes up before the adds and
+        # down after the deletes.
+        old = self._deny
+        self._deny = keys | old
+        self._write_config()
+        for key in keys - old:
             self._deny_map.update(key, b"\1")
-        for key in self._deny - keys:
+        for key in old - keys:
             self._deny_map.delete(key)
         self._deny = keys
+        self._write_config()
 
     # -- reading ------------------------------------------------------------------------------
 

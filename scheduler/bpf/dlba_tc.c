@@ -179,10 +179,12 @@ int dlba_ingress(struct __sk_buff *skb)
 	}
 
 	__u32 saddr = ip->saddr;
-	struct dlba_lpm_key key = {.prefixlen = 32, .addr = saddr};
-	if (bpf_map_lookup_elem(&dlba_deny, &key)) {
-		st->c[DLBA_C_DROP_ACL]++;
-		return TC_ACT_SHOT;
+	if (cfg->deny_count) {
+		struct dlba_lpm_key key = {.prefixlen = 32, .addr = saddr};
+		if (bpf_map_lookup_elem(&dlba_deny, &key)) {
+			st->c[DLBA_C_DROP_ACL]++;
+			return TC_ACT_SHOT;
+		}
 	}
 	__u8 proto = ip->protocol;
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
@@ -230,9 +232,11 @@ int dlba_ingress(struct __sk_buff *skb)
 		if (!owner)
 			return TC_ACT_OK;
 		node = *owner;
+		/* The coarse clock (CLOCK_MONOTONIC at tick resolution) costs a fraction of
+		 * bpf_ktime_get_ns; idle timeouts are in seconds (patent: "Last Access in Seconds"). */
 		__u64 *last = bpf_map_lookup_elem(&dlba_last_access, &bucket);
 		if (last)
-			*last = bpf_ktime_get_ns();
+			*last = bpf_ktime_get_coarse_ns();
 	} else if (rule >= DLBA_PORT_PINNED) {
 		node = rule - DLBA_PORT_PINNED;
 	} else {

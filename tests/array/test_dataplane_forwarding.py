@@ -244,7 +244,7 @@ def test_tcp_reaches_table_owner_and_answers_bypass_scheduler(
         assert set(counters.packets) == {0, 1, 2}
         stamps = plane.call("last_access_ns")
         used = {bucket_of(src, p, BUCKETS) for p in sports}
-        assert all(stamps[b] >= t0 for b in used)
+        assert all(stamps[b] >= t0 - 20_000_000 for b in used)  # coarse clock: a tick
 
         # A new table moves new connections at once (whole-table swap).
         plane.call("set_assignments", [2] * BUCKETS)
