@@ -178,6 +178,7 @@ class BackendPool:
         self.connect_timeout_s = connect_timeout_s
         self.idle: deque[BackendConnection] = deque()
         self.closed = False
+        self.connects = 0
 
     def take_idle(self) -> BackendConnection | None:
         while self.idle:
@@ -189,6 +190,7 @@ class BackendPool:
 
     async def connect(self) -> BackendConnection:
         loop = asyncio.get_running_loop()
+        self.connects += 1
         _, proto = await asyncio.wait_for(
             loop.create_connection(lambda: BackendConnection(self), self.host, self.port),
             self.connect_timeout_s,

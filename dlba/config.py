@@ -7,6 +7,8 @@ index of array-of-tables entries) and the reason, so an operator can fix it from
 from __future__ import annotations
 
 import ipaddress
+import math
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,6 +18,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 POLICIES = ("least_conn", "weighted_rr", "response_time", "url_hash", "p2c")
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
 class ConfigError(Exception):
@@ -207,7 +210,7 @@ class _Reader:
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise self.fail(name, f"expected {kind.__name__}, got {type(value).__name__}")
-        return value  # type: ignore[no-any-return]
+        return value
 
     def take_list(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
         if name not in self.table:
@@ -229,8 +232,8 @@ class _Reader:
 
     def positive(self, name: str, kind: type[T], default: T) -> T:
         value = self.take(name, kind, default)
-        if value <= 0:  # type: ignore[operator]
-            raise self.fail(name, "must be > 0")
+        if not 0 < value < math.inf:  # type: ignore[operator]  # nan and inf too
+            raise self.fail(name, "must be > 0 and finite")
         return value
 
     def done(self) -> None:
@@ -254,7 +257,10 @@ def parse_host_port(text: str, *, default_host: str = "0.0.0.0") -> HostPort:
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        if not host.replace("-", "").replace(".", "").isalnum():
+        # A DNS name (RFC 1123): ASCII labels, no empty ones, and not a mistyped IPv4 address.
+        labels = host.split(".")
+        if (len(host) > 253 or labels[-1].isdigit()
+                or not all(_HOST_LABEL.fullmatch(label) for label in labels)):
             raise ValueError(f"bad host in {text!r}") from None
     return HostPort(host, int(port))
 
@@ -378,10 +384,10 @@ def parse_config(text: str, path: Path) -> Config:
     _unique(file, "nodes", [n.name for n in nodes], "name")
     _unique(file, "nodes", [n.address for n in nodes], "address")
     names = {n.name for n in nodes}
-    for i, p in enumerate(ports):
-        if p.pinned_node is not None and p.pinned_node not in names:
-            raise ConfigError(file, f"ports[{i}].rule", f"no node named {p.pinned_node!r}")
-    _unique(file, "ports", [str(p.port) for p in ports], "port")
+    for i, rule in enumerate(ports):
+        if rule.pinned_node is not None and rule.pinned_node not in names:
+            raise ConfigError(file, f"ports[{i}].rule", f"no node named {rule.pinned_node!r}")
+    _unique(file, "ports", [str(rule.port) for rule in ports], "port")
     if cluster.default_node and cluster.default_node not in names:
         raise ConfigError(file, "cluster.default_node", f"no node named {cluster.default_node!r}")
 

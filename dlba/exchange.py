@@ -137,6 +137,7 @@ class Exchange:
         if self.client.tunnel_pending:
             conn.write(b"".join(self.client.tunnel_pending))
             self.client.tunnel_pending.clear()
+        self.client.resume_reading()  # paused while the body waited for this connection
 
     def feed_body(self, data: bytes) -> None:
         framed = http_head.chunk(data) if self.chunked_in else data
@@ -156,6 +157,7 @@ class Exchange:
                 self.retained = None  # too big to replay: no retry after the first byte is sent
         if self.conn is not None:
             self.conn.write(framed)
+            self.last_activity = self.ctx.loop.time()
         elif self.pending is not None:
             self.pending.append(framed)
             if self.body_bytes > RETAIN_LIMIT:

@@ -75,12 +75,16 @@ class NodeCollector(Collector):
             "dlba_backend_request_duration_seconds", "Request latency per back end",
             ["node", "backend"], [([node, str(bid)], c_.latency) for bid, c_ in per],
         )
-        up = GaugeMetricFamily("dlba_backend_up", "1 when the back end is up", ["node", "backend"])
+        up = GaugeMetricFamily(
+            "dlba_backend_up", "1 when the back end is up", labels=["node", "backend"]
+        )
         conns = GaugeMetricFamily(
-            "dlba_backend_open_connections", "Requests in flight per back end", ["node", "backend"]
+            "dlba_backend_open_connections", "Requests in flight per back end",
+            labels=["node", "backend"],
         )
         weight = GaugeMetricFamily(
-            "dlba_backend_effective_weight", "Weight after agent and state", ["node", "backend"]
+            "dlba_backend_effective_weight", "Weight after agent and state",
+            labels=["node", "backend"],
         )
         for row in self.table().rows:
             labels = [node, str(row.id)]
