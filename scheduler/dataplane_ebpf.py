@@ -40,7 +40,8 @@ C_REDIRECT = MAX_NODES + 4
 C_PASS_SELF = MAX_NODES + 5
 C_PASS_OTHER = MAX_NODES + 6
 C_MALFORMED = MAX_NODES + 7
-C_NUM = MAX_NODES + 8
+C_PULLED = MAX_NODES + 8
+C_NUM = MAX_NODES + 9
 
 CONFIG = struct.Struct("=4sIII6s2xI")  # struct dlba_config
 NODE = struct.Struct("=6sBx")  # struct dlba_node

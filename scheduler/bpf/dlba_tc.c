@@ -157,11 +157,13 @@ int dlba_ingress(struct __sk_buff *skb)
 	__u32 zero = 0;
 
 	/* Generators and GRO may leave the IP header outside the linear area: pull only then. */
+	int pulled = 0;
 	if (data + MIN_HDR > end && skb->len >= ETH_HLEN + 20) {
 		if (bpf_skb_pull_data(skb, skb->len < MAX_HDR ? skb->len : MAX_HDR))
 			return TC_ACT_OK;
 		data = (void *)(long)skb->data;
 		end = (void *)(long)skb->data_end;
+		pulled = 1;
 	}
 	struct ethhdr *eth = data;
 	struct iphdr *ip = (void *)(eth + 1);
@@ -173,6 +175,7 @@ int dlba_ingress(struct __sk_buff *skb)
 	struct dlba_stats *st = bpf_map_lookup_elem(&dlba_stats, &zero);
 	if (!st)
 		return TC_ACT_OK;
+	st->c[DLBA_C_PULLED] += pulled;
 	if (ip->version != 4 || ip->ihl < 5) {
 		st->c[DLBA_C_MALFORMED]++;
 		return TC_ACT_OK; /* the kernel's own checks drop it */
@@ -205,6 +208,7 @@ int dlba_ingress(struct __sk_buff *skb)
 			}
 			if (bpf_skb_pull_data(skb, l4off + 4))
 				return TC_ACT_OK;
+			st->c[DLBA_C_PULLED]++;
 			data = (void *)(long)skb->data;
 			end = (void *)(long)skb->data_end;
 		}

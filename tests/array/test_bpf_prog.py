@@ -11,6 +11,7 @@ import ipaddress
 import struct
 import time
 from collections.abc import Iterator
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import pytest
@@ -256,3 +257,104 @@ def test_kernel_program_agrees_with_frame_decision(dp: EbpfDataPlane, frame: byt
         assert r.data_out == forwarded(frame, verdict.node)
     else:
         assert r.data_out == frame
+
+
+def test_python_mirrors_the_header_layout() -> None:
+    """dataplane_ebpf.py hard-codes dlba_tc.h's numbers; a drift would corrupt the maps."""
+    import re
+
+    from scheduler import dataplane_ebpf as ebpf
+
+    header = (Path(ebpf.__file__).parent / "bpf" / "dlba_tc.h").read_text()
+    defines = dict(re.findall(r"#define DLBA_(\w+) \(DLBA_MAX_NODES \+ (\d+)\)", header))
+    assert defines, "no counter slots found in dlba_tc.h"
+    for name, offset in defines.items():
+        assert getattr(ebpf, name) == fd.MAX_NODES + int(offset), name
+    assert f"#define DLBA_MAX_NODES {fd.MAX_NODES}" in header
+    assert ebpf.CONFIG.size == 28 and ebpf.NODE.size == 8 and ebpf.LPM_KEY.size == 8
+
+
+def _nonlinear_child(ns: str, conn: Connection) -> None:
+    """In a throwaway namespace: a tap with IFF_NAPI_FRAGS builds skbs whose linear part is only
+    the Ethernet header (the first iovec); the program must pull before it can read IPv4."""
+    import fcntl
+    import os
+    import select
+
+    from pyroute2 import IPRoute, netns
+
+    netns.setns(ns, flags=0)
+    fd_tap = os.open("/dev/net/tun", os.O_RDWR)
+    flags = 0x0002 | 0x1000 | 0x0010 | 0x0020  # IFF_TAP | IFF_NO_PI | IFF_NAPI | IFF_NAPI_FRAGS
+    fcntl.ioctl(fd_tap, 0x400454CA, struct.pack("16sH", b"dlbatfrag", flags))
+    with open("/proc/sys/net/ipv6/conf/dlbatfrag/disable_ipv6", "w") as f:
+        f.write("1")  # keep ND chatter out of the tap reader
+    with IPRoute() as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname="dlbatfrag")[0], state="up")
+    plane = EbpfDataPlane("dlbatfrag", VIP, BUCKETS)
+    try:
+        plane.install()
+        plane.set_nodes(MACS)
+        plane.set_self(0, OWN)
+        plane.set_assignments(TABLE)
+        frame = build_frame(CLIENT, VIP, sport_for(1), 80, proto=17, dst_mac=OWN, payload=b"q" * 64)
+        os.writev(fd_tap, [frame[:14], frame[14:40], frame[40:]])
+        out = b""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not out.startswith(MACS[1]):
+            if select.select([fd_tap], [], [], 0.5)[0]:
+                out = os.read(fd_tap, 2048)
+        conn.send((frame, out, plane.raw_counters()))
+    finally:
+        plane.close()
+        os.close(fd_tap)
+
+
+def test_nonlinear_headers_are_pulled_then_forwarded(netns_names: dict[str, str]) -> None:
+    import multiprocessing
+    import subprocess
+
+    from scheduler.dataplane_ebpf import C_PULLED
+
+    ns = netns_names["sch"]
+    subprocess.run(["ip", "netns", "add", ns], check=True, timeout=10)
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_nonlinear_child, args=(ns, child), daemon=True)
+    proc.start()
+    try:
+        assert parent.poll(20), "the tap child did not report"
+        frame, out, counters = parent.recv()
+    finally:
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+    assert counters[C_PULLED] >= 1, "the frame arrived linear: the pull path was not exercised"
+    assert out == forwarded(frame, 1)
+
+
+def test_factory_prefers_ebpf_and_falls_back_with_one_warning(
+    bpf_object: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from scheduler import bpf_syscall
+    from scheduler.dataplane import make_dataplane
+    from scheduler.dataplane_afpacket import AfPacketDataPlane
+
+    plane = make_dataplane("lo", VIP, BUCKETS)
+    assert isinstance(plane, EbpfDataPlane)
+    plane.close()
+    assert not caplog.records
+
+    def refuse(self: bpf_syscall.BpfObject) -> None:
+        raise bpf_syscall.BpfError(1, "bpf_object__load: Operation not permitted")
+
+    monkeypatch.setattr(bpf_syscall.BpfObject, "load", refuse)
+    plane = make_dataplane("lo", VIP, BUCKETS)
+    assert isinstance(plane, AfPacketDataPlane)
+    plane.close()
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "\n" not in warnings[0].getMessage()
+    assert "AF_PACKET" in warnings[0].getMessage()
+    assert isinstance(make_dataplane("lo", VIP, BUCKETS, prefer="afpacket"), AfPacketDataPlane)
+    with pytest.raises(ValueError):
+        make_dataplane("lo", VIP, BUCKETS, prefer="xdp")
