@@ -21,6 +21,7 @@ unchanged instead of making Python compute checksums.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import ipaddress
 import os
@@ -33,6 +34,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from scheduler.dataplane import (
     DataPlaneCounters,
@@ -119,12 +121,20 @@ class AfPacketDataPlane:
         sock.bind((self.ifname, 0))
         self._sock = sock
 
+    def _del_filter(self, ipr: IPRoute) -> None:
+        ipr.tc("del-filter", None, self._ifindex, parent=TC_PARENT_INGRESS, prio=TC_PRIO,
+               protocol=ETH_P_IP)  # fmt: skip
+
     def _add_tc_steal(self) -> None:
         with IPRoute() as ipr:
+            # A crashed run leaves its filter redirecting into a tap that is gone, which would
+            # black-hole the VIP: ours replaces it (same priority).
+            with contextlib.suppress(NetlinkError):  # ENOENT: nothing to remove
+                self._del_filter(ipr)
             try:
                 ipr.tc("add", "clsact", self._ifindex)
                 self._made_clsact = True
-            except Exception:  # NetlinkError EEXIST: clsact already there
+            except NetlinkError:  # EEXIST: clsact already there
                 self._made_clsact = False
             ipr.tc(
                 "add-filter",
@@ -154,15 +164,8 @@ class AfPacketDataPlane:
                     if self._made_clsact:
                         ipr.tc("del", "clsact", self._ifindex)
                     else:
-                        ipr.tc(
-                            "del-filter",
-                            "u32",
-                            self._ifindex,
-                            parent=TC_PARENT_INGRESS,
-                            prio=TC_PRIO,
-                            protocol=ETH_P_IP,
-                        )
-                except Exception:  # the interface or namespace is already gone
+                        self._del_filter(ipr)
+                except NetlinkError:  # the interface or namespace is already gone
                     pass
             self._ifindex = 0
         if self._sock is not None:
