@@ -201,14 +201,19 @@ class ClientTable:
         self._live[node] = False
         if self.panic_scheduler == node:
             self.panic_scheduler = None
+        return self._commit(self._evacuate(now))
+
+    def _evacuate(self, now: float) -> list[Change]:
+        """Reassign every bucket whose owner is not live to the neediest live node."""
         q = self.quotas()
         changes: list[Change] = []
         for b in range(self.size):
-            if self._owner[b] == node:
+            o = self._owner[b]
+            if o != _NONE and not self._live[o]:
                 target = self._neediest(q)
                 changes.append((b, target))
                 self._set(b, target, now)
-        return self._commit(changes)
+        return changes
 
     def node_joined(self, node: int, now: float) -> int:
         """Mark a node live.  Only ownerless buckets (no connection can be on them) move now."""
@@ -315,7 +320,10 @@ class ClientTable:
         self._log_len = 0
         self._log_floor = self.version
         self.reset_last_access(now)
-        # A synced table may hold ownerless buckets (all nodes were down at some point).
+        # The synced assignments reflect the old scheduler's view of which nodes are alive; ours
+        # may differ (we may have seen a node die that it had not).  Trust our own, and give
+        # ownerless buckets an owner (all nodes may have been down at some point).
+        self._commit(self._evacuate(now))
         self.fill(now)
 
     def changes_since(self, version: int, *, epoch: int) -> list[Change] | None:

@@ -7,6 +7,7 @@ rebuilt from the latest rows on demand rather than maintained incrementally.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -96,9 +97,10 @@ def weighted_avg(pairs: Iterable[tuple[float, int]]) -> float:
     if not items:
         return 0.0
     hits = sum(h for _, h in items)
+    # fsum is exactly rounded, so the result does not depend on which node answered first.
     if hits == 0:
-        return sum(a for a, _ in items) / len(items)
-    return sum(a * h for a, h in items) / hits
+        return math.fsum(a for a, _ in items) / len(items)
+    return math.fsum(a * h for a, h in items) / hits
 
 
 def summarize(per_node: Iterable[Sequence[BackendRow]]) -> list[SummaryRow]:
