@@ -89,6 +89,23 @@ for sport in json.loads(sys.argv[6]):
 print(json.dumps(out))
 """
 
+PING_SCRIPT = """
+import socket, struct, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+s.settimeout(2)
+body = struct.pack("!BBHHH", 8, 0, 0, 0x1dba, 1) + b"dlbaping"  # even length
+csum = sum(struct.unpack("!%dH" % (len(body) // 2), body))
+csum = (csum >> 16) + (csum & 0xFFFF)
+csum = ~(csum + (csum >> 16)) & 0xFFFF
+s.sendto(body[:2] + struct.pack("!H", csum) + body[4:], (sys.argv[1], 0))
+deadline = time.monotonic() + 2
+while time.monotonic() < deadline:
+    data, addr = s.recvfrom(2048)
+    if addr[0] == sys.argv[1] and data[20] == 0 and data[24:26] == b"\\x1d\\xba":
+        sys.exit(0)
+sys.exit(1)
+"""
+
 
 def sh(*args: str, timeout: float = 20) -> str:
     res = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
@@ -256,5 +273,17 @@ def test_tcp_reaches_table_owner_and_answers_bypass_scheduler(
         assert plane.call("counters").drops["acl"] > 0
         plane.call("set_deny", [])
         assert connect_many(ns["cl"], [31201])[0][1] == "n2"
+
+        # Port rules (seed 001): pinned, then the default node, then no rule at all: dropped.
+        plane.call("set_port_rules", set(), {PORT: 1}, None)
+        assert connect_many(ns["cl"], [31300])[0][1] == "n1"
+        plane.call("set_port_rules", set(), {}, 0)
+        assert connect_many(ns["cl"], [31301])[0][1] == "sch"
+        plane.call("set_port_rules", set(), {}, None)
+        assert connect_many(ns["cl"], [31302], timeout=1.0)[0][1].startswith("error")
+        assert plane.call("counters").drops["port"] > 0
+
+        # ICMP to the VIP is answered by the scheduler itself (it is not TCP/UDP to balance).
+        sh("ip", "netns", "exec", ns["cl"], sys.executable, "-c", PING_SCRIPT, VIP)
     finally:
         plane.stop()
