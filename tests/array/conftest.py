@@ -29,7 +29,8 @@ def require_root() -> None:
 
 def ensure_bpf_object() -> Path:
     """`make install` compiles dlba_tc.o; rebuild here when it is missing or stale."""
-    if OBJECT_PATH.exists() and OBJECT_PATH.stat().st_mtime >= SOURCE.stat().st_mtime:
+    newest = max(p.stat().st_mtime for p in (SOURCE, SOURCE.with_suffix(".h")))
+    if OBJECT_PATH.exists() and OBJECT_PATH.stat().st_mtime >= newest:
         return OBJECT_PATH
     clang = shutil.which("clang")
     if clang is None:
