@@ -310,7 +310,9 @@ def _nonlinear_child(ns: str, conn: Connection) -> None:
         os.close(fd_tap)
 
 
-def test_nonlinear_headers_are_pulled_then_forwarded(netns_names: dict[str, str]) -> None:
+def test_nonlinear_headers_are_pulled_then_forwarded(
+    netns_names: dict[str, str], bpf_object: Path
+) -> None:
     import multiprocessing
     import subprocess
 
