@@ -22,7 +22,7 @@ async def http_health_once(host: str, port: int, path: str, timeout: float) -> b
     """One GET of the health path on its own connection; 2xx and 3xx are healthy."""
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
     try:
         writer.write(
@@ -32,7 +32,7 @@ async def http_health_once(host: str, port: int, path: str, timeout: float) -> b
         line = await asyncio.wait_for(reader.readline(), timeout)
         parts = line.split()
         return len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1][:1] in b"23"
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
     finally:
         writer.close()
@@ -60,9 +60,13 @@ class BackendChecks:
         limits = self.ctx.limits
         for b in self.ctx.config.backends:
             if b.health:
-                self.tasks.append(asyncio.ensure_future(self._health_loop(b, limits.health_interval_s)))
+                self.tasks.append(
+                    asyncio.ensure_future(self._health_loop(b, limits.health_interval_s))
+                )
             if b.agent is not None:
-                self.tasks.append(asyncio.ensure_future(self._agent_loop(b, limits.agent_interval_s)))
+                self.tasks.append(
+                    asyncio.ensure_future(self._agent_loop(b, limits.agent_interval_s))
+                )
 
     def stop(self) -> None:
         for t in self.tasks:
@@ -89,7 +93,7 @@ class BackendChecks:
             try:
                 line = await agent_once(b.agent.host, b.agent.port, ctx.limits.connect_timeout_s)
                 report = parse_agent_reply(line)
-            except (OSError, asyncio.TimeoutError, ValueError) as e:
+            except (TimeoutError, OSError, ValueError) as e:
                 # An unreachable agent changes nothing, as in HAProxy: the back end keeps its
                 # last state and the normal checks still apply.
                 if last != "error":

@@ -10,6 +10,7 @@ naive aiohttp proxy spends most of its time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from typing import Protocol, cast
@@ -206,10 +207,8 @@ class BackendPool:
         self.idle.append(conn)
 
     def forget(self, conn: BackendConnection) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             self.idle.remove(conn)
-        except ValueError:
-            pass
 
     def expire(self, now: float) -> None:
         """Close connections idle for longer than the back end is likely to keep them."""

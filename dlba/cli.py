@@ -57,7 +57,7 @@ def _config(argv: list[str]) -> int:
         return 2
     from dlba.config_push import push_main
 
-    return push_main(argv[1:])
+    return int(push_main(argv[1:]))
 
 
 def _demo_backend(argv: list[str]) -> int:

@@ -29,11 +29,35 @@ MAX_ATTEMPTS = 4
 
 class Exchange:
     __slots__ = (
-        "attempts", "backend_id", "body_bytes", "body_done", "bytes_out", "chunked_in",
-        "client", "client_keep_alive", "conn", "cookie_header", "ctx", "excluded", "finished",
-        "headers", "last_activity", "method", "out_chunked", "out_close_delimited", "pending",
-        "reason", "response_started", "retained", "status", "t0", "target", "timer", "upgrade",
-        "backend_keep_alive", "tunnel",
+        "attempts",
+        "backend_id",
+        "backend_keep_alive",
+        "body_bytes",
+        "body_done",
+        "bytes_out",
+        "chunked_in",
+        "client",
+        "client_keep_alive",
+        "conn",
+        "cookie_header",
+        "ctx",
+        "excluded",
+        "finished",
+        "headers",
+        "last_activity",
+        "method",
+        "out_chunked",
+        "out_close_delimited",
+        "pending",
+        "reason",
+        "response_started",
+        "retained",
+        "status",
+        "t0",
+        "target",
+        "timer",
+        "tunnel",
+        "upgrade",
     )
 
     def __init__(
@@ -75,7 +99,8 @@ class Exchange:
     def start(self) -> None:
         self.t0 = time.perf_counter()  # uvloop's loop.time() only has millisecond resolution
         self.last_activity = self.ctx.loop.time()
-        self.timer = self.ctx.loop.call_later(self.ctx.limits.backend_timeout_s, self._check_timeout)
+        limit = self.ctx.limits.backend_timeout_s
+        self.timer = self.ctx.loop.call_later(limit, self._check_timeout)
         self._schedule()
 
     def _schedule(self) -> None:
@@ -102,7 +127,7 @@ class Exchange:
         ctx = self.ctx
         try:
             conn = await pool.connect()
-        except (OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError) as e:
             if self.finished:
                 return
             ctx.backend_connect_failed(pool.backend_id, e)

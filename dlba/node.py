@@ -19,7 +19,9 @@ from dlba.backend_checks import BackendChecks
 from dlba.client_connection import ClientConnection
 from dlba.config import Config, ConfigError, HostPort, load_config, parse_host_port
 from dlba.metrics import NodeCollector
+from dlba.node_agent import NodeAgent
 from dlba.proxy_context import ProxyContext
+from scheduler.vip_owner import interface_of, mac_text
 
 events = logging.getLogger("dlba.event")
 
@@ -48,10 +50,11 @@ def listen_socket(addr: HostPort) -> socket.socket:
 class NodeRuntime:
     """A running node; also the admin API's view of it."""
 
-    def __init__(self, config: Config, name: str) -> None:
+    def __init__(self, config: Config, name: str, dataplane: str = "ebpf") -> None:
         self.config = config
         self.name = name
         self.address = config.node(name).address
+        self.mac = ""
         self.config_version = 1
         self.loop = asyncio.get_running_loop()
         self.ctx = ProxyContext(config, name, self.loop)
@@ -61,23 +64,33 @@ class NodeRuntime:
         self.admin_runner: web.AppRunner | None = None
         self.stopped = asyncio.Event()
         self._janitor: asyncio.Task[None] | None = None
+        self.agent: NodeAgent | None = None
+        if config.cluster.vip:
+            self.agent = NodeAgent(config, name, config.read_admin_token(), dataplane)
 
     # --- NodeView ---------------------------------------------------------------------------
     def role(self) -> str:
-        return "server"
+        return self.agent.role_name() if self.agent is not None else "standalone"
 
     def scheduler_name(self) -> str | None:
-        return None
+        return self.agent.scheduler_name() if self.agent is not None else None
 
     def table_version(self) -> int:
-        return 0
+        return self.agent.table_version() if self.agent is not None else 0
 
     def node_rows(self) -> list[dict[str, Any]]:
-        return [own_node_row(self)]
+        row = own_node_row(self)
+        row["mac"] = self.mac
+        return [row]
 
     # --- life cycle -------------------------------------------------------------------------
     async def start(self) -> None:
         cfg = self.config
+        if cfg.cluster.vip:
+            # pyroute2's synchronous API runs its own event loop: keep it off ours.
+            with contextlib.suppress(LookupError, OSError):
+                _, mac = await asyncio.to_thread(interface_of, self.address)
+                self.mac = mac_text(mac)
         node = cfg.node(self.name)
         ssl_ctx = tls_context(cfg)
         loop = self.loop
@@ -93,11 +106,15 @@ class NodeRuntime:
         admin_addr = node.admin or parse_host_port(cfg.admin.listen, default_host=node.address)
         if cfg.admin.listen.startswith(":") and node.admin is None and not cfg.cluster.vip:
             admin_addr = HostPort("127.0.0.1", admin_addr.port)
-        app = make_admin_app(self, cfg.read_admin_token())
+        app = make_admin_app(
+            self, cfg.read_admin_token(), self.agent.routes if self.agent is not None else None
+        )
         self.admin_runner = web.AppRunner(app, access_log=None)
         await self.admin_runner.setup()
         await web.SockSite(self.admin_runner, listen_socket(admin_addr)).start()
         self.checks.start()
+        if self.agent is not None:
+            await self.agent.start()
         self._janitor = asyncio.ensure_future(self._expire_pools())
         events.warning(
             "event=node_started node=%s http=%s https=%s admin=%s backends=%d",
@@ -113,6 +130,8 @@ class NodeRuntime:
                 pool.expire(now)
 
     async def stop(self) -> None:
+        if self.agent is not None:
+            await self.agent.stop()
         self.checks.stop()
         if self._janitor is not None:
             self._janitor.cancel()
@@ -131,8 +150,8 @@ def setup_logging(level: str = "INFO") -> None:
     )
 
 
-async def run_node(config: Config, name: str) -> None:
-    node = NodeRuntime(config, name)
+async def run_node(config: Config, name: str, dataplane: str = "ebpf") -> None:
+    node = NodeRuntime(config, name, dataplane)
     await node.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -149,6 +168,11 @@ def node_main(argv: list[str]) -> int:
     p.add_argument("--config", required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--dataplane", choices=("ebpf", "afpacket"), default="ebpf",
+        help="scheduler data plane when this node holds the role (default: ebpf, falling "
+        "back to afpacket when BPF cannot load)",
+    )
     args = p.parse_args(argv)
     setup_logging(args.log_level)
     try:
@@ -166,7 +190,7 @@ def node_main(argv: list[str]) -> int:
     try:
         import uvloop
 
-        uvloop.run(run_node(config, args.name))
+        uvloop.run(run_node(config, args.name, args.dataplane))
     except OSError as e:
         print(f"dlba: cannot start node {args.name}: {e}", file=sys.stderr)
         return 1

@@ -1,0 +1,282 @@
+"""The node agent: Failover/Synch Daemon and Elect Scheduler of patent 003, Fig. 9.
+
+Runs in every node of an array (config with a VIP). It decides whether this node is the
+scheduler (the pure `Election` decides, this shell gathers its inputs), pings the scheduler,
+keeps a synced copy of the client table, and takes over when the pings stop.
+
+Sync is pushed: the scheduler sends every assignment change to its peers *before* writing it to
+its data plane, so a new scheduler's copy always holds every bucket a live flow may use, and no
+flow is reset by a takeover (issue 4, point 4; the alternative, GLB's "second chance", would
+need the old owner to be alive, which it may not be).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from dlba.config import Config, parse_host_port
+from scheduler.client_table import ClientTable, SyncError
+from scheduler.election import Decision, Election, PeerView, Role
+from scheduler.icmp_ping import Pinger
+from scheduler.scheduler_role import SchedulerRole
+
+events = logging.getLogger("dlba.event")
+STARTUP_GRACE_S = 3.0  # wait this long for every peer at start, so the highest IP wins
+
+
+def admin_base(config: Config, index: int) -> str:
+    node = config.nodes[index]
+    port = (node.admin or parse_host_port(config.admin.listen, default_host=node.address)).port
+    return f"http://{node.address}:{port}"
+
+
+class NodeAgent:
+    def __init__(self, config: Config, name: str, token: str, dataplane: str = "ebpf") -> None:
+        self.config = config
+        self.name = name
+        self.token = token
+        self.dataplane = dataplane
+        self.names = [n.name for n in config.nodes]
+        self.index = self.names.index(name)
+        self.address = config.node(name).address
+        self.by_address = {n.address: n.name for n in config.nodes}
+        self.election = Election(self.address, ping_failures=config.cluster.ping_failures)
+        self.table = ClientTable(config.cluster.buckets, [n.weight for n in config.nodes])
+        self.role: SchedulerRole | None = None
+        self.pinger: Pinger | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.failovers = 0
+        self.lock = asyncio.Lock()
+
+    # --- what the node's admin API shows ------------------------------------------------------
+    def role_name(self) -> str:
+        return "scheduler" if self.role is not None else "server"
+
+    def scheduler_name(self) -> str | None:
+        addr = self.election.scheduler
+        return self.by_address.get(addr) if addr else None
+
+    def table_version(self) -> int:
+        return self.role.table.version if self.role is not None else self.table.version
+
+    def peer_view(self) -> dict[str, Any]:
+        v = self.election.view()
+        return {
+            "name": self.name, "address": v.address, "candidate": v.candidate,
+            "scheduler_alive": v.scheduler_alive, "is_scheduler": v.is_scheduler,
+            "term": v.term, "scheduler": self.scheduler_name(),
+            "table_version": self.table_version(), "epoch": self.current_table().epoch,
+        }
+
+    def current_table(self) -> ClientTable:
+        return self.role.table if self.role is not None else self.table
+
+    # --- life cycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0))
+        self.pinger = Pinger()
+        self.task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+        if self.role is not None:
+            await self.role.stop()
+            self.role = None
+        if self.pinger is not None:
+            self.pinger.close()
+        if self.session is not None:
+            await self.session.close()
+
+    # --- the daemon ---------------------------------------------------------------------------
+    async def _run(self) -> None:
+        interval = self.config.cluster.ping_interval_s
+        started = time.monotonic()
+        while True:
+            try:
+                await self._step(started)
+            except Exception:  # one bad round must not end failover for good
+                events.exception("event=agent_error node=%s", self.name)
+            await asyncio.sleep(interval)
+
+    async def _step(self, started: float) -> None:
+        now = time.monotonic()
+        role = self.election.role
+        if role is Role.SCHEDULER:
+            # Two schedulers can only meet after a partition heals: ask, the older term yields.
+            views = await self._ask_peers()
+            if self.election.on_peer_views(views, now) is Decision.STAND_DOWN:
+                await self._stand_down()
+            return
+        if role in (Role.STARTING, Role.SUSPECTING):
+            views = await self._ask_peers()
+            if role is Role.STARTING and not any(v.is_scheduler for v in views):
+                answered = len(views) == len(self.names) - 1
+                if not answered and now - started < STARTUP_GRACE_S:
+                    return
+            decision = self.election.on_peer_views(views, now)
+            if decision is Decision.TAKE_OVER:
+                await self._take_over()
+            elif self.election.role is Role.SERVER:
+                await self._sync_from_scheduler()
+            return
+        scheduler = self.election.scheduler
+        assert scheduler is not None
+        assert self.pinger is not None
+        ok = await self.pinger.ping(scheduler, self.config.cluster.ping_interval_s)
+        if self.election.on_ping_result(ok, time.monotonic()) is Decision.ELECT:
+            events.warning(
+                "event=scheduler_unreachable node=%s scheduler=%s pings_failed=%d", self.name,
+                self.by_address.get(scheduler, scheduler), self.election.failures,
+            )
+
+    async def _ask_peers(self) -> list[PeerView]:
+        async def ask(i: int) -> PeerView | None:
+            assert self.session is not None
+            try:
+                async with self.session.get(
+                    admin_base(self.config, i) + "/peer", headers=self.headers,
+                    timeout=aiohttp.ClientTimeout(total=0.5),
+                ) as r:
+                    if r.status != 200:
+                        return None
+                    d = await r.json()
+                    return PeerView(d["address"], bool(d["candidate"]),
+                                    bool(d["scheduler_alive"]), bool(d["is_scheduler"]),
+                                    int(d["term"]))
+            except (TimeoutError, aiohttp.ClientError, KeyError, ValueError):
+                return None
+
+        found = await asyncio.gather(*(ask(i) for i in range(len(self.names)) if i != self.index))
+        return [v for v in found if v is not None]
+
+    async def _take_over(self) -> None:
+        async with self.lock:
+            self.failovers += 1
+            events.warning(
+                "event=take_over node=%s term=%d table_version=%d", self.name,
+                self.election.term, self.table.version,
+            )
+            role = SchedulerRole(
+                self.config, self.name, self.token, dataplane=self.dataplane, synced=self.table,
+                epoch=self.election.term, push=self._push_to_peers,
+            )
+            self.role = role
+            await role.start()
+
+    async def _stand_down(self) -> None:
+        async with self.lock:
+            role, self.role = self.role, None
+            if role is not None:
+                self.table = role.table
+                await role.stop()
+            events.warning("event=stand_down node=%s scheduler=%s", self.name,
+                           self.scheduler_name())
+
+    # --- table sync ---------------------------------------------------------------------------
+    async def _push_to_peers(self, body: dict[str, Any]) -> None:
+        """Send one change (or the whole table) to every peer before the kernel uses it."""
+        assert self.session is not None
+
+        async def push(i: int) -> None:
+            assert self.session is not None
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                async with self.session.post(
+                    admin_base(self.config, i) + "/sync", json=body, headers=self.headers,
+                    timeout=aiohttp.ClientTimeout(total=0.3),
+                ) as r:
+                    await r.read()
+
+        await asyncio.gather(*(push(i) for i in range(len(self.names)) if i != self.index))
+
+    def apply_sync(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A pushed change from the scheduler (or a pulled snapshot); version mismatches ask for
+        the whole table."""
+        if self.role is not None:
+            return {"ok": False, "reason": "this node is the scheduler"}
+        epoch = int(body["epoch"])
+        try:
+            if body.get("assignments") is not None:
+                self.table.apply_snapshot(int(body["version"]), body["assignments"], epoch=epoch)
+            else:
+                changes = [(int(b), None if n is None else int(n)) for b, n in body["changes"]]
+                self.table.apply_delta(int(body["from_version"]), int(body["version"]), changes,
+                                       epoch=epoch)
+        except SyncError as e:
+            return {"ok": False, "reason": str(e), "version": self.table.version,
+                    "epoch": self.table.epoch}
+        return {"ok": True, "version": self.table.version}
+
+    async def _sync_from_scheduler(self) -> None:
+        """Pull the whole table once when we start following a scheduler."""
+        addr = self.election.scheduler
+        if addr is None or addr not in self.by_address or self.session is None:
+            return
+        i = self.names.index(self.by_address[addr])
+        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError):
+            async with self.session.get(
+                admin_base(self.config, i) + "/table", params={"indexes": "1"},
+                headers=self.headers,
+            ) as r:
+                if r.status == 200:
+                    d = await r.json()
+                    self.apply_sync({"epoch": d["epoch"], "version": d["version"],
+                                     "assignments": d["indexes"]})
+
+    # --- admin routes -------------------------------------------------------------------------
+    def routes(self, app: web.Application) -> None:
+        async def peer(_: web.Request) -> web.Response:
+            return web.json_response(self.peer_view())
+
+        async def sync(request: web.Request) -> web.Response:
+            try:
+                body = await request.json()
+                return web.json_response(self.apply_sync(body))
+            except (ValueError, KeyError, TypeError) as e:
+                return web.json_response({"ok": False, "reason": str(e)}, status=400)
+
+        def not_scheduler() -> web.Response:
+            return web.json_response(
+                {"error": "not the scheduler", "scheduler": self.scheduler_name()}, status=409
+            )
+
+        async def table(request: web.Request) -> web.Response:
+            if self.role is None:
+                return not_scheduler()
+            d = self.role.table_json()
+            if request.query.get("indexes"):
+                d["indexes"] = self.role.table.assignments()
+            return web.json_response(d)
+
+        async def summary(_: web.Request) -> web.Response:
+            if self.role is None:
+                return not_scheduler()
+            return web.json_response(self.role.summary_json())
+
+        async def panic(request: web.Request) -> web.Response:
+            if self.role is None:
+                return not_scheduler()
+            self.role.panic(request.method == "POST")
+            events.warning("event=admin_action node=%s action=panic_%s peer=%s", self.name,
+                           "on" if request.method == "POST" else "off", request.remote)
+            await self.role.push_now()
+            return web.json_response({"panic": request.method == "POST",
+                                      "table_version": self.role.table.version})
+
+        app.router.add_get("/peer", peer)
+        app.router.add_post("/sync", sync)
+        app.router.add_get("/table", table)
+        app.router.add_get("/summary", summary)
+        app.router.add_post("/panic", panic)
+        app.router.add_delete("/panic", panic)

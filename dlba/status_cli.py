@@ -1,0 +1,151 @@
+"""`dlba status`: the array's tables in the terminal (rich), or as the contract's JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from dlba.config import ConfigError, load_config, parse_host_port
+
+TIMEOUT_S = 2.0
+
+
+def fetch(url: str, token: str) -> Any:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=TIMEOUT_S) as r:
+        return json.loads(r.read())
+
+
+def admin_urls_from_state(state: Path) -> tuple[list[str], str]:
+    """Every node's admin base URL and the token, from the folder `dlba up` keeps."""
+    cfg = load_config(state / "cluster.toml")
+    urls = []
+    for n in cfg.nodes:
+        port = (n.admin or parse_host_port(cfg.admin.listen, default_host=n.address)).port
+        host = n.address if cfg.cluster.vip or not n.listen else n.listen[0].host
+        urls.append(f"http://{host}:{port}")
+    token_file = state / "admin.token"
+    token = token_file.read_text().strip() if token_file.exists() else cfg.read_admin_token()
+    return urls, token
+
+
+def gather(urls: list[str], token: str) -> dict[str, Any]:
+    """The contract's status document, from the scheduler's summary when there is one."""
+    statuses: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for url in urls:
+        try:
+            statuses.append(fetch(url + "/status", token))
+        except (OSError, urllib.error.URLError, ValueError) as e:
+            errors.append(f"{url}: {e}")
+    if not statuses:
+        raise ConnectionError("no node answered: " + "; ".join(errors))
+    first = statuses[0]
+    sched_name = next((s["node"] for s in statuses if s.get("role") == "scheduler"), None)
+    sched_name = sched_name or first.get("scheduler")
+    doc: dict[str, Any] = {
+        "node": first["node"], "role": first["role"], "scheduler": sched_name,
+        "config_version": first.get("config_version"), "table_version": first.get(
+            "table_version"),
+        "config_versions": {s["node"]: s.get("config_version") for s in statuses},
+        "unreachable": errors,
+    }
+    sched_url = next(
+        (u for u, s in zip(urls, statuses, strict=False) if s.get("node") == sched_name), None
+    )
+    if sched_name and sched_url is None:
+        sched_url = next((u for u in urls if sched_name in u), None)
+    summary = None
+    if sched_url is not None:
+        try:
+            summary = fetch(sched_url + "/summary", token)
+            table = fetch(sched_url + "/table", token)
+            doc["table"] = table
+        except (OSError, urllib.error.URLError, ValueError) as e:
+            errors.append(f"{sched_url}: {e}")
+    if summary is not None:
+        doc["table_version"] = summary["table_version"]
+        doc["nodes"] = summary["nodes"]
+        doc["backends"] = summary["backends"]
+        doc["last_sweep"] = summary.get("last_sweep")
+        doc["dataplane"] = summary.get("dataplane")
+    else:  # a standalone node, or no scheduler reachable: each node's own rows
+        doc["nodes"] = [row for s in statuses for row in s.get("nodes", [])]
+        doc["backends"] = first.get("backends", [])
+    return doc
+
+
+def render(doc: dict[str, Any], console: Console) -> None:
+    console.print(
+        f"[bold]DLBA[/bold] scheduler: [cyan]{doc.get('scheduler') or '-'}[/cyan]  "
+        f"table version: {doc.get('table_version')}  config versions: "
+        + ", ".join(f"{k}={v}" for k, v in doc.get("config_versions", {}).items())
+    )
+    nodes = Table(title="DLBA server status table (Fig. 5)")
+    for col in ("name", "address", "mac", "ip_groups", "avg_response_ms", "hits",
+                "open_connections", "failed", "enabled", "weight"):
+        nodes.add_column(col)
+    for n in doc.get("nodes", []):
+        nodes.add_row(*(str(n.get(c, "")) for c in (
+            "name", "address", "mac", "ip_groups", "avg_response_ms", "hits",
+            "open_connections", "failed", "enabled", "weight")),
+            style="red" if n.get("failed") else None)
+    console.print(nodes)
+    backends = Table(title="Web server status table (Fig. 7/8)")
+    cols = ("id", "address", "state", "cookie_groups", "avg_response_ms", "hits",
+            "open_connections", "unable_to_connect", "failed", "enabled", "weight")
+    for col in cols:
+        backends.add_column(col)
+    for b in doc.get("backends", []):
+        backends.add_row(*(str(b.get(c, "")) for c in cols),
+                         style="red" if b.get("failed") else None)
+    console.print(backends)
+    if doc.get("last_sweep"):
+        console.print(f"last sweep: {time.ctime(doc['last_sweep'])}")
+    for e in doc.get("unreachable", []):
+        console.print(f"[red]unreachable[/red] {e}")
+
+
+def status_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="dlba status", description="show the array's tables")
+    p.add_argument("--json", action="store_true", help="print the contract's JSON")
+    p.add_argument("--admin", help="admin URL of any node, e.g. http://198.18.0.11:9000")
+    p.add_argument("--token", help="admin token (default: from the state folder)")
+    p.add_argument("--state", default="run", help="state folder of `dlba up` (default ./run)")
+    p.add_argument("--watch", type=float, nargs="?", const=2.0, help="refresh every N s")
+    args = p.parse_args(argv)
+    try:
+        if args.admin:
+            urls = [args.admin.rstrip("/")]
+            token = args.token or (Path(args.state) / "admin.token").read_text().strip()
+        else:
+            urls, token = admin_urls_from_state(Path(args.state))
+            token = args.token or token
+    except (ConfigError, OSError) as e:
+        print(f"dlba status: cannot find the array: {e}", file=sys.stderr)
+        return 2
+    console = Console()
+    while True:
+        try:
+            doc = gather(urls, token)
+        except ConnectionError as e:
+            print(f"dlba status: {e}", file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps(doc, indent=1))
+        else:
+            if args.watch:
+                console.clear()
+            render(doc, console)
+        if not args.watch:
+            return 0
+        time.sleep(args.watch)

@@ -1,0 +1,250 @@
+"""The scheduler role (patent 003, Fig. 9): client table + status sweep + data plane + VIP.
+
+Held by exactly one node of the array. It owns the pure tables (client table, DLBA server status
+table) and drives the I/O shells around them: the data plane that forwards by the table, the
+sweep that fills the status table from every node's admin API, and the VIP's ARP answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+
+from dlba.config import Config, parse_host_port
+from scheduler.client_table import ClientTable
+from scheduler.dataplane import DataPlane, make_dataplane
+from scheduler.server_status_table import ServerStatusTable
+from scheduler.status_sweep import NodeFailed, NodeRecovered, StatusSweep, SweepEvent
+from scheduler.status_sweep_http import StatusFetcher, run_sweep
+from scheduler.vip_owner import VipOwner, interface_of, mac_text
+
+events = logging.getLogger("dlba.event")
+MAINTENANCE_S = 1.0
+Push = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def admin_url(config: Config, index: int) -> str:
+    node = config.nodes[index]
+    port = (node.admin or parse_host_port(config.admin.listen, default_host=node.address)).port
+    return f"http://{node.address}:{port}/status"
+
+
+def port_rules(config: Config) -> tuple[set[int], dict[int, int], int | None]:
+    index = {n.name: i for i, n in enumerate(config.nodes)}
+    balanced = {p.port for p in config.ports if p.pinned_node is None}
+    pinned = {p.port: index[p.pinned_node] for p in config.ports if p.pinned_node is not None}
+    if not config.ports:
+        balanced = {80, 443}
+    default = index.get(config.cluster.default_node) if config.cluster.default_node else None
+    return balanced, pinned, default
+
+
+class SchedulerRole:
+    def __init__(
+        self, config: Config, self_name: str, token: str, *, dataplane: str = "ebpf",
+        synced: ClientTable | None = None, epoch: int = 1, push: Push | None = None,
+    ) -> None:
+        assert config.cluster.vip is not None
+        self.config = config
+        self.vip = config.cluster.vip
+        self.names = [n.name for n in config.nodes]
+        self.index = self.names.index(self_name)
+        self.token = token
+        self.prefer = dataplane
+        self.epoch = epoch
+        self.self_name = self_name
+        self.ifname = ""
+        self.mac = b""
+        self.status = ServerStatusTable(config.nodes)
+        size = config.cluster.buckets
+        self.table = synced or ClientTable(size, self.status.table_weights(), live=[
+            i == self.index for i in range(len(self.names))
+        ])
+        self.sweep = StatusSweep(
+            len(self.names), retries=config.cluster.sweep_retries, retry_delay_s=0.1,
+            sweep_delay_s=config.cluster.sweep_interval_s, now=time.monotonic(),
+        )
+        self.dataplane: DataPlane | None = None
+        self.vip_owner: VipOwner | None = None
+        self.stop_event = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+        self.session: aiohttp.ClientSession | None = None
+        self.push = push
+        self.push_lock = asyncio.Lock()
+        self.pending_push: asyncio.Future[None] | None = None
+        self.pushed_version = -1
+        self.pushed_macs: dict[int, str] = {}
+        self.started_at = time.time()
+
+    # --- life cycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        # pyroute2's synchronous API runs its own event loop: it runs in a thread here.
+        address = self.config.node(self.self_name).address
+        self.ifname, self.mac = await asyncio.to_thread(interface_of, address)
+        self.status.set_mac(self.index, mac_text(self.mac))
+        self.vip_owner = VipOwner(self.ifname, self.vip)
+        now = time.monotonic()
+        self.session = aiohttp.ClientSession()
+        fetch = StatusFetcher(self.session, [admin_url(self.config, i) for i in range(len(
+            self.names))], self.token, timeout_s=1.0)
+        # One visit to every node before the first fill, so buckets go to live nodes only.
+        answers = await asyncio.gather(*(fetch(i) for i in range(len(self.names))))
+        for i, doc in enumerate(answers):
+            ok = False
+            if doc is not None:
+                with contextlib.suppress(ValueError):
+                    self.status.apply_status(i, doc, time.time())
+                    ok = True
+            live = ok or i == self.index
+            if live and not self.table.is_live(i):
+                self.table.node_joined(i, now)
+            elif not live:
+                self.status.mark_failed(i)
+                if self.table.is_live(i):
+                    self.table.node_failed(i, now)
+        self.table.begin_term(self.epoch, now)
+        dp = make_dataplane(self.ifname, self.vip, self.config.cluster.buckets, self.prefer)
+        dp.install()
+        self.dataplane = dp
+        dp.set_self(self.index, self.mac)
+        balanced, pinned, default = port_rules(self.config)
+        dp.set_port_rules(balanced, pinned, default)
+        dp.set_deny(list(self.config.cluster.deny))
+        await self.push_now()
+        await asyncio.to_thread(self.vip_owner.take, self.mac)
+        self.tasks = [
+            asyncio.ensure_future(run_sweep(
+                self.sweep, self.status, fetch, stop=self.stop_event, on_event=self._on_sweep,
+            )),
+            asyncio.ensure_future(self._maintenance()),
+        ]
+        events.warning(
+            "event=scheduler_started node=%s vip=%s dataplane=%s buckets=%d live=%s",
+            self.names[self.index], self.vip, type(dp).__name__, self.table.size,
+            ",".join(n for i, n in enumerate(self.names) if self.table.is_live(i)),
+        )
+
+    async def stop(self) -> None:
+        """Stand down: stop answering ARP first, then remove the data plane."""
+        if self.vip_owner is not None:
+            await asyncio.to_thread(self.vip_owner.release)
+        self.stop_event.set()
+        for t in self.tasks:
+            t.cancel()
+        for t in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.dataplane is not None:
+            self.dataplane.close()
+            self.dataplane = None
+        if self.session is not None:
+            await self.session.close()
+
+    # --- keeping the peers and the kernel in step with the tables ----------------------------
+    def _sync_body(self) -> dict[str, Any]:
+        t = self.table
+        changes = (
+            t.changes_since(self.pushed_version, epoch=t.epoch) if self.pushed_version >= 0
+            else None
+        )
+        if changes is None:
+            return {"epoch": t.epoch, "version": t.version, "assignments": t.assignments()}
+        return {"epoch": t.epoch, "from_version": self.pushed_version, "version": t.version,
+                "changes": changes}
+
+    async def push_now(self) -> None:
+        """Peers first, then the kernel: a bucket is never used before every live peer has it,
+        so a takeover finds every flow's owner in its synced table."""
+        async with self.push_lock:
+            if self.push is not None and self.table.version != self.pushed_version:
+                await self.push(self._sync_body())
+            self._push()
+
+    def _push(self) -> None:
+        dp = self.dataplane
+        if dp is None:
+            return
+        macs = {r.number: r.mac for r in self.status.rows if r.mac}
+        if macs != self.pushed_macs:
+            dp.set_nodes({i: bytes.fromhex(m.replace(":", "")) for i, m in macs.items()})
+            self.pushed_macs = macs
+        if self.table.version != self.pushed_version:
+            assignment = [
+                -1 if o is None or o not in macs else o for o in self.table.assignments()
+            ]
+            dp.set_assignments(assignment)
+            self.pushed_version = self.table.version
+        self.status.set_ip_groups(self.table.counts())
+
+    def _on_sweep(self, event: SweepEvent) -> None:
+        now = time.monotonic()
+        name = self.names[event.node] if hasattr(event, "node") else ""
+        if isinstance(event, NodeFailed) and event.node != self.index:
+            moved = self.table.node_failed(event.node, now)
+            events.warning("event=node_failed node=%s buckets_moved=%d", name, moved)
+        elif isinstance(event, NodeRecovered):
+            self.table.node_joined(event.node, now)
+            events.warning("event=node_joined node=%s", name)
+        self.pending_push = asyncio.ensure_future(self.push_now())
+
+    async def _maintenance(self) -> None:
+        idle_s = self.config.cluster.bucket_idle_s
+        while True:
+            await asyncio.sleep(MAINTENANCE_S)
+            dp = self.dataplane
+            if dp is None:
+                continue
+            self.table.load_last_access([ns / 1e9 for ns in dp.last_access_ns()])
+            if self.table.panic_scheduler is None:
+                moved = self.table.rebalance(time.monotonic(), idle_s)
+                if moved:
+                    events.info("event=rebalance buckets_moved=%d version=%d", moved,
+                                self.table.version)
+            await self.push_now()
+
+    # --- what the admin API shows -------------------------------------------------------------
+    def table_json(self) -> dict[str, Any]:
+        return {
+            "version": self.table.version, "epoch": self.table.epoch, "size": self.table.size,
+            "assignments": [None if o is None else self.names[o]
+                            for o in self.table.assignments()],
+        }
+
+    def node_rows(self) -> list[dict[str, Any]]:
+        return [r.to_json() for r in self.status.rows]
+
+    def summary_json(self) -> dict[str, Any]:
+        dp = self.dataplane
+        counters = dp.counters() if dp is not None else None
+        return {
+            "scheduler": self.names[self.index],
+            "table_version": self.table.version,
+            "last_sweep": self.status.last_sweep,
+            "sweeps": self.sweep.sweeps,
+            "nodes": self.node_rows(),
+            "backends": [r.to_json() for r in self.status.summary()],
+            "dataplane": None if counters is None else {
+                "kind": type(dp).__name__,
+                "packets": {self.names[i]: n for i, n in counters.packets.items()
+                            if i < len(self.names)},
+                "drops": counters.drops,
+                "redirected": counters.redirected,
+            },
+            "panic": self.table.panic_scheduler is not None,
+        }
+
+    def panic(self, on: bool) -> None:
+        now = time.monotonic()
+        if on:
+            self.status.panic()
+            moved = self.table.panic(now, self.index)
+            events.warning("event=panic_on buckets_moved=%d", moved)
+        else:
+            self.table.clear_panic()
+            events.warning("event=panic_off")
