@@ -25,7 +25,7 @@ $(BIN)/dlba: .apt-stamp pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $@
 
-$(BPF_OBJ): scheduler/bpf/dlba_tc.c .apt-stamp
+$(BPF_OBJ): scheduler/bpf/dlba_tc.c scheduler/bpf/dlba_tc.h .apt-stamp
 	clang -O2 -g -target bpf -I/usr/include/$$(gcc -print-multiarch) -c $< -o $@
 
 run: install
