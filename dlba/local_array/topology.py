@@ -2,7 +2,7 @@
 
 Pure description, no I/O. `netns_builder` applies a `Plan`, `config_gen` turns it into the
 cluster config, `up` starts processes where it says. Every name is derived from one prefix
-(`dlba-` for the real array) so tests can build a private copy (`dlbat1a2b-`) next to a
+(`dlba-` for the real array) so tests can build a private copy (`lat1a2b-`) next to a
 user's running array without touching it.
 """
 

@@ -9,13 +9,16 @@ the array running (for tests and scripts); `dlba down` removes it or a crashed r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import socket
 import sys
 import threading
+import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 from dlba.local_array import config_gen, netns_builder, processes
@@ -114,10 +117,41 @@ def _stop_all(state: StatePaths, prefix: str | None) -> netns_builder.Removed:
 
 
 def _wait_for_signal() -> None:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    """Sleep until SIGINT/SIGTERM/SIGHUP (turned into KeyboardInterrupt by _signals())."""
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            time.sleep(3600)
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
+@contextlib.contextmanager
+def _signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP act like Ctrl-C while `up` runs: a KeyboardInterrupt that the
+    `finally` blocks turn into a clean teardown, instead of the default action leaving the
+    namespaces behind. Restored on exit, so a caller (a test) keeps its own handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    owner = os.getpid()
+
+    def interrupt(signum: int, _frame: object) -> None:
+        if os.getpid() != owner:
+            # A fork of this process (pyroute2 does its namespace work in forked helpers
+            # and stops them with SIGTERM): it must die, not unwind into our code and go
+            # on running a copy of `up` that tears down the array.
+            os._exit(128 + signum)
+        raise KeyboardInterrupt
+
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    old = {sig: signal.signal(sig, interrupt) for sig in sigs}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def _banner(lines: list[str]) -> None:
@@ -149,6 +183,10 @@ def _up_netns(args: argparse.Namespace, state: StatePaths) -> int:
         "mode": "netns", "prefix": plan.prefix, "nodes": names, "backends": plan.backends,
         "redis": plan.redis, "config": str(config),
         "admin": [f"http://{plan.node_front(k)}:{ADMIN_PORT}" for k in range(1, plan.nodes + 1)],
+        # The admin addresses exist only inside the namespaces: `dlba status` connects from
+        # this one (processes.netns_socket), not from the host.
+        "client_netns": plan.client_ns,
+        "token_file": str(user_token or state.token),
     }) + "\n")  # fmt: skip
 
     netns_builder.build(plan)
@@ -177,7 +215,7 @@ def _up_netns(args: argparse.Namespace, state: StatePaths) -> int:
         ca = state.certs / "ca.pem"
         curl = f"ip netns exec {plan.client_ns} curl"
         _banner([
-            f"DLBA array up: {plan.nodes} nodes, {plan.backends} back ends"
+            f"DLBA array up: {_count(plan.nodes, 'node')}, {_count(plan.backends, 'back end')}"
             + (", redis" if plan.redis else "") + f" (state {state.root})",
             f"  VIP        http://{plan.vip}/   https://{plan.vip}/",
             f"  dashboard  {plan.admin_url(1)}?token={token}"
@@ -227,6 +265,7 @@ def _up_loopback(args: argparse.Namespace, state: StatePaths) -> int:
     state.array_file.write_text(json.dumps({
         "mode": "loopback", "prefix": None, "nodes": ["n1"], "backends": len(ports),
         "config": str(config), "admin": [f"http://127.0.0.1:{admin}"],
+        "client_netns": None, "token_file": str(state.token),
     }) + "\n")  # fmt: skip
     detached = False
     try:
@@ -262,9 +301,13 @@ def up_main(argv: list[str]) -> int:
     args.prefix = args.prefix or DEFAULT_PREFIX
     state = StatePaths(Path(args.state).resolve())
     try:
-        if os.geteuid() != 0:
-            return _up_loopback(args, state)
-        return _up_netns(args, state)
+        with _signals():
+            if os.geteuid() != 0:
+                return _up_loopback(args, state)
+            return _up_netns(args, state)
+    except KeyboardInterrupt:
+        print("dlba up: interrupted while starting; removed what was made", file=sys.stderr)
+        return 130
     except (_UsageError, ValueError) as exc:
         print(f"dlba up: {exc}", file=sys.stderr)
         return 2

@@ -1,12 +1,14 @@
 """The local array's namespaces on the real kernel (root). Every name carries a random
-`dlbat<hex>-` prefix, so a user's running `dlba-` array is never touched, and every test
-removes what it made even when it fails. Traffic stays inside the namespaces made here."""
+`lat<hex>-` prefix, so a user's running `dlba-` array is never touched (and not `dlbat`:
+the data-plane tests name theirs `dlbat-*`, and a sweep of those must never hit ours).
+Every test removes what it made even when it fails; traffic stays in these namespaces."""
 
 from __future__ import annotations
 
 import json
 import os
 import secrets
+import signal
 import socket
 import struct
 import sys
@@ -24,7 +26,7 @@ pytestmark = pytest.mark.array
 
 
 def _prefix() -> str:
-    return f"dlbat{secrets.token_hex(2)}-"
+    return f"lat{secrets.token_hex(2)}-"
 
 
 @pytest.fixture(scope="module")
@@ -275,8 +277,12 @@ def test_up_detach_then_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(up, "backend_command", fake_backend)
     prefix, state = _prefix(), tmp_path / "run"
     args = ["--nodes", "2", "--backends", "2", "--state", str(state), "--prefix", prefix]
+    handler = signal.getsignal(signal.SIGTERM)
     try:
         assert up.up_main([*args, "--detach"]) == 0
+        # `up` gives the caller its SIGTERM handler back: a handler left behind would reach
+        # pyroute2's forked helpers, which are stopped with SIGTERM.
+        assert signal.getsignal(signal.SIGTERM) is handler
         out = capsys.readouterr().out
         token = (state / "admin.token").read_text().strip()
         assert "http://198.18.0.100/" in out and "https://198.18.0.100/" in out
@@ -298,20 +304,29 @@ def test_up_detach_then_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         netns_builder.teardown(prefix)
 
 
-def test_up_without_root_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                 capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_up_without_root_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.setattr(up, "backend_command", lambda name, listen: [
         sys.executable, "-c", _FAKE_SERVER, name, *listen.rsplit(":", 1)])  # fmt: skip
     monkeypatch.setattr(up, "node_command", lambda config, name: ["false"])
-    state = tmp_path / "run"
+    state, ns = tmp_path / "run", f"{_prefix()}lo"
+    # The loopback mode runs in a private namespace (children inherit the calling thread's
+    # namespace), so its 127.0.0.1 ports never meet the host's or a user's loopback node.
+    netns.create(ns)
     try:
-        rc = up.up_main(["--backends", "1", "--state", str(state), "--detach"])
+        with IPRoute(netns=ns) as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        argv = ["--backends", "1", "--state", str(state), "--detach"]
+        rc = processes.run_in_netns(ns, lambda: up.up_main(argv))
         out = capsys.readouterr()
         assert "network namespaces need root" in out.out
         # The stand-in node exits at once: `up` reports it instead of waiting forever.
         assert rc == 1 and "n1 exited" in out.err
         cfg = (state / "cluster.toml").read_text()
         assert "vip" not in cfg and '"127.0.0.1' in cfg
+        assert not list((state / "pids").glob("*.pid"))  # the back end was stopped again
     finally:
         processes.stop_recorded(state)
+        netns_builder.teardown(ns)

@@ -54,7 +54,7 @@ def test_redis_namespace_only_when_asked() -> None:
     nodes=st.integers(1, MAX_NODES),
     backends=st.integers(1, MAX_BACKENDS),
     redis=st.booleans(),
-    prefix=st.sampled_from(["dlba-", "dlbat1a2b-", "x-"]),
+    prefix=st.sampled_from(["dlba-", "dlbat1a2b-", "lat1a2b-", "x-"]),
 )
 def test_plan_invariants(nodes: int, backends: int, redis: bool, prefix: str) -> None:
     plan = make_plan(nodes, backends, prefix=prefix, redis=redis)
