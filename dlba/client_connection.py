@@ -49,6 +49,7 @@ class ClientConnection(asyncio.Protocol):
         self.closing = False
         self.in_head = False
         self.head_bytes = 0
+        self.fields_bytes = 0
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.paused = False
@@ -128,6 +129,7 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.in_head = True
         self.head_bytes = 0
+        self.fields_bytes = 0
         self.url = b""
         self.headers = []
         if self.timer_kind != "header":
@@ -145,6 +147,10 @@ class ClientConnection(asyncio.Protocol):
         self.headers.append((name, value))
         if len(self.headers) > limits.max_headers:
             raise Reject(431, f"more than {limits.max_headers} header fields")
+        # data_received only sees heads still incomplete after a read; this counts whole ones.
+        self.fields_bytes += len(name) + len(value) + 4
+        if self.fields_bytes > MAX_HEAD_BYTES:
+            raise Reject(431, "request head too large")
 
     def on_headers_complete(self) -> None:
         parser = self.parser

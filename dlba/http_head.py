@@ -28,6 +28,9 @@ HOP_BY_HOP = frozenset(
     }
 )
 FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"forwarded"})
+# Never hop-by-hop, whatever `Connection` lists: dropping the framing (or Host) of a message
+# whose body is still forwarded would make the next hop read the body as a new message.
+END_TO_END = frozenset({b"content-length", b"host"})
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 _REASONS = {
@@ -67,11 +70,12 @@ class TrustedProxies:
 
 
 def connection_tokens(headers: Sequence[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """Header names a `Connection` header makes hop-by-hop (except END_TO_END ones)."""
     tokens: set[bytes] = set()
     for name, value in headers:
         if name.lower() == b"connection":
             tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
-    return frozenset(tokens)
+    return frozenset(tokens - END_TO_END)
 
 
 def header_value(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -95,10 +99,13 @@ def request_head(
 ) -> bytes:
     """The head sent to a back end: HTTP/1.1, keepalive, forwarding headers set by us."""
     drop = HOP_BY_HOP | connection_tokens(headers)
+    if chunked:
+        drop |= {b"content-length"}  # one framing header only (RFC 9112 §6.3)
     keep_forwarded = client_ip in trusted
     out = [method, b" ", target, b" HTTP/1.1\r\n"]
     prior_xff: bytes | None = None
     prior_fwd: bytes | None = None
+    prior_proto: bytes | None = None
     upgrade_value: bytes | None = None
     for name, value in headers:
         low = name.lower()
@@ -107,8 +114,8 @@ def request_head(
                 prior_xff = value if prior_xff is None else prior_xff + b", " + value
             elif keep_forwarded and low == b"forwarded":
                 prior_fwd = value if prior_fwd is None else prior_fwd + b", " + value
-            elif keep_forwarded and low == b"x-forwarded-proto":
-                out += [name, b": ", value, b"\r\n"]
+            elif keep_forwarded and low == b"x-forwarded-proto" and prior_proto is None:
+                prior_proto = value
             continue
         if low in drop:
             if low == b"upgrade":
@@ -117,8 +124,8 @@ def request_head(
         out += [name, b": ", value, b"\r\n"]
     ip = client_ip.encode()
     out += [b"X-Forwarded-For: ", prior_xff + b", " + ip if prior_xff else ip, b"\r\n"]
-    if not keep_forwarded:
-        out += [b"X-Forwarded-Proto: ", scheme, b"\r\n"]
+    # A trusted proxy's scheme is the client's; anyone else's is replaced by the one we saw.
+    out += [b"X-Forwarded-Proto: ", prior_proto or scheme, b"\r\n"]
     node = b'"[' + ip + b']"' if b":" in ip else ip
     fwd = b"for=" + node + b";proto=" + scheme
     out += [b"Forwarded: ", prior_fwd + b", " + fwd if prior_fwd else fwd, b"\r\n"]
@@ -142,6 +149,8 @@ def response_head(
 ) -> bytes:
     """The head sent to the client. `extra` carries injected headers (Set-Cookie)."""
     drop = HOP_BY_HOP | connection_tokens(headers)
+    if chunked:
+        drop |= {b"content-length"}  # one framing header only (RFC 9112 §6.3)
     out = [b"HTTP/1.1 ", str(status).encode(), b" ", reason or _REASONS.get(status, b"-"), b"\r\n"]
     upgrade_value = None
     for name, value in headers:
