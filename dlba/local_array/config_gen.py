@@ -76,9 +76,7 @@ class BackendEntry:
 def _toml_str(s: str) -> str:
     out = s.replace("\\", "\\\\").replace('"', '\\"')
     # TOML basic strings forbid control characters other than tab, DEL included.
-    out = "".join(
-        f"\\u{ord(c):04x}" if (c < " " and c != "\t") or c == "\x7f" else c for c in out
-    )
+    out = "".join(f"\\u{ord(c):04x}" if (c < " " and c != "\t") or c == "\x7f" else c for c in out)
     return f'"{out}"'
 
 
