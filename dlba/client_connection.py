@@ -172,9 +172,9 @@ class ClientConnection(asyncio.Protocol):
                 host += 1
         if host > 1 or (host == 0 and self.http11):
             raise Reject(400, "exactly one Host header is required")
-        if not self.url.startswith(b"/") and method != b"OPTIONS":
-            if not self.url.startswith((b"http://", b"https://")):
-                raise Reject(400, "bad request target")
+        absolute = self.url.startswith((b"http://", b"https://"))
+        if not self.url.startswith(b"/") and method != b"OPTIONS" and not absolute:
+            raise Reject(400, "bad request target")
         ex = Exchange(
             self, method, self.url, self.headers, parser.should_keep_alive(),
             parser.should_upgrade(), chunked,

@@ -137,7 +137,7 @@ async def raw_exchange(
                 break
             try:
                 chunk = await asyncio.wait_for(reader.read(65536), left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
             if not chunk:
                 break

@@ -46,10 +46,9 @@ async def test_pipelined_requests_answered_in_order(tmp_path: Path) -> None:
 
 async def test_persistence_cookie_injected_and_honoured(tmp_path: Path) -> None:
     async with loopback_array(tmp_path, 3) as arr:
-        async with aiohttp.ClientSession() as s:
-            async with s.get(arr.url + "/login") as r:
-                owner = r.headers["X-Backend"]
-                lines = r.headers.getall("Set-Cookie")
+        async with aiohttp.ClientSession() as s, s.get(arr.url + "/login") as r:
+            owner = r.headers["X-Backend"]
+            lines = r.headers.getall("Set-Cookie")
         injected = [ln for ln in lines if ln.startswith("DLBASERVER=")]
         assert len(injected) == 1
         # same attributes as the session cookie
@@ -111,19 +110,18 @@ async def test_tampered_cookie_ignored_and_counted(tmp_path: Path) -> None:
 
 
 async def test_session_id_in_url_and_cookie_sticks(tmp_path: Path) -> None:
-    async with loopback_array(tmp_path, 4) as arr:
-        async with aiohttp.ClientSession() as s:
-            for sid in ("abc", "def", "0123456789"):
-                owners = set()
-                for path in (f"/whoami;jsessionid={sid}", f"/whoami?sid={sid}"):
-                    for _ in range(4):
-                        async with s.get(arr.url + path) as r:
-                            owners.add(r.headers["X-Backend"])
-                async with aiohttp.ClientSession(cookies={"JSESSIONID": sid}) as s2:
-                    for _ in range(4):
-                        async with s2.get(arr.url + "/whoami") as r:
-                            owners.add(r.headers["X-Backend"])
-                assert len(owners) == 1, (sid, owners)
+    async with loopback_array(tmp_path, 4) as arr, aiohttp.ClientSession() as s:
+        for sid in ("abc", "def", "0123456789"):
+            owners = set()
+            for path in (f"/whoami;jsessionid={sid}", f"/whoami?sid={sid}"):
+                for _ in range(4):
+                    async with s.get(arr.url + path) as r:
+                        owners.add(r.headers["X-Backend"])
+            async with aiohttp.ClientSession(cookies={"JSESSIONID": sid}) as s2:
+                for _ in range(4):
+                    async with s2.get(arr.url + "/whoami") as r:
+                        owners.add(r.headers["X-Backend"])
+            assert len(owners) == 1, (sid, owners)
 
 
 async def test_url_hash_paths_stick_and_spread(tmp_path: Path) -> None:
@@ -141,24 +139,23 @@ async def test_url_hash_paths_stick_and_spread(tmp_path: Path) -> None:
 
 
 async def test_least_conn_avoids_busy_backend(tmp_path: Path) -> None:
-    async with loopback_array(tmp_path, 2) as arr:
-        async with aiohttp.ClientSession() as s:
-            slow = asyncio.ensure_future(s.get(arr.url + "/slow?ms=1500"))
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 5
-            busy = None
-            while busy is None and loop.time() < deadline:
-                for row in arr.node.ctx.table.rows:
-                    if row.open_connections == 1:
-                        busy = row.address
-                await asyncio.sleep(0.01)
-            assert busy is not None
-            for _ in range(10):
-                async with s.get(arr.url + "/whoami") as r:
-                    port = arr.backend_ports[await r.text()]
-                    assert busy != f"127.0.0.1:{port}"
-            r = await slow
-            r.release()
+    async with loopback_array(tmp_path, 2) as arr, aiohttp.ClientSession() as s:
+        slow = asyncio.ensure_future(s.get(arr.url + "/slow?ms=1500"))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        busy = None
+        while busy is None and loop.time() < deadline:
+            for row in arr.node.ctx.table.rows:
+                if row.open_connections == 1:
+                    busy = row.address
+            await asyncio.sleep(0.01)
+        assert busy is not None
+        for _ in range(10):
+            async with s.get(arr.url + "/whoami") as r:
+                port = arr.backend_ports[await r.text()]
+                assert busy != f"127.0.0.1:{port}"
+        r = await slow
+        r.release()
 
 
 async def test_weighted_rr_follows_weights(tmp_path: Path) -> None:
@@ -175,18 +172,17 @@ async def test_weighted_rr_follows_weights(tmp_path: Path) -> None:
 
 
 async def test_response_streams_and_request_body_streams(tmp_path: Path) -> None:
-    async with loopback_array(tmp_path, 1) as arr:
-        async with aiohttp.ClientSession() as s:
-            async with s.get(arr.url + "/bytes/5000000") as r:
-                n = 0
-                async for chunk in r.content.iter_chunked(65536):
-                    n += len(chunk)
-                assert n == 5_000_000
+    async with loopback_array(tmp_path, 1) as arr, aiohttp.ClientSession() as s:
+        async with s.get(arr.url + "/bytes/5000000") as r:
+            n = 0
+            async for chunk in r.content.iter_chunked(65536):
+                n += len(chunk)
+            assert n == 5_000_000
 
-            async def gen():  # chunked upload
-                for _ in range(50):
-                    yield b"x" * 100_000
+        async def gen():  # chunked upload
+            for _ in range(50):
+                yield b"x" * 100_000
 
-            async with s.post(arr.url + "/digest", data=gen()) as r:
-                body = await r.json()
-                assert body["length"] == 5_000_000
+        async with s.post(arr.url + "/digest", data=gen()) as r:
+            body = await r.json()
+            assert body["length"] == 5_000_000
