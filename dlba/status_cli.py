@@ -25,8 +25,15 @@ def fetch(url: str, token: str) -> Any:
         return json.loads(r.read())
 
 
-def admin_urls_from_state(state: Path) -> tuple[list[str], str]:
-    """Every node's admin base URL and the token, from the folder `dlba up` keeps."""
+def admin_urls_from_state(state: Path) -> tuple[list[str], str, str | None]:
+    """Every node's admin base URL, the token, and the namespace to ask from, from the folder
+    `dlba up` keeps. The array's addresses exist only inside its namespaces."""
+    array_file = state / "array.json"
+    if array_file.exists():
+        info = json.loads(array_file.read_text())
+        if info.get("mode") == "netns":
+            token = Path(info["token_file"]).read_text().strip()
+            return list(info["admin"]), token, str(info["client_netns"])
     cfg = load_config(state / "cluster.toml")
     urls = []
     for n in cfg.nodes:
@@ -35,7 +42,7 @@ def admin_urls_from_state(state: Path) -> tuple[list[str], str]:
         urls.append(f"http://{host}:{port}")
     token_file = state / "admin.token"
     token = token_file.read_text().strip() if token_file.exists() else cfg.read_admin_token()
-    return urls, token
+    return urls, token, None
 
 
 def gather(urls: list[str], token: str) -> dict[str, Any]:
@@ -122,21 +129,29 @@ def status_main(argv: list[str]) -> int:
     p.add_argument("--token", help="admin token (default: from the state folder)")
     p.add_argument("--state", default="run", help="state folder of `dlba up` (default ./run)")
     p.add_argument("--watch", type=float, nargs="?", const=2.0, help="refresh every N s")
+    p.add_argument("--netns", help="network namespace to connect from")
     args = p.parse_args(argv)
+    netns: str | None = args.netns
     try:
         if args.admin:
             urls = [args.admin.rstrip("/")]
             token = args.token or (Path(args.state) / "admin.token").read_text().strip()
         else:
-            urls, token = admin_urls_from_state(Path(args.state))
+            urls, token, found_ns = admin_urls_from_state(Path(args.state))
             token = args.token or token
+            netns = netns or found_ns
     except (ConfigError, OSError) as e:
         print(f"dlba status: cannot find the array: {e}", file=sys.stderr)
         return 2
     console = Console()
     while True:
         try:
-            doc = gather(urls, token)
+            if netns is None:
+                doc = gather(urls, token)
+            else:
+                from dlba.local_array.processes import run_in_netns
+
+                doc = run_in_netns(netns, lambda: gather(urls, token))
         except ConnectionError as e:
             print(f"dlba status: {e}", file=sys.stderr)
             return 1
