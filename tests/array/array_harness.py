@@ -1,0 +1,175 @@
+"""A whole namespace array made by `dlba up --detach` under a private prefix (test helper).
+
+Everything the tests do to it happens from inside its namespaces (client requests, admin API
+calls, link changes), and `dlba down` removes it whatever the test's outcome.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyroute2 import IPRoute
+
+from dlba.local_array import processes
+
+REPO = Path(__file__).resolve().parents[2]
+VIP = "198.18.0.100"
+CLIENT_IP = "198.18.0.2"
+
+
+def wait_until(cond: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
+        time.sleep(step)
+
+
+@dataclass
+class Array:
+    prefix: str
+    state: Path
+    nodes: int
+    token: str
+
+    @property
+    def client_ns(self) -> str:
+        return f"{self.prefix}client"
+
+    def node_ns(self, k: int) -> str:
+        return f"{self.prefix}n{k}"
+
+    def node_address(self, k: int) -> str:
+        return f"198.18.0.{10 + k}"
+
+    def in_client(self, fn: Callable[[], Any]) -> Any:
+        return processes.run_in_netns(self.client_ns, fn)
+
+    # --- admin API ----------------------------------------------------------------------------
+    def admin(self, k: int, path: str, method: str = "GET", timeout: float = 2.0) -> Any:
+        url = f"http://{self.node_address(k)}:9000{path}"
+
+        def call() -> Any:
+            req = urllib.request.Request(
+                url, method=method, headers={"Authorization": f"Bearer {self.token}"}
+            )
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return json.loads(r.read())
+
+        return self.in_client(call)
+
+    def try_admin(self, k: int, path: str) -> Any:
+        try:
+            return self.admin(k, path, timeout=1.0)
+        except OSError:
+            return None
+
+    def scheduler(self, among: range | list[int] | None = None) -> int | None:
+        """The node that says it holds the role (None when none does)."""
+        for k in among or range(1, self.nodes + 1):
+            st = self.try_admin(k, "/status")
+            if st and st.get("role") == "scheduler":
+                return k
+        return None
+
+    def hits(self) -> dict[int, int]:
+        out = {}
+        for k in range(1, self.nodes + 1):
+            st = self.try_admin(k, "/status")
+            out[k] = st["nodes"][0]["hits"] if st else -1
+        return out
+
+    # --- client traffic -----------------------------------------------------------------------
+    def request(self, path: str, sport: int = 0, timeout: float = 5.0) -> tuple[int, bytes]:
+        """One HTTP/1.1 request to the VIP from the client namespace, from a chosen port."""
+
+        def call() -> tuple[int, bytes]:
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.settimeout(timeout)
+            try:
+                s.bind((CLIENT_IP, sport))
+                s.connect((VIP, 80))
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n"
+                          .encode())
+                data = b""
+                while chunk := s.recv(65536):
+                    data += chunk
+            finally:
+                s.close()
+            head, _, body = data.partition(b"\r\n\r\n")
+            return int(head.split()[1]), body
+
+        result: tuple[int, bytes] = self.in_client(call)
+        return result
+
+    def bucket(self, sport: int, size: int = 4096) -> int:
+        return (int(ipaddress.IPv4Address(CLIENT_IP)) + sport) % size
+
+    def pid(self, name: str) -> int:
+        return int((self.state / "pids" / f"{name}.pid").read_text().split()[0])
+
+    def link(self, k: int, up: bool) -> None:
+        with IPRoute(netns=self.node_ns(k)) as ipr:
+            idx = ipr.link_lookup(ifname="front")[0]
+            ipr.link("set", index=idx, state="up" if up else "down")
+
+    def tx_bytes(self, k: int) -> int:
+        with IPRoute(netns=self.node_ns(k)) as ipr:
+            idx = ipr.link_lookup(ifname="front")[0]
+            stats = ipr.get_links(idx)[0].get_attr("IFLA_STATS64")
+            return int(stats["tx_bytes"])
+
+    def front_mac(self, k: int) -> str:
+        with IPRoute(netns=self.node_ns(k)) as ipr:
+            idx = ipr.link_lookup(ifname="front")[0]
+            return str(ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS"))
+
+
+def dlba(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [sys.executable, "-m", "dlba", *args], capture_output=True, text=True, env=env,
+        timeout=timeout, check=False, cwd=REPO,
+    )
+
+
+@contextmanager
+def running_array(tmp: Path, nodes: int = 3, backends: int = 2) -> Iterator[Array]:
+    if os.geteuid() != 0:
+        pytest.fail("array tests need root (network namespaces, BPF, raw sockets)")
+    prefix = f"la{secrets.token_hex(2)}-"
+    state = tmp / "state"
+    up = dlba("up", "--detach", "--prefix", prefix, "--state", str(state), "--nodes",
+              str(nodes), "--backends", str(backends))
+    try:
+        assert up.returncode == 0, f"dlba up failed:\n{up.stdout}\n{up.stderr}"
+        arr = Array(prefix, state, nodes, (state / "admin.token").read_text().strip())
+        wait_until(lambda: arr.scheduler() is not None, 15, "a scheduler")
+        yield arr
+    finally:
+        down = dlba("down", "--prefix", prefix, "--state", str(state))
+        if down.returncode != 0:
+            print(down.stdout, down.stderr)
+
+
+def stop_process(arr: Array, name: str) -> None:
+    os.kill(arr.pid(name), signal.SIGKILL)

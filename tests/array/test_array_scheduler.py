@@ -1,0 +1,116 @@
+"""Issue 3 on a real namespace array (`dlba up`): the scheduler forwards by the client table
+with its eBPF data plane, only it answers ARP for the VIP, responses bypass it, a killed node's
+buckets move and no other bucket does, and `dlba status` shows the tables."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from tests.array.array_harness import (
+    CLIENT_IP,
+    VIP,
+    Array,
+    dlba,
+    running_array,
+    stop_process,
+    wait_until,
+)
+from tests.array.test_netns_builder import arp_replies
+
+
+@pytest.fixture(scope="module")
+def array(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Array]:
+    with running_array(tmp_path_factory.mktemp("array"), nodes=3, backends=2) as arr:
+        yield arr
+
+
+def owner_of(arr: Array, table: dict[str, object], sport: int) -> str:
+    assignments = table["assignments"]
+    assert isinstance(assignments, list)
+    return str(assignments[arr.bucket(sport, len(assignments))])
+
+
+def test_first_scheduler_is_highest_ip_with_ebpf(array: Array) -> None:
+    assert array.scheduler() == 3
+    summary = array.admin(3, "/summary")
+    assert summary["dataplane"]["kind"] == "EbpfDataPlane"
+    assert {n["name"] for n in summary["nodes"] if not n["failed"]} == {"n1", "n2", "n3"}
+    table = array.admin(3, "/table")
+    assert table["size"] == 4096 and len(table["assignments"]) == 4096
+    counts = {name: table["assignments"].count(name) for name in ("n1", "n2", "n3")}
+    assert max(counts.values()) - min(counts.values()) <= 1  # equal weights, even spread
+    for k in (1, 2):  # non-schedulers refuse the scheduler's tables
+        with pytest.raises(OSError):
+            array.admin(k, "/table")
+
+
+def test_each_connection_lands_on_the_node_the_table_names(array: Array) -> None:
+    table = array.admin(3, "/table")
+    landed: dict[str, int] = {}
+    for sport in range(41000, 41024):
+        before = array.hits()
+        status, body = array.request("/whoami", sport)
+        assert status == 200 and body in (b"b1", b"b2")
+        after = wait_until(
+            lambda b=before: (h := array.hits()) != b and h, 5, "a node's hit counter"
+        )
+        served = [k for k in after if after[k] == before[k] + 1]
+        assert served == [int(owner_of(array, table, sport)[1:])], (sport, before, after)
+        landed[f"n{served[0]}"] = landed.get(f"n{served[0]}", 0) + 1
+    assert set(landed) == {"n1", "n2", "n3"}
+
+
+def test_only_the_scheduler_answers_arp_for_the_vip(array: Array) -> None:
+    macs = arp_replies(array.client_ns, "eth0", CLIENT_IP, VIP)
+    assert macs == {array.front_mac(3)}
+
+
+def test_responses_go_straight_to_the_client(array: Array) -> None:
+    table = array.admin(3, "/table")
+    sport = next(p for p in range(42000, 43000) if owner_of(array, table, p) == "n1")
+    before = array.tx_bytes(3)
+    status, body = array.request("/bytes/5000000", sport, timeout=20)
+    assert status == 200 and len(body) == 5_000_000
+    grown = array.tx_bytes(3) - before
+    assert grown < 500_000, f"the scheduler's front sent {grown} bytes of a 5 MB response"
+
+
+def test_dlba_status_json_names_the_tables(array: Array) -> None:
+    res = dlba("status", "--json", "--state", str(array.state))
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["scheduler"] == "n3"
+    for key in ("node", "role", "config_version", "table_version", "nodes", "backends"):
+        assert key in doc
+    assert {n["name"] for n in doc["nodes"]} == {"n1", "n2", "n3"}
+    for n in doc["nodes"]:
+        assert {"ip_groups", "mac", "avg_response_ms", "hits", "open_connections", "failed",
+                "enabled", "weight"} <= set(n)
+    assert sum(n["ip_groups"] for n in doc["nodes"]) == 4096
+    assert {b["id"] for b in doc["backends"]} == {1, 2}
+    res = dlba("status", "--state", str(array.state))
+    assert res.returncode == 0 and "n3" in res.stdout
+
+
+def test_killed_node_buckets_move_and_no_other(array: Array) -> None:
+    before = array.admin(3, "/table")
+    stop_process(array, "n1")
+    after = wait_until(
+        lambda: (t := array.admin(3, "/table"))["version"] != before["version"] and t, 15,
+        "the sweep to fail n1",
+    )
+    moved = 0
+    for old, new in zip(before["assignments"], after["assignments"], strict=True):
+        if old == "n1":
+            assert new in ("n2", "n3")
+            moved += 1
+        else:
+            assert new == old
+    assert moved > 1000
+    summary = array.admin(3, "/summary")
+    assert [n["failed"] for n in summary["nodes"]] == [True, False, False]
+    for sport in range(41000, 41012):  # every client still served
+        assert array.request("/whoami", sport)[0] == 200
