@@ -57,7 +57,7 @@ class ClusterConfig:
     secret_file: Path | None = None
     deny: tuple[str, ...] = ()
     default_node: str = ""
-    ping_interval_s: float = 0.2
+    ping_interval_s: float = 0.1
     ping_failures: int = 3
     sweep_interval_s: float = 1.0
     sweep_retries: int = 3
@@ -338,7 +338,7 @@ def parse_config(text: str, path: Path) -> Config:
         secret_file=c.take_path("secret_file", base, must_exist=True),
         deny=deny,
         default_node=c.take("default_node", str, ""),
-        ping_interval_s=c.positive("ping_interval_s", float, 0.2),
+        ping_interval_s=c.positive("ping_interval_s", float, 0.1),
         ping_failures=c.positive("ping_failures", int, 3),
         sweep_interval_s=c.positive("sweep_interval_s", float, 1.0),
         sweep_retries=c.positive("sweep_retries", int, 3),

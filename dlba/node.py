@@ -91,6 +91,8 @@ class NodeRuntime:
             with contextlib.suppress(LookupError, OSError):
                 _, mac = await asyncio.to_thread(interface_of, self.address)
                 self.mac = mac_text(mac)
+            if self.agent is not None:
+                self.agent.mac = self.mac
         node = cfg.node(self.name)
         ssl_ctx = tls_context(cfg)
         loop = self.loop

@@ -26,9 +26,20 @@ from scheduler.client_table import ClientTable, SyncError
 from scheduler.election import Decision, Election, PeerView, Role
 from scheduler.icmp_ping import Pinger
 from scheduler.scheduler_role import SchedulerRole
+from scheduler.vip_owner import arp_probe, interface_of, mac_text
 
 events = logging.getLogger("dlba.event")
+
+
+def _probe(address: str, vip: str) -> set[str]:
+    ifname, _ = interface_of(address)
+    return {mac_text(m) for m in arp_probe(ifname, address, vip)}
+
+
 STARTUP_GRACE_S = 3.0  # wait this long for every peer at start, so the highest IP wins
+ASK_TIMEOUT_S = 0.3  # a peer on the same switch answers in well under a millisecond
+SCHEDULER_ASK_S = 0.5  # how often a scheduler checks that no other one exists
+ARP_PROBE_S = 1.0  # how often a server checks who answers ARP for the VIP
 
 
 def admin_base(config: Config, index: int) -> str:
@@ -56,6 +67,11 @@ class NodeAgent:
         self.headers = {"Authorization": f"Bearer {token}"}
         self.failovers = 0
         self.lock = asyncio.Lock()
+        self.mac = ""
+        self.peer_macs: dict[str, str] = {}  # MAC -> address, from the peers' answers
+        self.last_ask = 0.0
+        self.last_probe = 0.0
+        self.pull_task: asyncio.Task[None] | None = None
 
     # --- what the node's admin API shows ------------------------------------------------------
     def role_name(self) -> str:
@@ -73,7 +89,7 @@ class NodeAgent:
         return {
             "name": self.name, "address": v.address, "candidate": v.candidate,
             "scheduler_alive": v.scheduler_alive, "is_scheduler": v.is_scheduler,
-            "term": v.term, "scheduler": self.scheduler_name(),
+            "term": v.term, "scheduler": self.scheduler_name(), "mac": self.mac,
             "table_version": self.table_version(), "epoch": self.current_table().epoch,
         }
 
@@ -104,17 +120,22 @@ class NodeAgent:
         interval = self.config.cluster.ping_interval_s
         started = time.monotonic()
         while True:
+            t0 = time.monotonic()
             try:
                 await self._step(started)
             except Exception:  # one bad round must not end failover for good
                 events.exception("event=agent_error node=%s", self.name)
-            await asyncio.sleep(interval)
+            # A fixed period: a ping that timed out already waited its share of it.
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - t0)))
 
     async def _step(self, started: float) -> None:
         now = time.monotonic()
         role = self.election.role
         if role is Role.SCHEDULER:
             # Two schedulers can only meet after a partition heals: ask, the older term yields.
+            if now - self.last_ask < SCHEDULER_ASK_S:
+                return
+            self.last_ask = now
             views = await self._ask_peers()
             if self.election.on_peer_views(views, now) is Decision.STAND_DOWN:
                 await self._stand_down()
@@ -125,9 +146,10 @@ class NodeAgent:
                 answered = len(views) == len(self.names) - 1
                 if not answered and now - started < STARTUP_GRACE_S:
                     return
+            previous = self.election.scheduler
             decision = self.election.on_peer_views(views, now)
             if decision is Decision.TAKE_OVER:
-                await self._take_over()
+                await self._take_over(previous)
             elif self.election.role is Role.SERVER:
                 await self._sync_from_scheduler()
             return
@@ -140,6 +162,26 @@ class NodeAgent:
                 "event=scheduler_unreachable node=%s scheduler=%s pings_failed=%d", self.name,
                 self.by_address.get(scheduler, scheduler), self.election.failures,
             )
+        elif ok and now - self.last_probe >= ARP_PROBE_S:
+            self.last_probe = now
+            await self._probe_vip_owner()
+
+    async def _probe_vip_owner(self) -> None:
+        """Who answers ARP for the VIP (the patent's way to learn the scheduler): a node that
+        answers but is not the one we follow is a scheduler we did not know of."""
+        vip = self.config.cluster.vip
+        assert vip is not None
+        try:
+            macs = await asyncio.to_thread(_probe, self.address, vip)
+        except OSError:
+            return
+        for mac in macs:
+            addr = self.peer_macs.get(mac)
+            if addr is not None and addr != self.election.scheduler:
+                events.warning("event=vip_answered_by node=%s other=%s", self.name,
+                               self.by_address.get(addr, addr))
+                if self.election.on_scheduler_seen(addr, time.monotonic()) is not Decision.KEEP:
+                    self._pull_soon()
 
     async def _ask_peers(self) -> list[PeerView]:
         async def ask(i: int) -> PeerView | None:
@@ -147,11 +189,13 @@ class NodeAgent:
             try:
                 async with self.session.get(
                     admin_base(self.config, i) + "/peer", headers=self.headers,
-                    timeout=aiohttp.ClientTimeout(total=0.5),
+                    timeout=aiohttp.ClientTimeout(total=ASK_TIMEOUT_S),
                 ) as r:
                     if r.status != 200:
                         return None
                     d = await r.json()
+                    if d.get("mac"):
+                        self.peer_macs[str(d["mac"])] = str(d["address"])
                     return PeerView(d["address"], bool(d["candidate"]),
                                     bool(d["scheduler_alive"]), bool(d["is_scheduler"]),
                                     int(d["term"]))
@@ -161,7 +205,8 @@ class NodeAgent:
         found = await asyncio.gather(*(ask(i) for i in range(len(self.names)) if i != self.index))
         return [v for v in found if v is not None]
 
-    async def _take_over(self) -> None:
+    async def _take_over(self, previous: str | None) -> None:
+        lost = self.by_address.get(previous or "")
         async with self.lock:
             self.failovers += 1
             events.warning(
@@ -171,6 +216,9 @@ class NodeAgent:
             role = SchedulerRole(
                 self.config, self.name, self.token, dataplane=self.dataplane, synced=self.table,
                 epoch=self.election.term, push=self._push_to_peers,
+                failed=[self.names.index(lost)] if lost in self.names else [],
+                macs={self.by_address[a]: m for m, a in self.peer_macs.items()
+                      if a in self.by_address},
             )
             self.role = role
             await role.start()
@@ -183,6 +231,7 @@ class NodeAgent:
                 await role.stop()
             events.warning("event=stand_down node=%s scheduler=%s", self.name,
                            self.scheduler_name())
+        self._pull_soon()
 
     # --- table sync ---------------------------------------------------------------------------
     async def _push_to_peers(self, body: dict[str, Any]) -> None:
@@ -214,9 +263,23 @@ class NodeAgent:
                 self.table.apply_delta(int(body["from_version"]), int(body["version"]), changes,
                                        epoch=epoch)
         except SyncError as e:
+            self._pull_soon()  # we missed something: take the whole table
             return {"ok": False, "reason": str(e), "version": self.table.version,
                     "epoch": self.table.epoch}
+        live = body.get("live")
+        if isinstance(live, list) and len(live) == self.table.node_count:
+            # Liveness travels too, so a takeover never rebalances onto a node known dead.
+            now = time.monotonic()
+            for i, up in enumerate(live):
+                if up and not self.table.is_live(i):
+                    self.table.node_joined(i, now)
+                elif not up and self.table.is_live(i):
+                    self.table.node_failed(i, now)
         return {"ok": True, "version": self.table.version}
+
+    def _pull_soon(self) -> None:
+        if self.pull_task is None or self.pull_task.done():
+            self.pull_task = asyncio.ensure_future(self._sync_from_scheduler())
 
     async def _sync_from_scheduler(self) -> None:
         """Pull the whole table once when we start following a scheduler."""
@@ -232,7 +295,7 @@ class NodeAgent:
                 if r.status == 200:
                     d = await r.json()
                     self.apply_sync({"epoch": d["epoch"], "version": d["version"],
-                                     "assignments": d["indexes"]})
+                                     "assignments": d["indexes"], "live": d.get("live")})
 
     # --- admin routes -------------------------------------------------------------------------
     def routes(self, app: web.Application) -> None:
@@ -256,7 +319,9 @@ class NodeAgent:
                 return not_scheduler()
             d = self.role.table_json()
             if request.query.get("indexes"):
-                d["indexes"] = self.role.table.assignments()
+                t = self.role.table
+                d["indexes"] = t.assignments()
+                d["live"] = [t.is_live(i) for i in range(t.node_count)]
             return web.json_response(d)
 
         async def summary(_: web.Request) -> web.Response:

@@ -49,6 +49,7 @@ class SchedulerRole:
     def __init__(
         self, config: Config, self_name: str, token: str, *, dataplane: str = "ebpf",
         synced: ClientTable | None = None, epoch: int = 1, push: Push | None = None,
+        failed: list[int] | None = None, macs: dict[str, str] | None = None,
     ) -> None:
         assert config.cluster.vip is not None
         self.config = config
@@ -61,14 +62,20 @@ class SchedulerRole:
         self.self_name = self_name
         self.ifname = ""
         self.mac = b""
-        self.status = ServerStatusTable(config.nodes)
+        # The MACs a takeover already knows (from the peers), so forwarding starts at once.
+        self.status = ServerStatusTable(config.nodes, macs=macs)
         size = config.cluster.buckets
+        # A takeover starts from the synced table and the one node known dead (the old
+        # scheduler); waiting for a first sweep would add its timeouts to the outage.
+        self.takeover = synced is not None and synced.version > 0
+        self.known_failed = list(failed or [])
         self.table = synced or ClientTable(size, self.status.table_weights(), live=[
             i == self.index for i in range(len(self.names))
         ])
         self.sweep = StatusSweep(
             len(self.names), retries=config.cluster.sweep_retries, retry_delay_s=0.1,
             sweep_delay_s=config.cluster.sweep_interval_s, now=time.monotonic(),
+            initially_failed=frozenset(self.known_failed),
         )
         self.dataplane: DataPlane | None = None
         self.vip_owner: VipOwner | None = None
@@ -93,21 +100,13 @@ class SchedulerRole:
         self.session = aiohttp.ClientSession()
         fetch = StatusFetcher(self.session, [admin_url(self.config, i) for i in range(len(
             self.names))], self.token, timeout_s=1.0)
-        # One visit to every node before the first fill, so buckets go to live nodes only.
-        answers = await asyncio.gather(*(fetch(i) for i in range(len(self.names))))
-        for i, doc in enumerate(answers):
-            ok = False
-            if doc is not None:
-                with contextlib.suppress(ValueError):
-                    self.status.apply_status(i, doc, time.time())
-                    ok = True
-            live = ok or i == self.index
-            if live and not self.table.is_live(i):
-                self.table.node_joined(i, now)
-            elif not live:
+        if self.takeover:
+            for i in self.known_failed:
                 self.status.mark_failed(i)
                 if self.table.is_live(i):
                     self.table.node_failed(i, now)
+        else:
+            await self._first_visit(fetch, now)
         self.table.begin_term(self.epoch, now)
         dp = make_dataplane(self.ifname, self.vip, self.config.cluster.buckets, self.prefer)
         dp.install()
@@ -129,6 +128,23 @@ class SchedulerRole:
             self.names[self.index], self.vip, type(dp).__name__, self.table.size,
             ",".join(n for i, n in enumerate(self.names) if self.table.is_live(i)),
         )
+
+    async def _first_visit(self, fetch: StatusFetcher, now: float) -> None:
+        """One visit to every node before the first fill, so buckets go to live nodes only."""
+        answers = await asyncio.gather(*(fetch(i) for i in range(len(self.names))))
+        for i, doc in enumerate(answers):
+            ok = False
+            if doc is not None:
+                with contextlib.suppress(ValueError):
+                    self.status.apply_status(i, doc, time.time())
+                    ok = True
+            live = ok or i == self.index
+            if live and not self.table.is_live(i):
+                self.table.node_joined(i, now)
+            elif not live:
+                self.status.mark_failed(i)
+                if self.table.is_live(i):
+                    self.table.node_failed(i, now)
 
     async def stop(self) -> None:
         """Stand down: stop answering ARP first, then remove the data plane."""
@@ -153,10 +169,12 @@ class SchedulerRole:
             t.changes_since(self.pushed_version, epoch=t.epoch) if self.pushed_version >= 0
             else None
         )
+        live = [t.is_live(i) for i in range(t.node_count)]
         if changes is None:
-            return {"epoch": t.epoch, "version": t.version, "assignments": t.assignments()}
+            return {"epoch": t.epoch, "version": t.version, "assignments": t.assignments(),
+                    "live": live}
         return {"epoch": t.epoch, "from_version": self.pushed_version, "version": t.version,
-                "changes": changes}
+                "changes": changes, "live": live}
 
     async def push_now(self) -> None:
         """Peers first, then the kernel: a bucket is never used before every live peer has it,
@@ -171,10 +189,11 @@ class SchedulerRole:
         if dp is None:
             return
         macs = {r.number: r.mac for r in self.status.rows if r.mac}
-        if macs != self.pushed_macs:
+        macs_changed = macs != self.pushed_macs
+        if macs_changed:
             dp.set_nodes({i: bytes.fromhex(m.replace(":", "")) for i, m in macs.items()})
             self.pushed_macs = macs
-        if self.table.version != self.pushed_version:
+        if self.table.version != self.pushed_version or macs_changed:
             assignment = [
                 -1 if o is None or o not in macs else o for o in self.table.assignments()
             ]

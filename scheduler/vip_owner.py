@@ -62,6 +62,28 @@ def gratuitous_arp(ifname: str, ip: str, mac: bytes, count: int = 3, gap_s: floa
                 time.sleep(gap_s)
 
 
+def arp_probe(ifname: str, src_ip: str, target: str, wait_s: float = 0.2) -> set[bytes]:
+    """Ask who has `target` out of `ifname`; the MACs that answered within `wait_s`.
+
+    Blocking (a raw socket with a timeout): call it from a thread."""
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as s:
+        s.bind((ifname, ETH_P_ARP))
+        mac = s.getsockname()[4]
+        s.send(arp_frame(1, mac, src_ip, b"\x00" * 6, target))
+        target_ip = ipaddress.IPv4Address(target).packed
+        found: set[bytes] = set()
+        deadline = time.monotonic() + wait_s
+        while (left := deadline - time.monotonic()) > 0:
+            s.settimeout(left)
+            try:
+                frame = s.recv(128)
+            except TimeoutError:
+                break
+            if len(frame) >= 42 and frame[20:22] == b"\x00\x02" and frame[28:32] == target_ip:
+                found.add(frame[22:28])
+        return found
+
+
 class VipOwner:
     def __init__(self, ifname: str, vip: str) -> None:
         self.ifname = ifname

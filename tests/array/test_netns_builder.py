@@ -195,7 +195,9 @@ def test_processes_start_in_namespace_and_stop_by_pid(plan: Plan, tmp_path: Path
         assert (tmp_path / "pids" / "web.pid").read_text().split()[0] == str(p.pid)
         assert (tmp_path / "logs" / "web.log").exists()
         assert processes.stop_recorded(tmp_path) == ["web"]
-        assert p.popen.poll() is not None and not (tmp_path / "pids" / "web.pid").exists()
+        # stop_recorded may have reaped it already; Popen learns that on its next wait
+        assert p.popen.wait(10) is not None
+        assert not (tmp_path / "pids" / "web.pid").exists()
     finally:
         processes.stop_pid(p.pid)
 
