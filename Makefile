@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PKGS := clang llvm libbpf-dev iproute2 redis-server openssl curl procps
+APT_PKGS := clang llvm libbpf-dev iproute2 redis-server openssl curl procps chromium
 BPF_OBJ := scheduler/bpf/dlba_tc.o
 
 .PHONY: install run test lint bench clean
@@ -36,8 +36,19 @@ test: install
 	$(BIN)/mypy dlba scheduler
 	$(BIN)/pytest -q -p no:cacheprovider tests
 
+# bench: HAProxy, nginx (back end and proxy), wrk, openssl s_time; installed when missing. A fresh
+# Debian install starts the packaged services: stop them (the bench runs its own instances).
+BENCH_APT_PKGS := haproxy nginx wrk openssl
+
 bench: install
-	$(BIN)/python -m bench.run $(if $(QUICK),--quick,)
+	@missing=""; for p in $(BENCH_APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt: installing$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  for s in nginx haproxy; do case "$$missing " in *" $$s "*) \
+	    (systemctl stop $$s || service $$s stop) >/dev/null 2>&1 || true;; esac; done; \
+	fi
+	$(BIN)/python -m bench.run $(if $(QUICK),--quick,) $(if $(DURATION),--duration $(DURATION),)
 
 clean:
 	rm -rf $(VENV) .apt-stamp $(BPF_OBJ) run

@@ -18,6 +18,7 @@ from dlba.admin_api import make_admin_app, own_node_row
 from dlba.backend_checks import BackendChecks
 from dlba.client_connection import ClientConnection
 from dlba.config import Config, ConfigError, HostPort, load_config, parse_host_port
+from dlba.dashboard import register_dashboard
 from dlba.metrics import NodeCollector
 from dlba.node_agent import NodeAgent
 from dlba.proxy_context import ProxyContext
@@ -108,9 +109,9 @@ class NodeRuntime:
         admin_addr = node.admin or parse_host_port(cfg.admin.listen, default_host=node.address)
         if cfg.admin.listen.startswith(":") and node.admin is None and not cfg.cluster.vip:
             admin_addr = HostPort("127.0.0.1", admin_addr.port)
-        app = make_admin_app(
-            self, cfg.read_admin_token(), self.agent.routes if self.agent is not None else None
-        )
+        token = cfg.read_admin_token()
+        app = make_admin_app(self, token, self.agent.routes if self.agent is not None else None)
+        register_dashboard(app, self, token)
         self.admin_runner = web.AppRunner(app, access_log=None)
         await self.admin_runner.setup()
         await web.SockSite(self.admin_runner, listen_socket(admin_addr)).start()

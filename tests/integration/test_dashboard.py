@@ -15,7 +15,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -24,7 +24,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-import dlba.admin_api
 from dlba.admin_api import make_admin_app
 from dlba.config import HostPort
 from dlba.dashboard import DASHBOARD_KEY, register_dashboard
@@ -33,22 +32,6 @@ from tests.integration.loopback import free_port, loopback_array
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT = ROOT / "docs" / "dashboard.png"
-
-
-# --- until admin_api.make_admin_app calls register_dashboard itself ----------------------------
-@pytest.fixture(autouse=True)
-def dashboard_wired(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Add the dashboard to the node's admin app when make_admin_app does not (yet)."""
-    original = dlba.admin_api.make_admin_app
-
-    def wired(view: Any, token: str, extra: Any = None) -> web.Application:
-        app = original(view, token, extra)
-        if DASHBOARD_KEY not in app:
-            register_dashboard(app, view, token)
-        return app
-
-    monkeypatch.setattr("dlba.node.make_admin_app", wired)
-    yield
 
 
 # --- a minimal DevTools protocol client -----------------------------------------------------------
