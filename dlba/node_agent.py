@@ -339,6 +339,18 @@ class NodeAgent:
             return web.json_response({"panic": request.method == "POST",
                                       "table_version": self.role.table.version})
 
+        async def node_action(request: web.Request) -> web.Response:
+            if self.role is None:
+                return not_scheduler()
+            name, action = request.match_info["name"], request.match_info["action"]
+            if name not in self.names or action not in ("enable", "disable"):
+                return web.json_response({"error": "unknown node or action"}, status=404)
+            self.role.set_node_enabled(name, action == "enable")
+            events.warning("event=admin_action node=%s action=node_%s target=%s peer=%s",
+                           self.name, action, name, request.remote)
+            return web.json_response(self.role.node_rows()[self.names.index(name)])
+
+        app.router.add_post("/nodes/{name}/{action}", node_action)
         app.router.add_get("/peer", peer)
         app.router.add_post("/sync", sync)
         app.router.add_get("/table", table)

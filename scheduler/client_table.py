@@ -193,7 +193,9 @@ class ClientTable:
                 if target is None:
                     break
                 changes.append((b, target))
-                self._set(b, target, now)
+                # An ownerless bucket carried no traffic: it keeps its last access (idle), so a
+                # first fill does not pin every bucket for bucket_idle_s.
+                self._set(b, target, self._last[b])
         return self._commit(changes)
 
     def node_failed(self, node: int, now: float) -> int:
@@ -313,13 +315,15 @@ class ClientTable:
             self._log_len -= len(dropped)
             self._log_floor = v
 
-    def begin_term(self, epoch: int, now: float) -> None:
-        """Become the leader of a new term: new sync identity, every bucket busy as of now."""
+    def begin_term(self, epoch: int, now: float, *, takeover: bool = True) -> None:
+        """Become the leader of a new term: new sync identity, and on a takeover every bucket
+        busy as of now (a first scheduler has carried no traffic yet: its buckets are idle)."""
         self.epoch = epoch
         self._log.clear()
         self._log_len = 0
         self._log_floor = self.version
-        self.reset_last_access(now)
+        if takeover:
+            self.reset_last_access(now)
         # The synced assignments reflect the old scheduler's view of which nodes are alive; ours
         # may differ (we may have seen a node die that it had not).  Trust our own, and give
         # ownerless buckets an owner (all nodes may have been down at some point).

@@ -107,7 +107,7 @@ class SchedulerRole:
                     self.table.node_failed(i, now)
         else:
             await self._first_visit(fetch, now)
-        self.table.begin_term(self.epoch, now)
+        self.table.begin_term(self.epoch, now, takeover=self.takeover)
         dp = make_dataplane(self.ifname, self.vip, self.config.cluster.buckets, self.prefer)
         dp.install()
         self.dataplane = dp
@@ -257,6 +257,14 @@ class SchedulerRole:
             },
             "panic": self.table.panic_scheduler is not None,
         }
+
+    def set_node_enabled(self, name: str, enabled: bool) -> None:
+        """A disabled node takes no new buckets; its buckets leave it as they fall idle, so no
+        live connection is cut (the operator's drain of a whole node)."""
+        i = self.names.index(name)
+        self.status.set_enabled(i, enabled)
+        self.table.set_weight(i, self.status.table_weights()[i])
+        events.warning("event=node_%s node=%s", "enabled" if enabled else "disabled", name)
 
     def panic(self, on: bool) -> None:
         now = time.monotonic()

@@ -95,6 +95,28 @@ def test_dlba_status_json_names_the_tables(array: Array) -> None:
     assert res.returncode == 0 and "n3" in res.stdout
 
 
+def test_disabled_node_loses_idle_buckets_only(array: Array) -> None:
+    before = array.admin(3, "/table")["assignments"]
+    row = array.admin(3, "/nodes/n2/disable", method="POST")
+    assert row["enabled"] is False
+    try:
+        after = wait_until(
+            lambda: (a := array.admin(3, "/table")["assignments"]).count("n2") < 50 and a, 10,
+            "n2's idle buckets to move",
+        )
+        # the buckets our earlier connections used are busy (bucket_idle_s): they stay
+        for sport in range(41000, 41024):
+            b = array.bucket(sport)
+            if before[b] == "n2":
+                assert after[b] == "n2"
+        assert next(n for n in array.admin(3, "/summary")["nodes"] if n["name"] == "n2")[
+            "enabled"] is False
+    finally:
+        array.admin(3, "/nodes/n2/enable", method="POST")
+    wait_until(lambda: array.admin(3, "/table")["assignments"].count("n2") > 1300, 10,
+               "n2 to take buckets again")
+
+
 def test_killed_node_buckets_move_and_no_other(array: Array) -> None:
     before = array.admin(3, "/table")
     stop_process(array, "n1")
