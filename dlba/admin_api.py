@@ -16,6 +16,7 @@ from aiohttp import web
 
 from dlba.metrics import NodeCollector, render
 from dlba.proxy_context import ProxyContext
+from dlba.worker_pool import WorkerPool
 
 events = logging.getLogger("dlba.event")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -30,6 +31,7 @@ class NodeView(Protocol):
     ctx: ProxyContext
     collector: NodeCollector
     config_version: int
+    workers: WorkerPool | None
 
     def role(self) -> str: ...
     def scheduler_name(self) -> str | None: ...
@@ -61,6 +63,7 @@ def status_json(view: NodeView) -> dict[str, Any]:
         "time": time.time(),
         "nodes": view.node_rows(),
         "backends": view.ctx.table.to_json(),
+        "workers": view.workers.workers_json() if getattr(view, "workers", None) else [],
     }
 
 

@@ -18,10 +18,13 @@ from dlba.admin_api import make_admin_app, own_node_row
 from dlba.backend_checks import BackendChecks
 from dlba.client_connection import ClientConnection
 from dlba.config import Config, ConfigError, HostPort, load_config, parse_host_port
+from dlba.config_reload import ConfigReloader
 from dlba.dashboard import register_dashboard
 from dlba.metrics import NodeCollector
 from dlba.node_agent import NodeAgent
 from dlba.proxy_context import ProxyContext
+from dlba.web_server_status_table import WebServerStatusTable
+from dlba.worker_pool import BroadcastingTable, WorkerPool
 from scheduler.vip_owner import interface_of, mac_text
 
 events = logging.getLogger("dlba.event")
@@ -58,7 +61,11 @@ class NodeRuntime:
         self.mac = ""
         self.config_version = 1
         self.loop = asyncio.get_running_loop()
-        self.ctx = ProxyContext(config, name, self.loop)
+        # With worker processes this process only supervises: its table broadcasts state
+        # changes to them and shows their summed counters.
+        self.workers: WorkerPool | None = None
+        table_class = BroadcastingTable if config.proxy.workers > 1 else WebServerStatusTable
+        self.ctx = ProxyContext(config, name, self.loop, table_class)
         self.collector = NodeCollector(name, self.ctx.stats, lambda: self.ctx.table)
         self.checks = BackendChecks(self.ctx)
         self.servers: list[asyncio.AbstractServer] = []
@@ -68,6 +75,8 @@ class NodeRuntime:
         self.agent: NodeAgent | None = None
         if config.cluster.vip:
             self.agent = NodeAgent(config, name, config.read_admin_token(), dataplane)
+        # Staged/committed config pushes and the config bus (dlba/config_reload.py).
+        self.reloader = ConfigReloader(self)
 
     # --- NodeView ---------------------------------------------------------------------------
     def role(self) -> str:
@@ -95,44 +104,45 @@ class NodeRuntime:
             if self.agent is not None:
                 self.agent.mac = self.mac
         node = cfg.node(self.name)
-        ssl_ctx = tls_context(cfg)
-        loop = self.loop
-        for addr in node.listen:
-            self.servers.append(await loop.create_server(
-                lambda: ClientConnection(self.ctx, b"http"), sock=listen_socket(addr),
-            ))
-        for addr in node.listen_tls:
-            self.servers.append(await loop.create_server(
-                lambda: ClientConnection(self.ctx, b"https"), sock=listen_socket(addr),
-                ssl=ssl_ctx, ssl_handshake_timeout=cfg.proxy.header_timeout_s,
-            ))
+        listeners = [(listen_socket(a), False) for a in node.listen]
+        listeners += [(listen_socket(a), True) for a in node.listen_tls]
+        if cfg.proxy.workers > 1:
+            assert isinstance(self.ctx.table, BroadcastingTable)
+            self.workers = WorkerPool(cfg, self.name, listeners, self.ctx.stats, self.ctx.table,
+                                      cfg.proxy.workers)
+            await self.workers.start()
+        else:
+            ssl_ctx = tls_context(cfg)
+            for sock, tls in listeners:
+                scheme = b"https" if tls else b"http"
+                self.servers.append(await self.loop.create_server(
+                    lambda scheme=scheme: ClientConnection(self.ctx, scheme), sock=sock,
+                    ssl=ssl_ctx if tls else None,
+                    ssl_handshake_timeout=cfg.proxy.header_timeout_s if tls else None,
+                ))
         admin_addr = node.admin or parse_host_port(cfg.admin.listen, default_host=node.address)
         if cfg.admin.listen.startswith(":") and node.admin is None and not cfg.cluster.vip:
             admin_addr = HostPort("127.0.0.1", admin_addr.port)
         token = cfg.read_admin_token()
-        app = make_admin_app(self, token, self.agent.routes if self.agent is not None else None)
+        app = make_admin_app(self, token, self.reloader.with_routes(
+            self.agent.routes if self.agent is not None else None))
         register_dashboard(app, self, token)
         self.admin_runner = web.AppRunner(app, access_log=None)
         await self.admin_runner.setup()
         await web.SockSite(self.admin_runner, listen_socket(admin_addr)).start()
         self.checks.start()
+        self.reloader.start()
         if self.agent is not None:
             await self.agent.start()
-        self._janitor = asyncio.ensure_future(self._expire_pools())
+        self._janitor = asyncio.ensure_future(self.ctx.janitor())
         events.warning(
             "event=node_started node=%s http=%s https=%s admin=%s backends=%d",
             self.name, ",".join(map(str, node.listen)) or "-",
             ",".join(map(str, node.listen_tls)) or "-", admin_addr, len(cfg.backends),
         )
 
-    async def _expire_pools(self) -> None:
-        while True:
-            await asyncio.sleep(5)
-            now = self.loop.time()
-            for pool in self.ctx.pools.values():
-                pool.expire(now)
-
     async def stop(self) -> None:
+        await self.reloader.stop()
         if self.agent is not None:
             await self.agent.stop()
         self.checks.stop()
@@ -140,6 +150,8 @@ class NodeRuntime:
             self._janitor.cancel()
         for s in self.servers:
             s.close()
+        if self.workers is not None:
+            await self.workers.stop()
         if self.admin_runner is not None:
             await self.admin_runner.cleanup()
         self.ctx.close()

@@ -29,13 +29,16 @@ POOL_IDLE_TIMEOUT_S = 30.0  # below the usual back-end keepalive (nginx 75 s, ai
 
 
 class ProxyContext:
-    def __init__(self, config: Config, node_name: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, config: Config, node_name: str, loop: asyncio.AbstractEventLoop,
+        table_class: type[WebServerStatusTable] = WebServerStatusTable,
+    ) -> None:
         self.loop = loop
         self.node_name = node_name
         self.stats = NodeStats()
         self.secret = config.read_secret()
         limits = config.proxy
-        self.table = WebServerStatusTable(
+        self.table = table_class(
             config.backends, limits.fail_threshold, limits.retry_backoff_s,
             limits.retry_backoff_max_s,
         )
@@ -129,6 +132,14 @@ class ProxyContext:
                 ex.method.decode("latin-1"), ex.target.decode("latin-1")[:200], ex.status,
                 ex.bytes_out, elapsed * 1000, ex.reason or "-",
             )
+
+    async def janitor(self) -> None:
+        """Close pooled back-end connections idle for longer than back ends keep them."""
+        while True:
+            await asyncio.sleep(5)
+            now = self.loop.time()
+            for pool in self.pools.values():
+                pool.expire(now)
 
     def close(self) -> None:
         for pool in self.pools.values():

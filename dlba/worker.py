@@ -1,0 +1,117 @@
+"""One proxy worker process of a node (see dlba/worker_pool.py): `python -m dlba.worker`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import socket
+import sys
+from typing import Any
+
+from dlba.agent_check import AgentReport
+from dlba.client_connection import ClientConnection
+from dlba.config import ConfigError, load_config, parse_config
+from dlba.node import setup_logging, tls_context
+from dlba.proxy_context import ProxyContext
+from dlba.worker_pool import STATS_S, stats_json
+
+events = logging.getLogger("dlba.event")
+DRAIN_S = 30.0  # how long a stopping worker lets its open connections finish
+
+
+class Worker:
+    def __init__(self, ctx: ProxyContext, writer: asyncio.StreamWriter) -> None:
+        self.ctx = ctx
+        self.writer = writer
+
+    def handle(self, msg: dict[str, Any]) -> None:
+        table, op = self.ctx.table, msg.get("op")
+        if op == "admin":
+            table.set_admin(int(msg["id"]), msg["action"])
+        elif op == "health":
+            table.set_health(int(msg["id"]), bool(msg["ok"]), self.ctx.loop.time())
+        elif op == "agent":
+            table.apply_agent(int(msg["id"]), AgentReport(**msg["report"]))
+        elif op == "config":
+            try:
+                config = parse_config(msg["text"], self.ctx.config.path)
+            except ConfigError as e:
+                events.warning("event=worker_config_refused reason=%r", str(e))
+                return
+            if config.text != self.ctx.config.text:
+                self.ctx.apply(config)
+
+    async def read_commands(self, reader: asyncio.StreamReader, stop: asyncio.Event) -> None:
+        while line := await reader.readline():
+            try:
+                self.handle(json.loads(line))
+            except (ValueError, KeyError, TypeError) as e:
+                events.warning("event=worker_bad_command reason=%r", str(e))
+        stop.set()  # the supervisor is gone: so are we
+
+    async def report(self) -> None:
+        while True:
+            self.writer.write(json.dumps(stats_json(self.ctx.stats, self.ctx.table)).encode()
+                              + b"\n")
+            await asyncio.sleep(STATS_S)
+
+
+async def run_worker(args: argparse.Namespace) -> None:
+    config = load_config(args.config)
+    loop = asyncio.get_running_loop()
+    ctx = ProxyContext(config, args.name, loop)
+    ssl_ctx = tls_context(config)
+    servers = []
+    for fd, tls in zip(args.listen_fds, args.tls, strict=True):
+        sock = socket.socket(fileno=fd)
+        scheme = b"https" if tls else b"http"
+        servers.append(await loop.create_server(
+            lambda scheme=scheme: ClientConnection(ctx, scheme), sock=sock,
+            ssl=ssl_ctx if tls else None,
+            ssl_handshake_timeout=config.proxy.header_timeout_s if tls else None,
+        ))
+    reader, writer = await asyncio.open_connection(sock=socket.socket(fileno=args.control))
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    worker = Worker(ctx, writer)
+    tasks = [asyncio.ensure_future(worker.read_commands(reader, stop)),
+             asyncio.ensure_future(worker.report()), asyncio.ensure_future(ctx.janitor())]
+    await stop.wait()
+    for s in servers:
+        s.close()  # no new connections; the open ones finish (graceful restart)
+    deadline = loop.time() + DRAIN_S
+    while ctx.stats.connections_open > 0 and loop.time() < deadline:
+        await asyncio.sleep(0.1)
+    for t in tasks:
+        t.cancel()
+    ctx.close()
+    with contextlib.suppress(Exception):
+        writer.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="dlba.worker")
+    p.add_argument("--config", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--index", type=int, default=0)
+    p.add_argument("--control", type=int, required=True)
+    p.add_argument("--listen-fds", type=lambda s: [int(x) for x in s.split(",") if x],
+                   required=True)
+    p.add_argument("--tls", type=lambda s: [bool(int(x)) for x in s.split(",") if x],
+                   required=True)
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args(argv)
+    setup_logging(args.log_level)
+    import uvloop
+
+    uvloop.run(run_worker(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

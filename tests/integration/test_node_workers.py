@@ -1,0 +1,127 @@
+"""`[proxy] workers = 2`: two proxy processes share the listeners; the node's admin API sums
+their counters, sends state changes to both, and replaces a worker that dies."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.integration.loopback import free_port, make_certs, write_config
+from tests.integration.test_node_streaming import wait_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [int(x) for x in out.stdout.split()]
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[dict[str, object]]:
+    certs = make_certs(tmp_path / "certs")
+    bports = [free_port(), free_port()]
+    hport, aport = free_port(), free_port()
+    cfg = write_config(
+        tmp_path, certs, [(1, f"127.0.0.1:{bports[0]}"), (2, f"127.0.0.1:{bports[1]}")],
+        http_port=hport, https_port=free_port(), admin_port=aport,
+        extra="[proxy]\nworkers = 2\n",
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "dlba", "demo-backend", "--name", f"b{i + 1}",
+                          "--listen", f"127.0.0.1:{p}"], env=env, stderr=subprocess.DEVNULL)
+        for i, p in enumerate(bports)
+    ]
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "dlba", "node", "--config", str(cfg), "--name", "n1",
+         "--log-level", "WARNING"], env=env,
+    ))
+    try:
+        for p in (*bports, hport, aport):
+            asyncio.run(wait_port(p))
+        yield {"pid": procs[-1].pid, "http": hport, "admin": aport,
+               "token": certs.admin_token.read_text().strip()}
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def admin(node: dict[str, object], path: str, method: str = "GET") -> dict[str, object]:
+    req = urllib.request.Request(f"http://127.0.0.1:{node['admin']}{path}", method=method,
+                                 headers={"Authorization": f"Bearer {node['token']}"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        result: dict[str, object] = json.loads(r.read())
+        return result
+
+
+async def burst(port: object, n: int) -> list[str]:
+    async def one(s: aiohttp.ClientSession) -> str:
+        async with s.get(f"http://127.0.0.1:{port}/whoami") as r:
+            assert r.status == 200
+            return await r.text()
+
+    # separate connections, so the kernel spreads them over both workers
+    conn = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=conn) as s:
+        return list(await asyncio.gather(*(one(s) for _ in range(n))))
+
+
+async def wait_for_hits(node: dict[str, object], n: int) -> dict[str, object]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while True:
+        st = admin(node, "/status")
+        if st["nodes"][0]["hits"] == n:  # type: ignore[index]
+            return st
+        assert loop.time() < deadline, st["nodes"]
+        await asyncio.sleep(0.1)
+
+
+async def test_two_workers_share_the_load_and_report_to_the_node(
+    node: dict[str, object]
+) -> None:
+    pid = node["pid"]
+    assert isinstance(pid, int)
+    workers = children(pid)
+    assert len(workers) == 2
+    await burst(node["http"], 200)
+    st = await wait_for_hits(node, 200)
+    backends = st["backends"]
+    assert isinstance(backends, list)
+    assert sum(b["hits"] for b in backends) == 200
+    # a state change made on the node's admin API reaches every worker
+    admin(node, "/backends/1/disable", "POST")
+    await asyncio.sleep(0.3)
+    assert set(await burst(node["http"], 60)) == {"b2"}
+    # a worker that dies is replaced, and service never stops
+    os.kill(workers[0], signal.SIGKILL)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+
+    def replaced() -> bool:
+        ws = admin(node, "/status")["workers"]
+        assert isinstance(ws, list)
+        return all(w["ready"] for w in ws) and workers[0] not in [w["pid"] for w in ws]
+
+    while not replaced():
+        assert loop.time() < deadline, "worker not replaced"
+        await asyncio.sleep(0.1)
+    assert len(children(pid)) == 2
+    assert set(await burst(node["http"], 40)) == {"b2"}
