@@ -54,6 +54,7 @@ def own_node_row(view: NodeView) -> dict[str, Any]:
 
 
 def status_json(view: NodeView) -> dict[str, Any]:
+    workers = getattr(view, "workers", None)  # test doubles of a view may have none
     return {
         "node": view.name,
         "role": view.role(),
@@ -63,7 +64,7 @@ def status_json(view: NodeView) -> dict[str, Any]:
         "time": time.time(),
         "nodes": view.node_rows(),
         "backends": view.ctx.table.to_json(),
-        "workers": view.workers.workers_json() if getattr(view, "workers", None) else [],
+        "workers": workers.workers_json() if workers is not None else [],
     }
 
 
