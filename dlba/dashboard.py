@@ -14,6 +14,9 @@ Routes added to the admin app by `register_dashboard(app, view, token)`:
   (each node keeps its own web server status table); `POST|DELETE /dashboard/panic` — panic mode
   on the scheduler, from any node. Both forward to the existing admin endpoints with the bearer
   token, so those log the action as they always do; this module logs who asked, too.
+* `POST /dashboard/nodes/{name}/{enable|disable}` — a node's enable/disable (Fig. 5), kept by
+  the scheduler: forwarded to the scheduler's `POST /nodes/{name}/{action}` from any node; when
+  that node answers 409 naming another scheduler (the role just moved), asked there once more.
 
 CSRF: a request authenticated only by the cookie must carry `X-CSRF-Token` (a random token made
 when the node starts, handed out only in the authenticated `/dashboard.json`) on anything but
@@ -51,6 +54,7 @@ COOKIE = "dlba_admin"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 BACKEND_ACTIONS = ("enable", "disable", "drain")
+NODE_ACTIONS = ("enable", "disable")
 REMOTE_TIMEOUT_S = 1.5
 REMOTE_CACHE_S = 0.8  # several open pages share one fetch from the scheduler
 COOKIE_MAX_AGE_S = 12 * 3600
@@ -306,6 +310,28 @@ def register_dashboard(app: web.Application, view: NodeView, token: str) -> None
         ok = all(r["status"] == 200 for r in results)
         return web.json_response({"ok": ok, "results": results}, status=200 if ok else 502)
 
+    async def node_action(request: web.Request) -> web.Response:
+        name, action = request.match_info["name"], request.match_info["action"]
+        if action not in NODE_ACTIONS:
+            return web.json_response({"error": f"action must be one of {NODE_ACTIONS}"},
+                                     status=404)
+        if name not in {n.name for n in view.ctx.config.nodes}:
+            return web.json_response({"error": f"no node {name!r} in the config"}, status=404)
+        scheduler = view.scheduler_name()
+        events.warning("event=dashboard_action node=%s action=node_%s target=%s scheduler=%s %s",
+                       view.name, action, name, scheduler, who(request))
+        if not scheduler:
+            return web.json_response({"error": "no scheduler (standalone node?)"}, status=409)
+        path = f"/nodes/{name}/{action}"
+        result = await dash.forward("POST", scheduler, path)
+        body = result.get("body")
+        moved = body.get("scheduler") if isinstance(body, dict) else None
+        if result["status"] == 409 and moved and moved != scheduler:
+            result = await dash.forward("POST", moved, path)  # the role moved meanwhile
+        dash._cache = None  # show the new Fig. 5 on the next poll
+        status = result["status"] if result["status"] in (200, 404, 409) else 502
+        return web.json_response(result, status=status)
+
     async def panic(request: web.Request) -> web.Response:
         on = request.method == "POST"
         name = view.scheduler_name()
@@ -324,5 +350,6 @@ def register_dashboard(app: web.Application, view: NodeView, token: str) -> None
     app.router.add_get("/dashboard.json", data)
     app.router.add_get("/dashboard/scheduler.json", scheduler_json)
     app.router.add_post("/dashboard/backends/{id}/{action}", backend_everywhere)
+    app.router.add_post("/dashboard/nodes/{name}/{action}", node_action)
     app.router.add_post("/dashboard/panic", panic)
     app.router.add_delete("/dashboard/panic", panic)

@@ -151,6 +151,21 @@ function render(d) {
     const s = n.failed ? "failed" : (n.enabled === false ? "disabled" : "up");
     cell(tr, s, "state st-" + s);
     cell(tr, n.weight);
+    // Enable/disable a node: kept by the scheduler, so only when there is one.
+    const box = document.createElement("div");
+    box.className = "btns";
+    cell(tr, box);
+    if (sch.name) {
+      ["enable", "disable"].forEach((a) => {
+        const btn = document.createElement("button");
+        btn.type = "button";
+        btn.textContent = a;
+        btn.dataset.node = n.name;
+        btn.dataset.action = a;
+        btn.disabled = (a === "enable") === (n.enabled !== false);
+        box.append(btn);
+      });
+    }
   });
 
   // Fig. 8: the array's sum; on a standalone node its own table is the whole array.
@@ -280,6 +295,12 @@ document.addEventListener("DOMContentLoaded", () => {
     const everywhere = $("scope-array").checked;
     const path = everywhere ? `/dashboard/backends/${backend}/${action}` : `/backends/${backend}/${action}`;
     act("POST", path, `${action} back end ${backend}${everywhere ? " on every node" : ""}`);
+  });
+  $("nodes").addEventListener("click", (ev) => {
+    const btn = ev.target.closest("button[data-action]");
+    if (!btn) return;
+    const { node, action } = btn.dataset;
+    act("POST", `/dashboard/nodes/${encodeURIComponent(node)}/${action}`, `${action} node ${node}`);
   });
   $("panic-on").addEventListener("click", () => {
     if (confirm("Panic mode: spread the client table evenly and pin the scheduler?")) {

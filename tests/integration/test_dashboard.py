@@ -1,19 +1,14 @@
-"""Issue 6, points 1, 2, 5, 6: the dashboard in a real headless Chromium against a running node,
-its actions (token, cookie, CSRF), the scheduler's view from another node, and the README shot.
+"""Issue 6, points 1, 2, 5: the dashboard in a real headless Chromium against a running node,
+its actions (token, cookie, CSRF), the scheduler's view and node actions from another node.
 
-Chromium is driven over the DevTools protocol on a websocket with aiohttp (no extra package).
+Chromium is driven by tests/chromium_cdp.py. The screenshots here go to the test's tmp folder;
+the README's picture comes from tests/array/test_dashboard_array.py (`DLBA_SCREENSHOT`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import itertools
-import json
-import os
-import shutil
-import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -21,171 +16,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp import web
 
 from dlba.admin_api import make_admin_app
 from dlba.config import HostPort
 from dlba.dashboard import DASHBOARD_KEY, register_dashboard
 from scheduler.client_table import ClientTable
+from tests.chromium_cdp import chromium
 from tests.integration.loopback import free_port, loopback_array
-
-ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOT = ROOT / "docs" / "dashboard.png"
-
-
-# --- a minimal DevTools protocol client -----------------------------------------------------------
-class Chromium:
-    """Headless Chromium with one page, driven over the DevTools websocket."""
-
-    def __init__(self, profile: Path) -> None:
-        self.profile = profile
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.http: aiohttp.ClientSession | None = None
-        self.ws: aiohttp.ClientWebSocketResponse | None = None
-        self.session_id = ""
-        self.ids = itertools.count(1)
-        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self.reader: asyncio.Task[None] | None = None
-        self.console: list[str] = []
-
-    async def start(self) -> None:
-        exe = shutil.which("chromium")
-        if exe is None:
-            pytest.fail("chromium missing: `make install` installs it (APT_PKGS)")
-        self.profile.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-             "--no-first-run", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", "--disable-dev-shm-usage", "--hide-scrollbars",
-             f"--user-data-dir={self.profile}", "--remote-debugging-port=0",
-             "--remote-debugging-address=127.0.0.1", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        port_file = self.profile / "DevToolsActivePort"
-        deadline = time.monotonic() + 30
-        while not (port_file.exists() and len(port_file.read_text().split()) >= 2):
-            assert self.proc.poll() is None, "chromium exited at start"
-            assert time.monotonic() < deadline, "chromium did not open its DevTools port"
-            await asyncio.sleep(0.1)
-        port, path = port_file.read_text().split()[:2]
-        self.http = aiohttp.ClientSession()
-        self.ws = await self.http.ws_connect(f"ws://127.0.0.1:{port}{path}", max_msg_size=0)
-        self.reader = asyncio.ensure_future(self._read())
-        target = await self.send("Target.createTarget", {"url": "about:blank"}, page=False)
-        attached = await self.send(
-            "Target.attachToTarget", {"targetId": target["targetId"], "flatten": True},
-            page=False)
-        self.session_id = attached["sessionId"]
-        await self.send("Page.enable")
-        await self.send("Runtime.enable")
-
-    async def _read(self) -> None:
-        assert self.ws is not None
-        async for msg in self.ws:
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                break
-            d = json.loads(msg.data)
-            if "id" in d and d["id"] in self.pending:
-                self.pending.pop(d["id"]).set_result(d)
-            elif d.get("method") == "Runtime.consoleAPICalled":
-                args = d["params"].get("args", [])
-                self.console.append(" ".join(str(a.get("value", "")) for a in args))
-            elif d.get("method") == "Runtime.exceptionThrown":
-                self.console.append("exception: " + json.dumps(d["params"])[:500])
-
-    async def send(
-        self, method: str, params: dict[str, Any] | None = None, *, page: bool = True,
-    ) -> dict[str, Any]:
-        assert self.ws is not None
-        i = next(self.ids)
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.pending[i] = fut
-        msg: dict[str, Any] = {"id": i, "method": method, "params": params or {}}
-        if page:
-            msg["sessionId"] = self.session_id
-        await self.ws.send_str(json.dumps(msg))
-        d = await asyncio.wait_for(fut, 30)
-        if "error" in d:
-            raise AssertionError(f"{method}: {d['error']}")
-        return dict(d.get("result", {}))
-
-    async def eval(self, expression: str) -> Any:
-        r = await self.send("Runtime.evaluate", {"expression": expression,
-                                                 "returnByValue": True, "awaitPromise": True})
-        if "exceptionDetails" in r:
-            raise AssertionError(f"page script failed: {r['exceptionDetails']}")
-        return r["result"].get("value")
-
-    async def wait(self, expression: str, timeout: float = 10.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                value = await self.eval(expression)
-            except AssertionError:  # e.g. between two documents while navigating
-                value = None
-            if value:
-                return value
-            assert time.monotonic() < deadline, (
-                f"page never satisfied {expression!r}; console: {self.console[-5:]}")
-            await asyncio.sleep(0.1)
-
-    async def goto(self, url: str) -> None:
-        await self.send("Page.navigate", {"url": url})
-
-    async def click(self, selector: str) -> None:
-        """A real mouse click (press + release) at the middle of the element."""
-        rect = await self.eval(
-            f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
-            " if (!e) return null; e.scrollIntoView({block: 'center'});"
-            " const r = e.getBoundingClientRect();"
-            " return {x: r.x + r.width / 2, y: r.y + r.height / 2}; })()")
-        assert rect is not None, f"no element {selector}"
-        for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
-            await self.send("Input.dispatchMouseEvent", {
-                "type": kind, "x": rect["x"], "y": rect["y"], "button": "left",
-                "clickCount": 0 if kind == "mouseMoved" else 1})
-
-    async def screenshot(self, path: Path, width: int = 1100) -> None:
-        await self.send("Emulation.setDeviceMetricsOverride", {
-            "width": width, "height": 800, "deviceScaleFactor": 1, "mobile": False})
-        await asyncio.sleep(0.2)
-        height = await self.eval("Math.ceil(document.documentElement.scrollHeight)")
-        await self.send("Emulation.setDeviceMetricsOverride", {
-            "width": width, "height": int(height), "deviceScaleFactor": 1, "mobile": False})
-        await self.eval("window.scrollTo(0, 0)")
-        await asyncio.sleep(0.3)
-        shot = await self.send("Page.captureScreenshot", {"format": "png"})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(base64.b64decode(shot["data"]))
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.send("Browser.close", page=False)
-        if self.reader is not None:
-            self.reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.reader
-        if self.ws is not None:
-            await self.ws.close()
-        if self.http is not None:
-            await self.http.close()
-        if self.proc is not None:
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-
-
-@contextlib.asynccontextmanager
-async def chromium(tmp: Path) -> AsyncIterator[Chromium]:
-    b = Chromium(tmp / "chromium-profile")
-    try:
-        await b.start()
-        yield b
-    finally:
-        await b.close()
 
 
 @contextlib.asynccontextmanager
@@ -265,13 +103,14 @@ async def test_dashboard_in_chromium_shows_tables_and_disables_by_click(tmp_path
                      ".textContent === 'disabled'")
         assert "done" in await b.eval("document.getElementById('message').textContent")
 
-        # Rates need a few polls; then the README screenshot (point 6), made by this run.
+        # Rates need a few polls; then a screenshot (to tmp: the README's comes from the array).
         await b.wait("Number(document.body.dataset.loaded) >= 8", timeout=30)
         rate = await b.eval("document.querySelector(\"#backends tr[data-backend='1']\")"
                             ".cells[5].innerText")
         assert rate.endswith("/s") and float(rate.strip().rstrip("/s")) > 0
-        await b.screenshot(SCREENSHOT)
-        assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        shot = tmp_path / "dashboard.png"
+        await b.screenshot(shot)
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert not [c for c in b.console if c.startswith("exception")], b.console
 
 
@@ -367,6 +206,7 @@ class FakeRole:
 
     def __init__(self, names: list[str], size: int) -> None:
         self.names = names
+        self.enabled = dict.fromkeys(names, True)
         self.table = ClientTable(size, [100] * len(names))
         now = time.monotonic()
         self.table.fill(now - 1000)
@@ -378,10 +218,13 @@ class FakeRole:
                 "assignments": [None if o is None else self.names[o]
                                 for o in self.table.assignments()]}
 
+    def set_node_enabled(self, name: str, enabled: bool) -> None:
+        self.enabled[name] = enabled
+
     def summary_json(self) -> dict[str, Any]:
         nodes = [{"name": n, "address": f"127.0.0.{i + 1}", "mac": "", "ip_groups": c,
                   "avg_response_ms": 1.0, "hits": 10 * i, "open_connections": i,
-                  "failed": False, "enabled": True, "weight": 100}
+                  "failed": False, "enabled": self.enabled[n], "weight": 100}
                  for i, (n, c) in enumerate(zip(self.names, self.table.counts(), strict=True))]
         return {"scheduler": self.names[0], "table_version": self.table.version,
                 "last_sweep": time.time(), "sweeps": 5, "nodes": nodes, "backends": [],
@@ -403,6 +246,7 @@ class FakeView:
                                  cluster=SimpleNamespace(bucket_idle_s=300.0))
         self.ctx = SimpleNamespace(config=config, table=SimpleNamespace(to_json=list))
         self._scheduler = scheduler
+        self.node_calls: list[tuple[str, str, str]] = []  # what the fake scheduler was asked
 
     def role(self) -> str:
         return "scheduler" if self.agent.role is not None else "server"
@@ -420,6 +264,21 @@ class FakeView:
 @contextlib.asynccontextmanager
 async def serve(view: FakeView, token: str, port: int) -> AsyncIterator[str]:
     app = make_admin_app(view, token)  # type: ignore[arg-type]
+
+    async def node_action(request: web.Request) -> web.Response:
+        """The scheduler's `POST /nodes/{name}/{action}` as dlba/node_agent.py answers it."""
+        role = view.agent.role
+        if role is None:
+            return web.json_response(
+                {"error": "not the scheduler", "scheduler": view.scheduler_name()}, status=409)
+        name, action = request.match_info["name"], request.match_info["action"]
+        if name not in role.names or action not in ("enable", "disable"):
+            return web.json_response({"error": "unknown node or action"}, status=404)
+        role.set_node_enabled(name, action == "enable")
+        view.node_calls.append((name, action, request.headers.get("Authorization", "")))
+        return web.json_response({"name": name, "enabled": role.enabled[name]})
+
+    app.router.add_post("/nodes/{name}/{action}", node_action)
     if DASHBOARD_KEY not in app:
         register_dashboard(app, view, token)  # type: ignore[arg-type]
     runner = web.AppRunner(app, access_log=None)
@@ -485,8 +344,6 @@ async def test_non_scheduler_shows_the_schedulers_table_one_cell_per_bucket(
                 "))); return [g.getImageData(1, 1, 1, 1).data[3],"
                 " g.getImageData(px + 1, 1, 1, 1).data[3]]; })()")
             assert alpha[0] == 255 and 0 < alpha[1] < 128
-            if os.environ.get("DLBA_SCREENSHOT_SCHEDULER"):
-                await b.screenshot(tmp_path / "scheduler.png")
 
         # Panic from the follower's page goes to the scheduler's admin API (here: no /panic
         # route on the fake scheduler, so its 404 comes back as a gateway error).
@@ -507,3 +364,59 @@ async def test_scheduler_unreachable_is_reported_not_fatal(tmp_path: Path) -> No
         d = await r.json()
         assert "unreachable" in d["scheduler"]["error"]
         assert d["scheduler"]["table"] is None and d["node"]["node"] == "s2"
+
+
+async def test_node_enable_disable_from_any_node_reaches_the_scheduler(tmp_path: Path) -> None:
+    """Fig. 5's enable/disable buttons: from a non-scheduler's page to the scheduler's
+    `POST /nodes/{name}/{action}` (with the token), also when the role has moved."""
+    token = "t" * 40
+    names = ["s1", "s2", "s3"]
+    ports = [free_port() for _ in names]
+    nodes = list(zip(names, ports, strict=True))
+    role = FakeRole(names, 256)
+    sched = FakeView("s1", "s1", nodes, role)
+    follower = FakeView("s2", "s1", nodes, None)
+    stale = FakeView("s3", "s2", nodes, None)  # still thinks s2 holds the role
+    bearer = {"Authorization": f"Bearer {token}"}
+    async with serve(sched, token, ports[0]), serve(follower, token, ports[1]) as url2, \
+            serve(stale, token, ports[2]) as url3, aiohttp.ClientSession() as s:
+        # No token: refused; the cookie alone (no CSRF header): refused; nothing forwarded.
+        async with s.post(url2 + "/dashboard/nodes/s3/disable") as r:
+            assert r.status == 401
+        async with s.post(url2 + "/dashboard/nodes/s3/disable",
+                          cookies={"dlba_admin": token}) as r:
+            assert r.status == 403
+        async with s.post(url2 + "/dashboard/nodes/s3/explode", headers=bearer) as r:
+            assert r.status == 404
+        async with s.post(url2 + "/dashboard/nodes/nosuch/disable", headers=bearer) as r:
+            assert r.status == 404
+        assert sched.node_calls == [] and all(role.enabled.values())
+
+        # From s3, which names the wrong scheduler: s2 answers 409 naming s1, asked once more.
+        async with s.post(url3 + "/dashboard/nodes/s2/disable", headers=bearer) as r:
+            assert r.status == 200, await r.text()
+            body = await r.json()
+            assert body["node"] == "s1" and body["body"] == {"name": "s2", "enabled": False}
+        async with s.post(url3 + "/dashboard/nodes/s2/enable", headers=bearer) as r:
+            assert r.status == 200
+        assert sched.node_calls == [("s2", "disable", f"Bearer {token}"),
+                                    ("s2", "enable", f"Bearer {token}")]
+
+        # In Chromium on the follower's page: "disable" on s3's row, then "enable".
+        async with chromium(tmp_path) as b:
+            await b.goto(f"{url2}/?token={token}")
+            await b.wait("Number(document.body.dataset.loaded || 0) >= 1")
+            row = "#nodes tr[data-node='s3']"
+            # Only the action that changes something is offered.
+            assert await b.eval(f"document.querySelector(\"{row} button[data-action='enable']\")"
+                                ".disabled") is True
+            await b.click(f"{row} button[data-action='disable']")
+            await b.wait(f"document.querySelector(\"{row} .state\").textContent === 'disabled'")
+            assert role.enabled == {"s1": True, "s2": True, "s3": False}
+            assert "done" in await b.eval("document.getElementById('message').textContent")
+            await b.click(f"{row} button[data-action='enable']")
+            await b.wait(f"document.querySelector(\"{row} .state\").textContent === 'up'")
+            assert all(role.enabled.values())
+            assert sched.node_calls[-2:] == [("s3", "disable", f"Bearer {token}"),
+                                             ("s3", "enable", f"Bearer {token}")]
+            assert not [c for c in b.console if c.startswith("exception")], b.console
