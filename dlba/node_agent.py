@@ -23,6 +23,7 @@ from aiohttp import web
 
 from dlba.config import Config, parse_host_port
 from scheduler.client_table import ClientTable, SyncError
+from scheduler.dataplane import DataPlane, make_dataplane
 from scheduler.election import Decision, Election, PeerView, Role
 from scheduler.icmp_ping import Pinger
 from scheduler.scheduler_role import SchedulerRole
@@ -72,6 +73,7 @@ class NodeAgent:
         self.last_ask = 0.0
         self.last_probe = 0.0
         self.pull_task: asyncio.Task[None] | None = None
+        self.prepared: tuple[str, bytes, DataPlane] | None = None
 
     # --- what the node's admin API shows ------------------------------------------------------
     def role_name(self) -> str:
@@ -100,7 +102,20 @@ class NodeAgent:
     async def start(self) -> None:
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0))
         self.pinger = Pinger()
+        await self._prepare()
         self.task = asyncio.ensure_future(self._run())
+
+    async def _prepare(self) -> None:
+        """Load (verify) the data plane and find the front interface now, so that a takeover
+        only has to attach it: the verifier's time is not added to the outage."""
+        vip = self.config.cluster.vip
+        assert vip is not None
+        try:
+            ifname, mac = await asyncio.to_thread(interface_of, self.address)
+            self.prepared = (ifname, mac, await asyncio.to_thread(
+                make_dataplane, ifname, vip, self.config.cluster.buckets, self.dataplane))
+        except (OSError, LookupError) as e:
+            events.warning("event=dataplane_not_prepared node=%s reason=%r", self.name, str(e))
 
     async def stop(self) -> None:
         if self.task is not None:
@@ -110,6 +125,10 @@ class NodeAgent:
         if self.role is not None:
             await self.role.stop()
             self.role = None
+        if self.prepared is not None:
+            with contextlib.suppress(Exception):
+                self.prepared[2].close()
+            self.prepared = None
         if self.pinger is not None:
             self.pinger.close()
         if self.session is not None:
@@ -202,7 +221,12 @@ class NodeAgent:
             except (TimeoutError, aiohttp.ClientError, KeyError, ValueError):
                 return None
 
-        found = await asyncio.gather(*(ask(i) for i in range(len(self.names)) if i != self.index))
+        # The scheduler we suspect does not answer pings: asking it would only add a timeout
+        # to the outage (the patent's candidates ask the peers they can reach).
+        skip = {self.index}
+        if self.election.role is Role.SUSPECTING and self.election.scheduler in self.by_address:
+            skip.add(self.names.index(self.by_address[self.election.scheduler]))
+        found = await asyncio.gather(*(ask(i) for i in range(len(self.names)) if i not in skip))
         return [v for v in found if v is not None]
 
     async def _take_over(self, previous: str | None) -> None:
@@ -213,8 +237,10 @@ class NodeAgent:
                 "event=take_over node=%s term=%d table_version=%d", self.name,
                 self.election.term, self.table.version,
             )
+            prepared, self.prepared = self.prepared, None
             role = SchedulerRole(
                 self.config, self.name, self.token, dataplane=self.dataplane, synced=self.table,
+                prepared=prepared,
                 epoch=self.election.term, push=self._push_to_peers,
                 failed=[self.names.index(lost)] if lost in self.names else [],
                 macs={self.by_address[a]: m for m, a in self.peer_macs.items()
@@ -232,6 +258,7 @@ class NodeAgent:
             events.warning("event=stand_down node=%s scheduler=%s", self.name,
                            self.scheduler_name())
         self._pull_soon()
+        await self._prepare()
 
     # --- table sync ---------------------------------------------------------------------------
     async def _push_to_peers(self, body: dict[str, Any]) -> None:
@@ -247,7 +274,10 @@ class NodeAgent:
                 ) as r:
                     await r.read()
 
-        await asyncio.gather(*(push(i) for i in range(len(self.names)) if i != self.index))
+        # Only to live peers: a dead one would add its timeout to every change.
+        table = self.role.table if self.role is not None else self.table
+        await asyncio.gather(*(push(i) for i in range(len(self.names))
+                               if i != self.index and table.is_live(i)))
 
     def apply_sync(self, body: dict[str, Any]) -> dict[str, Any]:
         """A pushed change from the scheduler (or a pulled snapshot); version mismatches ask for

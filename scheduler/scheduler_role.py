@@ -50,6 +50,7 @@ class SchedulerRole:
         self, config: Config, self_name: str, token: str, *, dataplane: str = "ebpf",
         synced: ClientTable | None = None, epoch: int = 1, push: Push | None = None,
         failed: list[int] | None = None, macs: dict[str, str] | None = None,
+        prepared: tuple[str, bytes, DataPlane] | None = None,
     ) -> None:
         assert config.cluster.vip is not None
         self.config = config
@@ -78,6 +79,7 @@ class SchedulerRole:
             initially_failed=frozenset(self.known_failed),
         )
         self.dataplane: DataPlane | None = None
+        self.prepared = prepared
         self.vip_owner: VipOwner | None = None
         self.stop_event = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
@@ -91,9 +93,14 @@ class SchedulerRole:
 
     # --- life cycle ---------------------------------------------------------------------------
     async def start(self) -> None:
-        # pyroute2's synchronous API runs its own event loop: it runs in a thread here.
-        address = self.config.node(self.self_name).address
-        self.ifname, self.mac = await asyncio.to_thread(interface_of, address)
+        prepared, self.prepared = self.prepared, None
+        if prepared is not None:
+            self.ifname, self.mac, dp = prepared
+        else:
+            # pyroute2's synchronous API runs its own event loop: it runs in a thread here.
+            address = self.config.node(self.self_name).address
+            self.ifname, self.mac = await asyncio.to_thread(interface_of, address)
+            dp = make_dataplane(self.ifname, self.vip, self.config.cluster.buckets, self.prefer)
         self.status.set_mac(self.index, mac_text(self.mac))
         self.vip_owner = VipOwner(self.ifname, self.vip)
         now = time.monotonic()
@@ -108,7 +115,6 @@ class SchedulerRole:
         else:
             await self._first_visit(fetch, now)
         self.table.begin_term(self.epoch, now, takeover=self.takeover)
-        dp = make_dataplane(self.ifname, self.vip, self.config.cluster.buckets, self.prefer)
         dp.install()
         self.dataplane = dp
         dp.set_self(self.index, self.mac)
