@@ -75,6 +75,7 @@ class NodeRuntime:
         self.agent: NodeAgent | None = None
         if config.cluster.vip:
             self.agent = NodeAgent(config, name, config.read_admin_token(), dataplane)
+            self.collector.extra.append(self.agent.metrics)
         # Staged/committed config pushes and the config bus (dlba/config_reload.py).
         self.reloader = ConfigReloader(self)
 

@@ -16,10 +16,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from dlba.config import Config, parse_host_port
 from scheduler.client_table import ClientTable, SyncError
@@ -97,6 +99,44 @@ class NodeAgent:
 
     def current_table(self) -> ClientTable:
         return self.role.table if self.role is not None else self.table
+
+    def metrics(self) -> Iterator[Metric]:
+        """The array's own families for /metrics: failovers, role, client table, data plane."""
+        node = self.name
+        c = CounterMetricFamily("dlba_failovers", "Takeovers of the scheduler role by this node",
+                                labels=["node"])
+        c.add_metric([node], self.failovers)
+        yield c
+        g = GaugeMetricFamily("dlba_scheduler", "1 while this node is the scheduler",
+                              labels=["node"])
+        g.add_metric([node], 1 if self.role is not None else 0)
+        yield g
+        g = GaugeMetricFamily("dlba_client_table_version", "Client table version seen here",
+                              labels=["node"])
+        g.add_metric([node], self.table_version())
+        yield g
+        role = self.role
+        if role is None:
+            return
+        c = CounterMetricFamily("dlba_client_table_moves", "Buckets that changed owner",
+                                labels=["node"])
+        c.add_metric([node], role.moves_total)
+        yield c
+        dp = role.dataplane
+        if dp is None:
+            return
+        counters = dp.counters()
+        c = CounterMetricFamily("dlba_dataplane_packets", "Packets forwarded per owner node",
+                                labels=["scheduler", "node"])
+        for i, n in sorted(counters.packets.items()):
+            if i < len(self.names):
+                c.add_metric([node, self.names[i]], n)
+        yield c
+        c = CounterMetricFamily("dlba_dataplane_drops", "Packets dropped by the data plane",
+                                labels=["scheduler", "reason"])
+        for reason, n in sorted(counters.drops.items()):
+            c.add_metric([node, reason], n)
+        yield c
 
     # --- life cycle ---------------------------------------------------------------------------
     async def start(self) -> None:

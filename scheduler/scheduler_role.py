@@ -89,6 +89,8 @@ class SchedulerRole:
         self.pending_push: asyncio.Future[None] | None = None
         self.pushed_version = -1
         self.pushed_macs: dict[int, str] = {}
+        self.pushed_assignment: list[int] = []
+        self.moves_total = 0  # buckets that changed owner in the kernel's table
         self.started_at = time.time()
 
     # --- life cycle ---------------------------------------------------------------------------
@@ -204,6 +206,11 @@ class SchedulerRole:
                 -1 if o is None or o not in macs else o for o in self.table.assignments()
             ]
             dp.set_assignments(assignment)
+            if self.pushed_assignment:
+                self.moves_total += sum(
+                    a != b for a, b in zip(assignment, self.pushed_assignment, strict=True)
+                )
+            self.pushed_assignment = assignment
             self.pushed_version = self.table.version
         self.status.set_ip_groups(self.table.counts())
 

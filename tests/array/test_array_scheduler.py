@@ -5,9 +5,11 @@ buckets move and no other bucket does, and `dlba status` shows the tables."""
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.array.array_harness import (
     CLIENT_IP,
@@ -61,6 +63,28 @@ def test_each_connection_lands_on_the_node_the_table_names(array: Array) -> None
         assert served == [int(owner_of(array, table, sport)[1:])], (sport, before, after)
         landed[f"n{served[0]}"] = landed.get(f"n{served[0]}", 0) + 1
     assert set(landed) == {"n1", "n2", "n3"}
+
+
+def test_metrics_show_the_data_plane_and_the_role(array: Array) -> None:
+    def metrics(k: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        def call() -> str:
+            req = urllib.request.Request(f"http://{array.node_address(k)}:9000/metrics",
+                                         headers={"Authorization": f"Bearer {array.token}"})
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return str(r.read().decode())
+
+        text = array.in_client(call)
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples}
+
+    m3, m1 = metrics(3), metrics(1)
+    assert m3[("dlba_scheduler", (("node", "n3"),))] == 1
+    assert m1[("dlba_scheduler", (("node", "n1"),))] == 0
+    forwarded = {dict(labels)["node"]: v for (name, labels), v in m3.items()
+                 if name == "dlba_dataplane_packets_total"}
+    assert forwarded["n1"] > 0 and forwarded["n2"] > 0 and forwarded["n3"] > 0
+    assert ("dlba_dataplane_drops_total", (("reason", "acl"), ("scheduler", "n3"))) in m3
+    assert m3[("dlba_requests_total", (("node", "n3"),))] > 0
 
 
 def test_only_the_scheduler_answers_arp_for_the_vip(array: Array) -> None:
