@@ -9,6 +9,7 @@ import signal
 import socket
 import ssl
 import sys
+import time
 from typing import Any
 
 from aiohttp import web
@@ -23,6 +24,7 @@ from dlba.dashboard import register_dashboard
 from dlba.metrics import NodeCollector
 from dlba.node_agent import NodeAgent
 from dlba.proxy_context import ProxyContext
+from dlba.tls_tickets import TicketKeyRing, derived_keys, install_ticket_keys
 from dlba.web_server_status_table import WebServerStatusTable
 from dlba.worker_pool import BroadcastingTable, WorkerPool
 from scheduler.vip_owner import interface_of, mac_text
@@ -35,6 +37,24 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
         return None
     sni = {name: (s.cert, s.key) for s in config.tls.sni for name in s.names}
     return tls.server_context(config.tls.cert, config.tls.key, sni)
+
+
+TICKET_ROTATE_S = 3600.0
+
+
+def shared_ticket_keys(ctx: ssl.SSLContext | None, secret: bytes) -> TicketKeyRing:
+    """Session tickets every process of every node can decrypt (keys derived from the cluster
+    secret, see tls_tickets.derived_keys); falls back to OpenSSL's per-process key, logged."""
+    ring = TicketKeyRing(derived_keys(secret, time.time(), TICKET_ROTATE_S))
+    if ctx is not None:
+        install_ticket_keys(ctx, ring)
+    return ring
+
+
+async def rotate_ticket_keys(ring: TicketKeyRing, secret: bytes) -> None:
+    while True:
+        await asyncio.sleep(30)
+        ring.replace(derived_keys(secret, time.time(), TICKET_ROTATE_S))
 
 
 def listen_socket(addr: HostPort) -> socket.socket:
@@ -72,6 +92,7 @@ class NodeRuntime:
         self.admin_runner: web.AppRunner | None = None
         self.stopped = asyncio.Event()
         self._janitor: asyncio.Task[None] | None = None
+        self.background: list[asyncio.Future[None]] = []
         self.agent: NodeAgent | None = None
         if config.cluster.vip:
             self.agent = NodeAgent(config, name, config.read_admin_token(), dataplane)
@@ -105,15 +126,18 @@ class NodeRuntime:
             if self.agent is not None:
                 self.agent.mac = self.mac
         node = cfg.node(self.name)
-        listeners = [(listen_socket(a), False) for a in node.listen]
-        listeners += [(listen_socket(a), True) for a in node.listen_tls]
         if cfg.proxy.workers > 1:
             assert isinstance(self.ctx.table, BroadcastingTable)
-            self.workers = WorkerPool(cfg, self.name, listeners, self.ctx.stats, self.ctx.table,
+            self.workers = WorkerPool(cfg, self.name, self.ctx.stats, self.ctx.table,
                                       cfg.proxy.workers)
             await self.workers.start()
         else:
+            listeners = [(listen_socket(a), False) for a in node.listen]
+            listeners += [(listen_socket(a), True) for a in node.listen_tls]
             ssl_ctx = tls_context(cfg)
+            ring = shared_ticket_keys(ssl_ctx, self.ctx.secret)
+            self.background.append(
+                asyncio.ensure_future(rotate_ticket_keys(ring, self.ctx.secret)))
             for sock, tls in listeners:
                 scheme = b"https" if tls else b"http"
                 self.servers.append(await self.loop.create_server(
@@ -149,6 +173,8 @@ class NodeRuntime:
         self.checks.stop()
         if self._janitor is not None:
             self._janitor.cancel()
+        for t in self.background:
+            t.cancel()
         for s in self.servers:
             s.close()
         if self.workers is not None:

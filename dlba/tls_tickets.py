@@ -78,6 +78,30 @@ class TicketKey:
                    os.urandom(AES_KEY_LEN), float(now))
 
 
+def derived_keys(secret: bytes, now: float, rotate_s: float = 3600.0,
+                 size: int = 3) -> list[TicketKey]:
+    """The ticket keys of the current period and the `size - 1` before it, derived from the
+    cluster secret with HKDF (pure).
+
+    Every process of every node computes the same keys from the secret it already has, so
+    sessions resume across worker processes and across nodes with nothing to distribute and
+    nothing to go stale when a node misses a message; rotation happens by the clock. The price:
+    whoever holds the cluster secret can derive the ticket keys, as whoever reads the config bus
+    with it could unseal distributed ones.
+    """
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    period = int(now // rotate_s)
+    keys = []
+    for p in range(period - size + 1, period + 1):
+        raw = HKDF(algorithm=hashes.SHA256(), length=KEY_NAME_LEN + HMAC_KEY_LEN + AES_KEY_LEN,
+                   salt=b"dlba tls ticket keys v1", info=str(p).encode()).derive(secret)
+        keys.append(TicketKey(raw[:KEY_NAME_LEN], raw[KEY_NAME_LEN:KEY_NAME_LEN + HMAC_KEY_LEN],
+                              raw[KEY_NAME_LEN + HMAC_KEY_LEN:], float(p * rotate_s)))
+    return keys
+
+
 class TicketKeyRing:
     """The last ``size`` ticket keys, newest first; the newest (largest ``created``; on a tie,
     the one added last) is :attr:`current` and encrypts, all of them decrypt.

@@ -15,7 +15,13 @@ from typing import Any
 from dlba.agent_check import AgentReport
 from dlba.client_connection import ClientConnection
 from dlba.config import ConfigError, load_config, parse_config
-from dlba.node import setup_logging, tls_context
+from dlba.node import (
+    listen_socket,
+    rotate_ticket_keys,
+    setup_logging,
+    shared_ticket_keys,
+    tls_context,
+)
 from dlba.proxy_context import ProxyContext
 from dlba.worker_pool import STATS_S, stats_json
 
@@ -65,9 +71,12 @@ async def run_worker(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     ctx = ProxyContext(config, args.name, loop)
     ssl_ctx = tls_context(config)
+    ring = shared_ticket_keys(ssl_ctx, ctx.secret)
     servers = []
-    for fd, tls in zip(args.listen_fds, args.tls, strict=True):
-        sock = socket.socket(fileno=fd)
+    node = config.node(args.name)
+    listeners = [(a, False) for a in node.listen] + [(a, True) for a in node.listen_tls]
+    for addr, tls in listeners:
+        sock = listen_socket(addr)
         scheme = b"https" if tls else b"http"
         servers.append(await loop.create_server(
             lambda scheme=scheme: ClientConnection(ctx, scheme), sock=sock,
@@ -80,7 +89,8 @@ async def run_worker(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     worker = Worker(ctx, writer)
     tasks = [asyncio.ensure_future(worker.read_commands(reader, stop)),
-             asyncio.ensure_future(worker.report()), asyncio.ensure_future(ctx.janitor())]
+             asyncio.ensure_future(worker.report()), asyncio.ensure_future(ctx.janitor()),
+             asyncio.ensure_future(rotate_ticket_keys(ring, ctx.secret))]
     await stop.wait()
     for s in servers:
         s.close()  # no new connections; the open ones finish (graceful restart)
@@ -100,10 +110,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", required=True)
     p.add_argument("--index", type=int, default=0)
     p.add_argument("--control", type=int, required=True)
-    p.add_argument("--listen-fds", type=lambda s: [int(x) for x in s.split(",") if x],
-                   required=True)
-    p.add_argument("--tls", type=lambda s: [bool(int(x)) for x in s.split(",") if x],
-                   required=True)
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     setup_logging(args.log_level)

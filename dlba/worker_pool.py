@@ -1,8 +1,9 @@
 """Proxy worker processes of one node (`[proxy] workers = N`), and their control channel.
 
 The node process (the supervisor) keeps the admin API, the node agent and the back-end checks;
-N worker processes run the proxy on listening sockets the supervisor made and passed down, so
-the kernel spreads connections over them. One newline-delimited JSON stream per worker carries
+N worker processes run the proxy, each on its own SO_REUSEPORT sockets for the node's
+listeners, so the kernel spreads connections evenly over them by hash (a socket shared by all
+would let whichever worker wakes first take most of them). One JSON-lines stream per worker carries
 state changes down (admin actions, health and agent results, new configs) and counters up
 (every STATS_S), which the supervisor sums into the tables its admin API shows.
 
@@ -21,7 +22,6 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -92,11 +92,10 @@ def _add_histogram(into: LatencyHistogram, d: dict[str, Any]) -> None:
 
 
 class WorkerPool:
-    def __init__(self, config: Config, name: str, sockets: Sequence[tuple[socket.socket, bool]],
-                 stats: NodeStats, table: BroadcastingTable, count: int) -> None:
+    def __init__(self, config: Config, name: str, stats: NodeStats, table: BroadcastingTable,
+                 count: int) -> None:
         self.config = config
         self.name = name
-        self.sockets = sockets  # (listening socket, is TLS)
         self.stats = stats
         self.table = table
         self.count = count
@@ -114,13 +113,10 @@ class WorkerPool:
 
     async def _spawn(self, i: int) -> None:
         parent, child = socket.socketpair()
-        fds = [s.fileno() for s, _ in self.sockets]
-        tls = [int(t) for _, t in self.sockets]
         argv = [sys.executable, "-m", "dlba.worker", "--config", str(self.config.path),
                 "--name", self.name, "--index", str(i), "--control", str(child.fileno()),
-                "--listen-fds", ",".join(map(str, fds)), "--tls", ",".join(map(str, tls)),
                 "--log-level", logging.getLevelName(logging.getLogger().level)]
-        proc = subprocess.Popen(argv, pass_fds=[*fds, child.fileno()])
+        proc = subprocess.Popen(argv, pass_fds=[child.fileno()])
         child.close()
         self.procs[i] = proc
         reader, writer = await asyncio.open_connection(sock=parent)

@@ -31,10 +31,10 @@ def children(pid: int) -> list[int]:
 def node(tmp_path: Path) -> Iterator[dict[str, object]]:
     certs = make_certs(tmp_path / "certs")
     bports = [free_port(), free_port()]
-    hport, aport = free_port(), free_port()
+    hport, sport, aport = free_port(), free_port(), free_port()
     cfg = write_config(
         tmp_path, certs, [(1, f"127.0.0.1:{bports[0]}"), (2, f"127.0.0.1:{bports[1]}")],
-        http_port=hport, https_port=free_port(), admin_port=aport,
+        http_port=hport, https_port=sport, admin_port=aport,
         extra="[proxy]\nworkers = 2\n",
     )
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -50,8 +50,9 @@ def node(tmp_path: Path) -> Iterator[dict[str, object]]:
     try:
         for p in (*bports, hport, aport):
             asyncio.run(wait_port(p))
-        yield {"pid": procs[-1].pid, "http": hport, "admin": aport,
-               "token": certs.admin_token.read_text().strip()}
+        yield {"pid": procs[-1].pid, "http": hport, "https": sport, "admin": aport,
+               "token": certs.admin_token.read_text().strip(), "ca": certs.ca_cert,
+               "tmp": tmp_path}
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -125,3 +126,25 @@ async def test_two_workers_share_the_load_and_report_to_the_node(
         await asyncio.sleep(0.1)
     assert len(children(pid)) == 2
     assert set(await burst(node["http"], 40)) == {"b2"}
+
+
+def test_tls_sessions_resume_on_every_worker(node: dict[str, object]) -> None:
+    """One ticket, many new connections spread over two worker processes: every one resumes
+    (each worker with its own OpenSSL key would fail about half of them)."""
+    tmp = node["tmp"]
+    assert isinstance(tmp, Path)
+    sess = tmp / "sess.pem"
+    addr = f"127.0.0.1:{node['https']}"
+    base = ["openssl", "s_client", "-connect", addr, "-CAfile", str(node["ca"]), "-tls1_3",
+            "-ign_eof"]
+    # a request, so the connection lives until the TLS 1.3 ticket has arrived
+    req = b"GET /whoami HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    first = subprocess.run([*base, "-sess_out", str(sess)], input=req, capture_output=True,
+                           timeout=20, check=False)
+    assert first.returncode == 0 and sess.exists(), first.stderr[-500:]
+    reused = 0
+    for _ in range(12):
+        r = subprocess.run([*base, "-sess_in", str(sess)], input=req, capture_output=True,
+                           timeout=20, check=False)
+        reused += b"Reused, TLSv1.3" in r.stdout
+    assert reused == 12, reused

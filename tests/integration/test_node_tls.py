@@ -1,0 +1,96 @@
+"""Issue 2, point 2 through a running node: SNI picks among configured certificates, ALPN is
+http/1.1, old protocol versions are refused."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import subprocess
+from pathlib import Path
+
+from cryptography import x509
+
+from dlba.certs import load_ca, make_cert, write_cert
+from tests.integration.loopback import loopback_array, make_certs
+
+
+def served_cert(port: int, server_name: str, cafile: Path) -> tuple[str, str | None]:
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    ctx.check_hostname = False
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, ctx.wrap_socket(
+        raw, server_hostname=server_name
+    ) as s:
+        der = s.getpeercert(binary_form=True)
+        assert der is not None
+        cert = x509.load_der_x509_certificate(der)
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        return ",".join(san.get_values_for_type(x509.DNSName)), s.selected_alpn_protocol()
+
+
+async def test_sni_alpn_and_versions(tmp_path: Path) -> None:
+    certs_dir = tmp_path / "certs"
+    paths = make_certs(certs_dir)  # the default certificate; one for shop.example is added
+    ca = load_ca(paths.ca_cert, paths.ca_key)
+    cert, key = make_cert(ca, ["shop.example", "*.shop.example"])
+    write_cert(cert, key, certs_dir / "shop.pem", certs_dir / "shop.key")
+    extra = (f'[[tls.sni]]\nnames = ["shop.example", "*.shop.example"]\n'
+             f'cert = "{certs_dir / "shop.pem"}"\nkey = "{certs_dir / "shop.key"}"\n')
+    # TOML lets [[tls.sni]] come after the other tables: the loopback config appends it
+    async with loopback_array(tmp_path, 1, extra=extra) as arr:
+        port = arr.https_port
+        names, alpn = await asyncio.to_thread(served_cert, port, "shop.example", arr.certs.ca_cert)
+        assert "shop.example" in names and alpn == "http/1.1"
+        names, _ = await asyncio.to_thread(served_cert, port, "www.shop.example",
+                                           arr.certs.ca_cert)
+        assert "shop.example" in names
+        names, _ = await asyncio.to_thread(served_cert, port, "localhost", arr.certs.ca_cert)
+        assert "localhost" in names and "shop.example" not in names
+        for old in ("-tls1", "-tls1_1"):
+            res = await asyncio.to_thread(
+                subprocess.run, ["openssl", "s_client", old, "-connect", f"127.0.0.1:{port}"],
+                input=b"", capture_output=True, timeout=20, check=False,
+            )
+            assert res.returncode != 0, f"{old} was accepted"
+
+
+async def test_tls_session_from_one_node_resumes_on_another(tmp_path: Path) -> None:
+    """Nodes of one array share the cluster secret and so the ticket keys: a client whose next
+    connection lands on another node (the client table hashes its port) resumes there."""
+    from dlba.config import load_config
+    from dlba.node import NodeRuntime
+    from tests.integration.loopback import free_port, write_config
+
+    async with loopback_array(tmp_path, 1) as arr:
+        other = tmp_path / "n2"
+        other.mkdir()
+        port2 = free_port()
+        path = write_config(other, arr.certs, [(1, f"127.0.0.1:{arr.backend_ports['b1']}")],
+                            http_port=free_port(), https_port=port2, admin_port=free_port(),
+                            name="n2")
+        node2 = NodeRuntime(load_config(path), "n2")
+        await node2.start()
+        try:
+            for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+                reused = await asyncio.to_thread(
+                    resume_across, arr.https_port, port2, arr.certs.ca_cert, version
+                )
+                assert reused, version
+        finally:
+            await node2.stop()
+
+
+def resume_across(port_a: int, port_b: int, cafile: Path, version: ssl.TLSVersion) -> bool:
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    ctx.minimum_version = ctx.maximum_version = version
+    with socket.create_connection(("127.0.0.1", port_a), timeout=5) as raw, ctx.wrap_socket(
+        raw, server_hostname="localhost"
+    ) as s:
+        s.sendall(b"GET /whoami HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.recv(4096)  # TLS 1.3 tickets arrive after the handshake
+        session = s.session
+    with socket.create_connection(("127.0.0.1", port_b), timeout=5) as raw, ctx.wrap_socket(
+        raw, server_hostname="localhost", session=session
+    ) as s:
+        return bool(s.session_reused)
