@@ -34,8 +34,8 @@ def _harden(ctx: ssl.SSLContext) -> None:
     ctx.options |= (ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
                     | ssl.OP_CIPHER_SERVER_PREFERENCE)
     # Session tickets stay ON: resumption skips the ECDHE + signature work for returning
-    # clients. (Tickets are per-process keys, so resumption works per node worker; a client the
-    # scheduler keeps sending to the same node -- its client-table bucket -- resumes.)
+    # clients. The node installs ticket keys shared by all its workers and all nodes
+    # (dlba/tls_tickets.py), so a client whose next connection lands elsewhere resumes too.
     ctx.options &= ~ssl.OP_NO_TICKET
     # Key-exchange groups: Python (< 3.15) can only *narrow* the list to a single curve with
     # set_ecdh_curve(), which would drop X25519. OpenSSL 3's default group list is already
