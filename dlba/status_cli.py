@@ -66,6 +66,7 @@ def gather(urls: list[str], token: str) -> dict[str, Any]:
         "config_versions": {s["node"]: s.get("config_version") for s in statuses},
         "unreachable": errors,
     }
+    doc["config_skew"] = bool(version_skew(doc))
     sched_url = next(
         (u for u, s in zip(urls, statuses, strict=False) if s.get("node") == sched_name), None
     )
@@ -91,12 +92,26 @@ def gather(urls: list[str], token: str) -> dict[str, Any]:
     return doc
 
 
+def version_skew(doc: dict[str, Any]) -> str:
+    """One line when the nodes do not all run the same config version (a push that did not
+    reach everyone, or a node restarted from its file), else empty."""
+    versions = doc.get("config_versions") or {}
+    if len(set(versions.values())) <= 1:
+        return ""
+    newest = max(v for v in versions.values() if v is not None)
+    behind = sorted(f"{k}={v}" for k, v in versions.items() if v != newest)
+    return f"config version skew: newest {newest}, behind: {', '.join(behind)}"
+
+
 def render(doc: dict[str, Any], console: Console) -> None:
     console.print(
         f"[bold]DLBA[/bold] scheduler: [cyan]{doc.get('scheduler') or '-'}[/cyan]  "
         f"table version: {doc.get('table_version')}  config versions: "
         + ", ".join(f"{k}={v}" for k, v in doc.get("config_versions", {}).items())
     )
+    skew = version_skew(doc)
+    if skew:
+        console.print(f"[bold yellow]warning:[/bold yellow] {skew}")
     nodes = Table(title="DLBA server status table (Fig. 5)")
     for col in ("name", "address", "mac", "ip_groups", "avg_response_ms", "hits",
                 "open_connections", "failed", "enabled", "weight"):

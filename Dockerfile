@@ -1,0 +1,24 @@
+# DLBA node / demo back end / client image. Built by `docker compose build` (docker-compose.yml).
+FROM python:3.11-slim-bookworm
+
+# iproute2: the VIP on lo, tc for the eBPF data plane; clang/llvm/libbpf-dev: build the BPF
+# object (scheduler/bpf/dlba_tc.c) for this image's kernel headers; curl: healthcheck, client.
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      iproute2 procps curl clang llvm libbpf-dev gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /opt/dlba
+COPY pyproject.toml ./
+COPY dlba ./dlba
+COPY scheduler ./scheduler
+COPY docker ./docker
+RUN clang -O2 -g -target bpf -I/usr/include/$(gcc -print-multiarch) \
+      -c scheduler/bpf/dlba_tc.c -o scheduler/bpf/dlba_tc.o \
+ && pip install --no-cache-dir -e . \
+ && chmod +x docker/entrypoint.sh
+
+# Certificates live in a volume shared by the array (made once by the `certs` service).
+ENV DLBA_CERTS=/certs DLBA_CONFIG=/etc/dlba/cluster.toml
+EXPOSE 80 443 9000
+ENTRYPOINT ["/opt/dlba/docker/entrypoint.sh"]

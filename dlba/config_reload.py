@@ -1,0 +1,263 @@
+"""Hot reload of a node's config: stage, commit, abort (patent 003, "Configuration").
+
+A push is two-phase so that every node runs the new version or none does. *Stage* parses and
+validates the candidate with this node's own eyes (relative paths resolve against this node's
+config folder, so a certificate missing only here fails here), builds its TLS context and
+probes new listen addresses; nothing running changes. *Commit* swaps the staged config in:
+back ends, limits, persistence and policy through `ProxyContext.apply` (no connection is
+touched), back-end checks restarted, listeners reconciled (`Listeners`), `config_version` bumped.
+
+Routes (admin API, bearer token): `PUT /config?stage=1&version=N` (body: TOML text),
+`POST /config/commit` `{"version": N}`, `DELETE /config/stage`; `PUT /config` without
+`stage=1` stages and commits in one go (a single node, by hand).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from aiohttp import web
+
+from dlba.backend_checks import BackendChecks
+from dlba.config import Config, ConfigError, HostPort, parse_config
+from dlba.listeners import Listeners, tls_context
+from dlba.proxy_context import ProxyContext
+
+if TYPE_CHECKING:
+    from dlba.config_bus import ConfigBusWatcher
+
+events = logging.getLogger("dlba.event")
+
+
+class StageError(Exception):
+    """Why a candidate cannot run here: the same file/key/reason triple as ConfigError."""
+
+    def __init__(self, file: str, key: str, reason: str) -> None:
+        super().__init__(f"{file}: {key}: {reason}")
+        self.file = file
+        self.key = key
+        self.reason = reason
+
+    def to_json(self) -> dict[str, str]:
+        return {"error": str(self), "file": self.file, "key": self.key, "reason": self.reason}
+
+
+class ReloadableNode(Protocol):
+    name: str
+    config: Config
+    config_version: int
+    ctx: ProxyContext
+    checks: BackendChecks
+    servers: list[asyncio.AbstractServer]
+    admin_runner: web.AppRunner | None
+
+
+@dataclass
+class Staged:
+    version: int
+    config: Config
+    ssl_ctx: ssl.SSLContext | None
+    tls_print: bytes
+
+
+def tls_fingerprint(config: Config) -> bytes:
+    """The certificate and key bytes: a file replaced under the same name is a change too."""
+    files = [config.tls.cert, config.tls.key]
+    files += [p for s in config.tls.sni for p in (s.cert, s.key)]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f).encode() + b"\0")
+        if f is not None:
+            with contextlib.suppress(OSError):
+                h.update(f.read_bytes())
+    return h.digest()
+
+
+def _probe_bind(addr: HostPort) -> None:
+    """Bind (not listen) a socket like the real listener would, so a commit cannot fail on an
+    address this host does not allow; SO_REUSEPORT lets it coexist with a running listener."""
+    family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.setsockopt(socket.SOL_IP, 15, 1)  # IP_FREEBIND, as the real listener
+        s.bind((addr.host, addr.port))
+
+
+def validate_candidate(text: str, node_name: str, base: Config, workers: bool = False) -> Staged:
+    """Everything that can fail before the commit; raises StageError. `base` gives the path
+    that relative file names resolve against (this node's config file)."""
+    file = str(base.path)
+    try:
+        new = parse_config(text, base.path)
+        new.node(node_name)  # this node must stay a member: it cannot remove itself
+        new.read_secret()
+        new.read_admin_token()
+    except ConfigError as e:
+        raise StageError(e.file, e.key, e.reason) from e
+    if new.read_secret() != base.read_secret():
+        # Cookies signed with the old secret are still out there; changing it is a restart.
+        raise StageError(file, "cluster.secret_file", "the cluster secret cannot change live")
+    if new.cluster.vip != base.cluster.vip or new.cluster.buckets != base.cluster.buckets:
+        raise StageError(file, "cluster.vip" if new.cluster.vip != base.cluster.vip
+                         else "cluster.buckets", "cannot change while running (restart)")
+    try:
+        ssl_ctx = tls_context(new)
+    except (ssl.SSLError, OSError) as e:
+        raise StageError(file, "tls.cert", f"cannot load: {e}") from e
+    old_listeners = Listeners.wanted(base, node_name)
+    for kind, addr in Listeners.wanted(new, node_name):
+        if (kind, addr) in old_listeners:
+            continue
+        if workers and kind != "admin":
+            # Worker processes were handed their listening sockets at spawn.
+            raise StageError(file, "nodes.listen", "listen addresses cannot change live with "
+                             "proxy.workers > 1 (restart the node)")
+        try:
+            _probe_bind(addr)
+        except OSError as e:
+            key = {"http": "listen", "https": "listen_tls", "admin": "admin"}[kind]
+            raise StageError(file, f"nodes.{key}", f"cannot bind {addr}: {e.strerror}") from e
+    return Staged(0, new, ssl_ctx, tls_fingerprint(new))
+
+
+class ConfigReloader:
+    """The node side of a push; one per node."""
+
+    def __init__(self, node: ReloadableNode) -> None:
+        self.node = node
+        self.staged: Staged | None = None
+        self.tls_print = tls_fingerprint(node.config)
+        self.listeners = Listeners(node.ctx)
+        self.bus: ConfigBusWatcher | None = None
+
+    def with_routes(
+        self, extra: Callable[[web.Application], None] | None,
+    ) -> Callable[[web.Application], None]:
+        """The admin app's route hook: the config routes, then whatever else the node adds."""
+        def register(app: web.Application) -> None:
+            config_routes(app, self)
+            if extra is not None:
+                extra(app)
+        return register
+
+    def start(self) -> None:
+        """Follow the config bus when the config names one (cluster.redis)."""
+        url = self.node.config.cluster.redis
+        if url:
+            from dlba.config_bus import ConfigBusWatcher
+
+            self.bus = ConfigBusWatcher(self, url)
+            self.bus.start()
+
+    async def stop(self) -> None:
+        if self.bus is not None:
+            await self.bus.stop()
+
+    def stage(self, text: str, version: int) -> Staged:
+        if version <= self.node.config_version:
+            raise StageError(str(self.node.config.path), "version",
+                             f"{version} is not newer than {self.node.config_version}")
+        workers = getattr(self.node, "workers", None) is not None
+        staged = validate_candidate(text, self.node.name, self.node.config, workers)
+        staged.version = version
+        self.staged = staged
+        events.warning("event=config_staged node=%s version=%d", self.node.name, version)
+        return staged
+
+    def abort(self) -> int | None:
+        version = self.staged.version if self.staged else None
+        self.staged = None
+        if version is not None:
+            events.warning("event=config_aborted node=%s version=%d", self.node.name, version)
+        return version
+
+    async def commit(self, version: int) -> None:
+        staged = self.staged
+        if staged is None or staged.version != version:
+            have = staged.version if staged else "nothing"
+            raise StageError(str(self.node.config.path), "version",
+                             f"version {version} is not staged here (staged: {have})")
+        self.staged = None
+        node = self.node
+        old = node.config
+        workers = getattr(node, "workers", None)
+        listeners = self.listeners
+        if not listeners.adopted:
+            listeners.adopt(old, node.servers, node.admin_runner)
+        node.ctx.apply(staged.config)
+        node.config = staged.config
+        try:
+            await listeners.reconcile(staged.config, staged.ssl_ctx,
+                                      staged.tls_print != self.tls_print, workers is None)
+        except OSError as e:
+            # The probe bind passed, so this is a race with another process: keep the old.
+            node.ctx.apply(old)
+            node.config = old
+            raise StageError(str(old.path), "nodes.listen", f"cannot listen: {e}") from e
+        # NodeRuntime.stop closes what is in `servers`: keep it the live set.
+        node.servers[:] = list(listeners.servers.values())
+        self.tls_print = staged.tls_print
+        if workers is not None:
+            workers.apply_config(staged.config)
+        node.checks.start()  # start() stops the old checks: back ends may have come or gone
+        node.config_version = version
+        events.warning(
+            "event=config_committed node=%s version=%d backends=%d policy=%s", node.name,
+            version, len(staged.config.backends), staged.config.scheduling.policy,
+        )
+
+    async def stage_and_commit(self, text: str, version: int) -> None:
+        self.stage(text, version)
+        await self.commit(version)
+
+
+def config_routes(app: web.Application, reloader: ConfigReloader) -> None:
+    """Register PUT /config, POST /config/commit, DELETE /config/stage on the admin app."""
+
+    def bad(e: StageError, status: int = 409) -> web.Response:
+        return web.json_response(e.to_json(), status=status)
+
+    async def put_config(request: web.Request) -> web.Response:
+        text = await request.text()
+        node = reloader.node
+        try:
+            version = int(request.query.get("version", node.config_version + 1))
+        except ValueError:
+            return web.json_response({"error": "version must be an integer"}, status=400)
+        try:
+            if request.query.get("stage") in ("1", "true"):
+                reloader.stage(text, version)
+                return web.json_response({"node": node.name, "staged": version})
+            await reloader.stage_and_commit(text, version)
+        except StageError as e:
+            return bad(e)
+        return web.json_response({"node": node.name, "config_version": node.config_version})
+
+    async def commit(request: web.Request) -> web.Response:
+        try:
+            body: Any = await request.json()
+            version = int(body["version"])
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"error": 'body must be {"version": N}'}, status=400)
+        try:
+            await reloader.commit(version)
+        except StageError as e:
+            return bad(e)
+        node = reloader.node
+        return web.json_response({"node": node.name, "config_version": node.config_version})
+
+    async def abort(_: web.Request) -> web.Response:
+        return web.json_response({"node": reloader.node.name, "aborted": reloader.abort()})
+
+    app.router.add_put("/config", put_config)
+    app.router.add_post("/config/commit", commit)
+    app.router.add_delete("/config/stage", abort)
