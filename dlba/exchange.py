@@ -242,7 +242,8 @@ class Exchange:
         if conn is not None:
             reusable = self.backend_keep_alive and self.body_done and not self.tunnel
             if reusable:
-                self.ctx.pools[self.backend_id].release(conn, self.ctx.loop.time())
+                # The pool the connection came from: a reload may have removed the back end.
+                conn.pool.release(conn, self.ctx.loop.time())
             else:
                 conn.abort()
         if not self.body_done:
