@@ -15,6 +15,7 @@ import asyncio
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Sequence
 from typing import Literal
 
@@ -24,6 +25,7 @@ from dlba import tls
 from dlba.client_connection import ClientConnection
 from dlba.config import Config, HostPort, parse_host_port
 from dlba.proxy_context import ProxyContext
+from dlba.tls_tickets import TicketKeyRing, derived_keys, install_ticket_keys
 
 events = logging.getLogger("dlba.event")
 Kind = Literal["http", "https", "admin"]
@@ -69,6 +71,8 @@ class Listeners:
         self.front_tls: ssl.SSLContext | None = None
         self.handshake_timeout = 10.0
         self.adopted = False
+        self.ring: TicketKeyRing | None = None
+        self.ring_at = 0.0
 
     @staticmethod
     def wanted(config: Config, name: str) -> list[tuple[Kind, HostPort]]:
@@ -78,8 +82,22 @@ class Listeners:
         out.append(("admin", admin_address(config, name)))
         return out
 
+    def _ticket_ring(self) -> TicketKeyRing:
+        """The array's ticket keys (derived from the cluster secret, as NodeRuntime does), so
+        sessions resume across the switch and across nodes; re-derived every 30 s."""
+        now = time.monotonic()
+        if self.ring is None or now - self.ring_at > 30:
+            keys = derived_keys(self.ctx.secret, time.time())
+            if self.ring is None:
+                self.ring = TicketKeyRing(keys)
+            else:
+                self.ring.replace(keys)
+            self.ring_at = now
+        return self.ring
+
     def _switch(self, sock: ssl.SSLObject | ssl.SSLSocket, server_name: str | None,
                 _front: ssl.SSLContext) -> None:
+        self._ticket_ring()
         live = self.live_tls
         if live is None:
             return
@@ -92,6 +110,9 @@ class Listeners:
             self.front_tls = tls_context(config)
             if self.front_tls is not None:
                 self.front_tls.sni_callback = self._switch
+                # Tickets are sealed with the keys of the context the handshake started on
+                # (OpenSSL's session_ctx), which is this one.
+                install_ticket_keys(self.front_tls, self._ticket_ring())
         return self.front_tls
 
     async def _open(self, kind: Kind, addr: HostPort, config: Config) -> None:

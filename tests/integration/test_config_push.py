@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import ssl
 import subprocess
 import sys
@@ -190,13 +191,23 @@ async def slow_backend(delay: float) -> tuple[web.AppRunner, int]:
 def peer_cert(port: int, ca: Path) -> bytes:
     ctx = tls.client_context(ca)
     ctx.check_hostname = False
-    import socket
-
     with socket.create_connection(("127.0.0.1", port), 5) as raw, \
             ctx.wrap_socket(raw) as s:
         der = s.getpeercert(binary_form=True)
         assert der is not None
         return der
+
+
+def resumes(port: int, ca: Path) -> bool:
+    """A second connection offers the first one's session: was it resumed?"""
+    ctx = tls.client_context(ca)
+    ctx.check_hostname = False
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # the session is known after the handshake
+    with socket.create_connection(("127.0.0.1", port), 5) as raw, ctx.wrap_socket(raw) as s:
+        session = s.session
+    with socket.create_connection(("127.0.0.1", port), 5) as raw, \
+            ctx.wrap_socket(raw, session=session) as s2:
+        return bool(s2.session_reused)
 
 
 async def test_listener_change_keeps_an_inflight_request(tmp_path: Path) -> None:
@@ -248,3 +259,5 @@ async def test_certificate_change_serves_the_new_cert(tmp_path: Path) -> None:
             want = other.node_cert if round_ == 0 else arr.certs.node_cert
             assert got == ssl.PEM_cert_to_DER_cert(want.read_text())
             assert (got != before) == (round_ == 0)
+            # sessions still resume on the switching context
+            assert await asyncio.to_thread(resumes, https, ca)
