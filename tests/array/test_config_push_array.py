@@ -1,0 +1,98 @@
+"""`dlba config push --state` against a namespace array made by `dlba up` (scheduler included),
+over the admin API and over the redis config bus of `dlba up --redis`."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.array.array_harness import Array, dlba, running_array, wait_until
+
+pytestmark = pytest.mark.array
+
+
+@contextmanager
+def running_redis_array(tmp: Path, nodes: int = 3, backends: int = 2) -> Iterator[Array]:
+    """running_array with `--redis` (redis-server in the array's redis namespace)."""
+    if os.geteuid() != 0:
+        pytest.fail("array tests need root (network namespaces, BPF, raw sockets)")
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server missing: `make install` installs it")
+    prefix = f"lc{secrets.token_hex(2)}-"
+    state = tmp / "state"
+    up = dlba("up", "--detach", "--redis", "--prefix", prefix, "--state", str(state),
+              "--nodes", str(nodes), "--backends", str(backends))
+    try:
+        assert up.returncode == 0, f"dlba up failed:\n{up.stdout}\n{up.stderr}"
+        arr = Array(prefix, state, nodes, (state / "admin.token").read_text().strip())
+        wait_until(lambda: arr.scheduler() is not None, 15, "a scheduler")
+        yield arr
+    finally:
+        down = dlba("down", "--prefix", prefix, "--state", str(state))
+        if down.returncode != 0:
+            print(down.stdout, down.stderr)
+
+
+def without_backend(arr: Array, backend_id: int) -> Path:
+    """The array's own config minus one [[backends]] entry, next to it (same relative paths)."""
+    lines = (arr.state / "cluster.toml").read_text().splitlines(keepends=True)
+    # a table runs from its header to the next header
+    starts = [i for i, line in enumerate(lines) if line.startswith("[")] + [len(lines)]
+    kept: list[str] = []
+    for a, b in itertools.pairwise(starts):
+        block = lines[a:b]
+        is_it = block[0].strip() == "[[backends]]" and any(
+            re.fullmatch(rf"id\s*=\s*{backend_id}\s*", line.strip()) for line in block)
+        if not is_it:
+            kept += block
+    assert len(kept) < len(lines) - 1, "backend entry not found"
+    kept = lines[:starts[0]] + kept
+    path = arr.state / "pushed.toml"
+    path.write_text("".join(kept))
+    return path
+
+
+def versions(arr: Array) -> dict[int, int]:
+    return {k: arr.admin(k, "/status")["config_version"] for k in range(1, arr.nodes + 1)}
+
+
+def served_by(arr: Array, count: int = 12) -> set[str]:
+    seen = set()
+    for i in range(count):
+        status, body = arr.request("/whoami", sport=41000 + i * 7)
+        assert status == 200
+        seen.add(body.decode().strip())
+    return seen
+
+
+def test_push_through_the_admin_api(tmp_path: Path) -> None:
+    with running_array(tmp_path, nodes=3, backends=2) as arr:
+        assert versions(arr) == {1: 1, 2: 1, 3: 1}
+        assert served_by(arr) == {"b1", "b2"}
+        bad = arr.state / "bad.toml"
+        bad.write_text((arr.state / "cluster.toml").read_text() + "\n[bogus]\n")
+        r = dlba("config", "push", str(bad), "--state", str(arr.state))
+        assert r.returncode == 2 and "bogus" in r.stderr, r.stderr
+        r = dlba("config", "push", str(without_backend(arr, 1)), "--state", str(arr.state))
+        assert r.returncode == 0, r.stderr
+        assert versions(arr) == {1: 2, 2: 2, 3: 2}  # the scheduler too
+        assert served_by(arr) == {"b2"}
+        st = dlba("status", "--json", "--state", str(arr.state))
+        assert '"config_skew": false' in st.stdout
+
+
+def test_push_through_the_redis_bus(tmp_path: Path) -> None:
+    with running_redis_array(tmp_path, nodes=3, backends=2) as arr:
+        assert served_by(arr) == {"b1", "b2"}
+        r = dlba("config", "push", str(without_backend(arr, 2)), "--state", str(arr.state))
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: versions(arr) == {1: 2, 2: 2, 3: 2}, 10, "version 2 everywhere")
+        assert served_by(arr) == {"b1"}
