@@ -61,6 +61,8 @@ class NodeAgent:
         self.index = self.names.index(name)
         self.address = config.node(name).address
         self.by_address = {n.address: n.name for n in config.nodes}
+        self.addresses = {n.name: n.address for n in config.nodes}
+        self.peers_follow: str | None = None  # the scheduler every answering peer follows
         self.election = Election(self.address, ping_failures=config.cluster.ping_failures)
         self.table = ClientTable(config.cluster.buckets, [n.weight for n in config.nodes])
         self.role: SchedulerRole | None = None
@@ -201,6 +203,15 @@ class NodeAgent:
             return
         if role in (Role.STARTING, Role.SUSPECTING):
             views = await self._ask_peers()
+            followed = self.peers_follow
+            if role is Role.STARTING and followed and not any(v.is_scheduler for v in views):
+                # A peer whose pings to its scheduler work vouches for it, even if that
+                # scheduler's status channel does not answer us (a stuck daemon, a firewall).
+                if self.election.on_scheduler_seen(followed, now) is Decision.STAY_SERVER:
+                    events.warning("event=following node=%s scheduler=%s via=peers", self.name,
+                                   self.by_address.get(followed, followed))
+                    self._pull_soon()
+                return
             if role is Role.STARTING and not any(v.is_scheduler for v in views):
                 answered = len(views) == len(self.names) - 1
                 if not answered and now - started < STARTUP_GRACE_S:
@@ -255,6 +266,9 @@ class NodeAgent:
                     d = await r.json()
                     if d.get("mac"):
                         self.peer_macs[str(d["mac"])] = str(d["address"])
+                    sched = self.addresses.get(str(d.get("scheduler")))
+                    if d.get("scheduler_alive") and sched is not None:
+                        followed.append(sched)
                     return PeerView(d["address"], bool(d["candidate"]),
                                     bool(d["scheduler_alive"]), bool(d["is_scheduler"]),
                                     int(d["term"]))
@@ -266,7 +280,9 @@ class NodeAgent:
         skip = {self.index}
         if self.election.role is Role.SUSPECTING and self.election.scheduler in self.by_address:
             skip.add(self.names.index(self.by_address[self.election.scheduler]))
+        followed: list[str] = []
         found = await asyncio.gather(*(ask(i) for i in range(len(self.names)) if i not in skip))
+        self.peers_follow = followed[0] if followed and len(set(followed)) == 1 else None
         return [v for v in found if v is not None]
 
     async def _take_over(self, previous: str | None) -> None:

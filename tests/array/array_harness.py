@@ -163,7 +163,13 @@ def running_array(tmp: Path, nodes: int = 3, backends: int = 2) -> Iterator[Arra
     try:
         assert up.returncode == 0, f"dlba up failed:\n{up.stdout}\n{up.stderr}"
         arr = Array(prefix, state, nodes, (state / "admin.token").read_text().strip())
-        wait_until(lambda: arr.scheduler() is not None, 15, "a scheduler")
+        sched = wait_until(arr.scheduler, 15, "a scheduler")
+
+        def all_follow() -> bool:
+            return all((arr.try_admin(k, "/status") or {}).get("scheduler") == f"n{sched}"
+                       for k in range(1, nodes + 1) if k != sched)
+
+        wait_until(all_follow, 10, "every node to follow the scheduler")
         yield arr
     finally:
         down = dlba("down", "--prefix", prefix, "--state", str(state))

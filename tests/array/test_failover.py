@@ -69,6 +69,11 @@ def test_table_changes_reach_peers_before_the_kernel(array: Array) -> None:
         version = r["table_version"]
         for k in (1, 2):  # pushed before the data plane took it: already there
             assert array.admin(k, "/peer")["table_version"] == version
+        # panic: buckets spread evenly over the live nodes, the scheduler pinned
+        summary = array.admin(3, "/summary")
+        assert summary["panic"] is True
+        counts = [owners(array, 3).count(n) for n in ("n1", "n2", "n3")]
+        assert max(counts) - min(counts) <= 1 and sum(counts) == 4096
     finally:
         array.admin(3, "/panic", method="DELETE")
 
@@ -82,7 +87,7 @@ def test_broken_status_channel_starts_no_election(array: Array) -> None:
         time.sleep(2.0)  # a window of several failure-detection intervals, by design
         for k in (1, 2):
             st = array.admin(k, "/status")
-            assert st["role"] == "server" and st["scheduler"] == "n3"
+            assert st["role"] == "server" and st["scheduler"] == "n3", array.admin(k, "/peer")
         assert array.request("/whoami", sport)[0] == 200  # the kernel path keeps forwarding
     finally:
         os.kill(pid, signal.SIGCONT)
