@@ -147,12 +147,18 @@ class ConfigBusWatcher:
         if version <= node.config_version or await client.hexists(acks_key(version), self.name):
             return
         text = await client.hget(TEXT_HASH, f"v{version}")
+        if text is None:
+            return  # the pusher holds the stage but has not written the text yet: next look
         try:
-            self.reloader.stage(str(text or ""), version)
+            self.reloader.stage(str(text), version)
             answer = "ok"
         except StageError as e:
             answer = str(e)
         await client.hset(acks_key(version), self.name, answer)
+
+
+class BusBusy(Exception):
+    """Another push holds the stage; nothing was changed."""
 
 
 @dataclass
@@ -174,10 +180,13 @@ async def push_via_bus(url: str, text: str, nodes: list[str], deadline_s: float 
         # Nodes start at version 1 from their file, so the first bus version is 2.
         version = max(committed, staging, 1, *running) + 1
         ttl = max(1, int(deadline_s) + 5)
+        # NX: the stage key is also the lock, so two pushes never stage the same version.
+        if not await client.set(STAGE_KEY, version, ex=ttl, nx=True):
+            holder = await client.get(STAGE_KEY)
+            raise BusBusy(f"another push (version {holder!s}) is staging; try again")
         async with client.pipeline(transaction=True) as p:
             p.hset(TEXT_HASH, f"v{version}", text)
             p.delete(acks_key(version))
-            p.set(STAGE_KEY, version, ex=ttl)
             await p.execute()
         await client.publish(CHANNEL, json.dumps({"op": "stage", "version": version}))
         end = time.monotonic() + deadline_s

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dlba.config import Config, ConfigError, load_config
+from dlba.config_reload import text_digest
 from dlba.listeners import admin_address, tls_context
 
 T = TypeVar("T")
@@ -101,7 +102,7 @@ def push_direct(urls: list[str], token: str, text: str) -> tuple[int, list[str]]
                 "every node keeps its running version") from e
     done: list[str] = []
     failed: list[str] = []
-    body = json.dumps({"version": version}).encode()
+    body = json.dumps({"version": version, "digest": text_digest(text)}).encode()
     for url in urls:
         try:
             request(url + "/config/commit", token, "POST", body)
@@ -118,11 +119,11 @@ def push_direct(urls: list[str], token: str, text: str) -> tuple[int, list[str]]
 def push_bus(url: str, text: str, nodes: list[str], deadline_s: float) -> tuple[int, list[str]]:
     from redis.exceptions import RedisError
 
-    from dlba.config_bus import push_via_bus
+    from dlba.config_bus import BusBusy, push_via_bus
 
     try:
         result = asyncio.run(push_via_bus(url, text, nodes, deadline_s))
-    except (RedisError, OSError) as e:
+    except (RedisError, OSError, BusBusy) as e:
         raise PushFailed(f"config bus {url}: {e}; nothing changed") from e
     if result.failed:
         who = "; ".join(f"node {n}: {r}" for n, r in sorted(result.failed.items()))

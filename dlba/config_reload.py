@@ -68,6 +68,10 @@ class Staged:
     tls_print: bytes
 
 
+def text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def tls_fingerprint(config: Config) -> bytes:
     """The certificate and key bytes: a file replaced under the same name is a change too."""
     files = [config.tls.cert, config.tls.key]
@@ -180,12 +184,16 @@ class ConfigReloader:
             events.warning("event=config_aborted node=%s version=%d", self.node.name, version)
         return version
 
-    async def commit(self, version: int) -> None:
+    async def commit(self, version: int, digest: str | None = None) -> None:
         staged = self.staged
         if staged is None or staged.version != version:
             have = staged.version if staged else "nothing"
             raise StageError(str(self.node.config.path), "version",
                              f"version {version} is not staged here (staged: {have})")
+        if digest is not None and digest != text_digest(staged.config.text):
+            # Two pushes raced for the same version: commit only the text this pusher staged.
+            raise StageError(str(self.node.config.path), "version",
+                             f"version {version} staged here is another push's text")
         self.staged = None
         node = self.node
         old = node.config
@@ -236,7 +244,8 @@ def config_routes(app: web.Application, reloader: ConfigReloader) -> None:
         try:
             if request.query.get("stage") in ("1", "true"):
                 reloader.stage(text, version)
-                return web.json_response({"node": node.name, "staged": version})
+                return web.json_response(
+                    {"node": node.name, "staged": version, "digest": text_digest(text)})
             await reloader.stage_and_commit(text, version)
         except StageError as e:
             return bad(e)
@@ -246,10 +255,11 @@ def config_routes(app: web.Application, reloader: ConfigReloader) -> None:
         try:
             body: Any = await request.json()
             version = int(body["version"])
-        except (ValueError, KeyError, TypeError):
+            digest = body.get("digest")
+        except (ValueError, KeyError, TypeError, AttributeError):
             return web.json_response({"error": 'body must be {"version": N}'}, status=400)
         try:
-            await reloader.commit(version)
+            await reloader.commit(version, None if digest is None else str(digest))
         except StageError as e:
             return bad(e)
         node = reloader.node

@@ -181,3 +181,17 @@ async def test_redis_down_keeps_traffic_and_catches_up(
         assert await wait_versions(arr, 3) == {"n1": 3, "n2": 3}
         for name in arr.names:
             assert await arr.whoami(name) == {"b4"}
+
+
+async def test_a_second_push_while_one_stages_is_refused(
+    tmp_path: Path, redis_server: RedisServer, capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with config_array(tmp_path, n_nodes=2, redis=redis_server.url) as arr:
+        assert await bus_up(arr)
+        # another pusher holds the stage (it waits for its acks)
+        assert redis_server.client().set(config_bus.STAGE_KEY, 2, ex=30, nx=True)
+        assert await push(arr.push_file(arr.render([arr.backend(3, "b3")]))) == 1
+        assert "another push (version 2) is staging" in capsys.readouterr().err
+        redis_server.client().delete(config_bus.STAGE_KEY)
+        assert await push(arr.push_file(arr.render([arr.backend(3, "b3")]))) == 0
+        assert await wait_versions(arr, 2) == {"n1": 2, "n2": 2}

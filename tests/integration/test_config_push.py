@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import ssl
@@ -94,6 +95,25 @@ async def test_a_down_node_fails_the_push(tmp_path: Path,
             status = await arr.admin(name, "/status")
             assert status["config_version"] == 1
             assert arr.nodes[name].reloader.staged is None
+
+
+async def test_commit_refuses_another_push_s_text(tmp_path: Path) -> None:
+    async with config_array(tmp_path, n_nodes=1) as arr:
+        # pusher A stages version 2, pusher B stages its own version 2 over it
+        text_a = arr.render([arr.backend(3, "b3")])
+        text_b = arr.render([arr.backend(4, "b4")])
+        a = await arr.admin("n1", "/config?stage=1&version=2", "PUT", text_a)
+        b = await arr.admin("n1", "/config?stage=1&version=2", "PUT", text_b)
+        assert a["digest"] != b["digest"]
+        # A's commit names A's text: refused, nothing changes; B's goes through
+        r = await arr.admin("n1", "/config/commit", "POST",
+                            json.dumps({"version": 2, "digest": a["digest"]}))
+        assert "another push" in r["error"]
+        assert (await arr.versions()) == {"n1": 1}
+        r = await arr.admin("n1", "/config/commit", "POST",
+                            json.dumps({"version": 2, "digest": b["digest"]}))
+        assert r["config_version"] == 2
+        assert await arr.whoami("n1") == {"b4"}
 
 
 async def test_status_shows_version_skew(tmp_path: Path) -> None:
