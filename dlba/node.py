@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import socket
 import ssl
 import sys
 import time
@@ -14,13 +13,13 @@ from typing import Any
 
 from aiohttp import web
 
-from dlba import tls
 from dlba.admin_api import make_admin_app, own_node_row
 from dlba.backend_checks import BackendChecks
 from dlba.client_connection import ClientConnection
-from dlba.config import Config, ConfigError, HostPort, load_config, parse_host_port
+from dlba.config import Config, ConfigError, load_config
 from dlba.config_reload import ConfigReloader
 from dlba.dashboard import register_dashboard
+from dlba.listeners import admin_address, listen_socket, tls_context
 from dlba.metrics import NodeCollector
 from dlba.node_agent import NodeAgent
 from dlba.proxy_context import ProxyContext
@@ -32,20 +31,10 @@ from scheduler.vip_owner import interface_of, mac_text
 events = logging.getLogger("dlba.event")
 
 
-def tls_context(config: Config) -> ssl.SSLContext | None:
-    if config.tls.cert is None or config.tls.key is None:
-        return None
-    sni = {name: (s.cert, s.key) for s in config.tls.sni for name in s.names}
-    return tls.server_context(config.tls.cert, config.tls.key, sni)
-
-
-TICKET_ROTATE_S = 3600.0
-
-
 def shared_ticket_keys(ctx: ssl.SSLContext | None, secret: bytes) -> TicketKeyRing:
     """Session tickets every process of every node can decrypt (keys derived from the cluster
     secret, see tls_tickets.derived_keys); falls back to OpenSSL's per-process key, logged."""
-    ring = TicketKeyRing(derived_keys(secret, time.time(), TICKET_ROTATE_S))
+    ring = TicketKeyRing(derived_keys(secret, time.time()))
     if ctx is not None:
         install_ticket_keys(ctx, ring)
     return ring
@@ -54,21 +43,7 @@ def shared_ticket_keys(ctx: ssl.SSLContext | None, secret: bytes) -> TicketKeyRi
 async def rotate_ticket_keys(ring: TicketKeyRing, secret: bytes) -> None:
     while True:
         await asyncio.sleep(30)
-        ring.replace(derived_keys(secret, time.time(), TICKET_ROTATE_S))
-
-
-def listen_socket(addr: HostPort) -> socket.socket:
-    """A listening socket shared by worker processes of the node (SO_REUSEPORT)."""
-    family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    # The VIP may be bound before the address is configured on this host (failover).
-    sock.setsockopt(socket.SOL_IP, 15, 1)  # IP_FREEBIND
-    sock.bind((addr.host, addr.port))
-    sock.listen(4096)
-    sock.setblocking(False)
-    return sock
+        ring.replace(derived_keys(secret, time.time()))
 
 
 class NodeRuntime:
@@ -145,9 +120,7 @@ class NodeRuntime:
                     ssl=ssl_ctx if tls else None,
                     ssl_handshake_timeout=cfg.proxy.header_timeout_s if tls else None,
                 ))
-        admin_addr = node.admin or parse_host_port(cfg.admin.listen, default_host=node.address)
-        if cfg.admin.listen.startswith(":") and node.admin is None and not cfg.cluster.vip:
-            admin_addr = HostPort("127.0.0.1", admin_addr.port)
+        admin_addr = admin_address(cfg, self.name)
         token = cfg.read_admin_token()
         app = make_admin_app(self, token, self.reloader.with_routes(
             self.agent.routes if self.agent is not None else None))
