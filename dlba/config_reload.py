@@ -110,6 +110,10 @@ def validate_candidate(text: str, node_name: str, base: Config, workers: bool = 
     if new.read_secret() != base.read_secret():
         # Cookies signed with the old secret are still out there; changing it is a restart.
         raise StageError(file, "cluster.secret_file", "the cluster secret cannot change live")
+    if [(n.name, n.address) for n in new.nodes] != [(n.name, n.address) for n in base.nodes]:
+        # Node numbers index the client table and the kernel's maps in every node.
+        raise StageError(file, "nodes", "the array's members cannot change live (restart); "
+                         "their weights can")
     if new.cluster.vip != base.cluster.vip or new.cluster.buckets != base.cluster.buckets:
         raise StageError(file, "cluster.vip" if new.cluster.vip != base.cluster.vip
                          else "cluster.buckets", "cannot change while running (restart)")
@@ -216,6 +220,9 @@ class ConfigReloader:
         self.tls_print = staged.tls_print
         if workers is not None:
             workers.apply_config(staged.config)
+        agent = getattr(node, "agent", None)
+        if agent is not None:
+            agent.reconfigure(staged.config)
         node.checks.start()  # start() stops the old checks: back ends may have come or gone
         node.config_version = version
         events.warning(

@@ -102,6 +102,14 @@ class NodeAgent:
     def current_table(self) -> ClientTable:
         return self.role.table if self.role is not None else self.table
 
+    def reconfigure(self, config: Config) -> None:
+        """A committed config: node weights, port rules, deny list, timers (members and the
+        VIP were checked unchanged by the stage)."""
+        self.config = config
+        self.election.threshold = config.cluster.ping_failures
+        if self.role is not None:
+            self.role.reconfigure(config)
+
     def metrics(self) -> Iterator[Metric]:
         """The array's own families for /metrics: failovers, role, client table, data plane."""
         node = self.name

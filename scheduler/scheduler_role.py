@@ -271,6 +271,23 @@ class SchedulerRole:
             "panic": self.table.panic_scheduler is not None,
         }
 
+    def reconfigure(self, config: Config) -> None:
+        """Weights move buckets only as they fall idle; port rules and the deny list reach the
+        data plane at once."""
+        self.config = config
+        for i, n in enumerate(config.nodes):
+            self.status.rows[i].config_weight = n.weight
+            self.status.set_weight(i, n.weight)
+            self.table.set_weight(i, self.status.table_weights()[i])
+        self.sweep.sweep_delay_s = config.cluster.sweep_interval_s
+        dp = self.dataplane
+        if dp is not None:
+            dp.set_port_rules(*port_rules(config))
+            dp.set_deny(list(config.cluster.deny))
+        events.warning("event=scheduler_reconfigured node=%s weights=%s ports=%d deny=%d",
+                       self.names[self.index], ",".join(str(n.weight) for n in config.nodes),
+                       len(config.ports), len(config.cluster.deny))
+
     def set_node_enabled(self, name: str, enabled: bool) -> None:
         """A disabled node takes no new buckets; its buckets leave it as they fall idle, so no
         live connection is cut (the operator's drain of a whole node)."""
