@@ -10,6 +10,7 @@ import ipaddress
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -153,13 +154,17 @@ def dlba(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 
 
 @contextmanager
-def running_array(tmp: Path, nodes: int = 3, backends: int = 2) -> Iterator[Array]:
+def running_array(
+    tmp: Path, nodes: int = 3, backends: int = 2, redis: bool = False
+) -> Iterator[Array]:
     if os.geteuid() != 0:
         pytest.fail("array tests need root (network namespaces, BPF, raw sockets)")
+    if redis and shutil.which("redis-server") is None:
+        pytest.fail("redis-server missing: `make install` installs it")
     prefix = f"la{secrets.token_hex(2)}-"
     state = tmp / "state"
     up = dlba("up", "--detach", "--prefix", prefix, "--state", str(state), "--nodes",
-              str(nodes), "--backends", str(backends))
+              str(nodes), "--backends", str(backends), *(["--redis"] if redis else []))
     try:
         assert up.returncode == 0, f"dlba up failed:\n{up.stdout}\n{up.stderr}"
         arr = Array(prefix, state, nodes, (state / "admin.token").read_text().strip())

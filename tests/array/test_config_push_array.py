@@ -4,12 +4,7 @@ over the admin API and over the redis config bus of `dlba up --redis`."""
 from __future__ import annotations
 
 import itertools
-import os
 import re
-import secrets
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,28 +12,6 @@ import pytest
 from tests.array.array_harness import Array, dlba, running_array, wait_until
 
 pytestmark = pytest.mark.array
-
-
-@contextmanager
-def running_redis_array(tmp: Path, nodes: int = 3, backends: int = 2) -> Iterator[Array]:
-    """running_array with `--redis` (redis-server in the array's redis namespace)."""
-    if os.geteuid() != 0:
-        pytest.fail("array tests need root (network namespaces, BPF, raw sockets)")
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server missing: `make install` installs it")
-    prefix = f"lc{secrets.token_hex(2)}-"
-    state = tmp / "state"
-    up = dlba("up", "--detach", "--redis", "--prefix", prefix, "--state", str(state),
-              "--nodes", str(nodes), "--backends", str(backends))
-    try:
-        assert up.returncode == 0, f"dlba up failed:\n{up.stdout}\n{up.stderr}"
-        arr = Array(prefix, state, nodes, (state / "admin.token").read_text().strip())
-        wait_until(lambda: arr.scheduler() is not None, 15, "a scheduler")
-        yield arr
-    finally:
-        down = dlba("down", "--prefix", prefix, "--state", str(state))
-        if down.returncode != 0:
-            print(down.stdout, down.stderr)
 
 
 def without_backend(arr: Array, backend_id: int) -> Path:
@@ -90,7 +63,7 @@ def test_push_through_the_admin_api(tmp_path: Path) -> None:
 
 
 def test_push_through_the_redis_bus(tmp_path: Path) -> None:
-    with running_redis_array(tmp_path, nodes=3, backends=2) as arr:
+    with running_array(tmp_path, nodes=3, backends=2, redis=True) as arr:
         assert served_by(arr) == {"b1", "b2"}
         r = dlba("config", "push", str(without_backend(arr, 2)), "--state", str(arr.state))
         assert r.returncode == 0, r.stderr

@@ -21,6 +21,7 @@ from pyroute2 import IPRoute, netns
 
 from dlba.local_array import netns_builder, processes, up
 from dlba.local_array.topology import VIP, Plan, link_names, make_plan
+from scheduler.vip_owner import arp_probe
 
 pytestmark = pytest.mark.array
 
@@ -78,29 +79,8 @@ def ping(ns: str, dst: str, timeout: float = 2.0) -> bool:
 
 def arp_replies(ns: str, ifname: str, src_ip: str, target: str, wait: float = 1.0) -> set[str]:
     """Send one ARP who-has `target` out of `ifname` in `ns`; the MACs that answered."""
-    eth_p_arp = 0x0806
-    sock = processes.run_in_netns(
-        ns, lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(eth_p_arp))
-    )
-    with sock:
-        sock.bind((ifname, eth_p_arp))
-        my_mac = sock.getsockname()[4]
-        arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1)
-        arp += my_mac + socket.inet_aton(src_ip) + b"\0" * 6 + socket.inet_aton(target)
-        sock.send(b"\xff" * 6 + my_mac + struct.pack("!H", eth_p_arp) + arp)
-        macs: set[str] = set()
-        end = time.monotonic() + wait
-        while (left := end - time.monotonic()) > 0:
-            sock.settimeout(left)
-            try:
-                frame = sock.recv(128)
-            except TimeoutError:
-                break
-            op = struct.unpack("!H", frame[20:22])[0]
-            sender_ip = socket.inet_ntoa(frame[28:32])
-            if op == 2 and sender_ip == target:
-                macs.add(frame[22:28].hex(":"))
-        return macs
+    found = processes.run_in_netns(ns, lambda: arp_probe(ifname, src_ip, target, wait))
+    return {mac.hex(":") for mac in found}
 
 
 def _links_inside(ns: str) -> set[str]:
