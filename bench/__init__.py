@@ -1,0 +1,1 @@
+"""Benchmarks: the DLBA node beside HAProxy and nginx (`make bench`), BPF ns/packet."""
