@@ -200,6 +200,10 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.write(data)
 
+    def writelines(self, pieces: list[bytes]) -> None:
+        if self.transport is not None:
+            self.transport.writelines(pieces)
+
     def exchange_done(self, ex: Exchange) -> None:
         if self.queue and self.queue[0] is ex:
             self.queue.popleft()

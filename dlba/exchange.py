@@ -44,6 +44,7 @@ class Exchange:
         "excluded",
         "finished",
         "headers",
+        "held",
         "last_activity",
         "method",
         "out_chunked",
@@ -85,6 +86,9 @@ class Exchange:
         self.attempts = 0
         self.response_started = False
         self.finished = False
+        # Response bytes gathered while one read from the back end is parsed, sent with one
+        # writev when it is done: the head and the first body bytes leave in one segment.
+        self.held: list[bytes] = []
         self.status = 0
         self.bytes_out = 0
         self.out_chunked = False
@@ -223,21 +227,31 @@ class Exchange:
         if self.upgrade and not upgrade:
             self.client_keep_alive = False  # the client's parser already switched protocols
         extra = self.ctx.inject_cookies(headers, self.backend_id) if status < 400 else ()
-        client.write(http_head.response_head(
+        self.held.append(http_head.response_head(
             status, reason, headers, extra, chunked=self.out_chunked,
             keep_alive=self.client_keep_alive and not client.closing, upgrade=upgrade,
         ))
         if upgrade:
+            self.flush()
             self.tunnel = True
             client.start_tunnel(self)
 
     def on_response_body(self, data: bytes) -> None:
         self.bytes_out += len(data)
-        self.client.write(http_head.chunk(data) if self.out_chunked else data)
+        if self.out_chunked:
+            self.held += (b"%x\r\n" % len(data), data, b"\r\n")
+        else:
+            self.held.append(data)
+
+    def flush(self) -> None:
+        if self.held:
+            self.client.writelines(self.held)
+            self.held = []
 
     def on_response_complete(self) -> None:
         if self.out_chunked:
-            self.client.write(http_head.LAST_CHUNK)
+            self.held.append(http_head.LAST_CHUNK)
+        self.flush()
         conn, self.conn = self.conn, None
         if conn is not None:
             reusable = self.backend_keep_alive and self.body_done and not self.tunnel
