@@ -23,6 +23,7 @@ events = logging.getLogger("dlba.event")
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_QUEUED = 16  # pipelined requests read ahead of the one being answered
+LINGER_S = 2.0  # how long input is drained after an error answer (nginx: lingering_time)
 
 
 class Reject(Exception):
@@ -54,7 +55,9 @@ class ClientConnection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.paused = False
         self.writable = True
-        self.timer: asyncio.TimerHandle | None = None
+        # Deadlines, not timer handles: ProxyContext.janitor checks every connection a few times
+        # a second, which costs less than creating and cancelling handles on every request.
+        self.deadline = 0.0
         self.timer_kind = ""
 
     # --- asyncio.Protocol -------------------------------------------------------------------
@@ -67,6 +70,7 @@ class ClientConnection(asyncio.Protocol):
             self.peer = f"{peer[0]}:{peer[1]}"
         self.ctx.stats.connections_open += 1
         self.ctx.stats.connections_total += 1
+        self.ctx.connections.add(self)
         if self.scheme == b"https":
             self.ctx.stats.tls_handshakes += 1
         self._arm("header", self.ctx.limits.header_timeout_s)
@@ -107,6 +111,7 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.ctx.stats.connections_open -= 1
+        self.ctx.connections.discard(self)
         self._disarm()
         for ex in self.queue:
             ex.client_gone()
@@ -242,7 +247,23 @@ class ClientConnection(asyncio.Protocol):
             ex.client_gone()
         self.queue.clear()
         self.write(http_head.error_response(status, reason))
-        self.close()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close after an error without losing the error: a client still sending would get a
+        reset, and a reset makes its kernel drop the unread answer. So, like nginx's lingering
+        close: shut our side, read and discard for a while, then close."""
+        t = self.transport
+        if t is None:
+            return
+        if t.can_write_eof():
+            t.write_eof()
+            if self.paused:
+                self.paused = False
+                t.resume_reading()
+            self._arm("linger", LINGER_S)
+        else:
+            self.close()  # TLS: close_notify first, as OpenSSL does
 
     def pause_reading(self) -> None:
         if not self.paused and self.transport is not None and not self.closing:
@@ -267,18 +288,20 @@ class ClientConnection(asyncio.Protocol):
 
     # --- timers -----------------------------------------------------------------------------
     def _arm(self, kind: str, delay: float) -> None:
-        self._disarm()
         self.timer_kind = kind
-        self.timer = self.ctx.loop.call_later(delay, self._timeout)
+        self.deadline = self.ctx.loop.time() + delay
 
     def _disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         self.timer_kind = ""
 
+    def check_timeouts(self, now: float) -> None:
+        if self.timer_kind and now >= self.deadline:
+            self._timeout()
+        elif self.queue:
+            self.queue[0].check_timeout(now)
+
     def _timeout(self) -> None:
-        kind, self.timer, self.timer_kind = self.timer_kind, None, ""
+        kind, self.timer_kind = self.timer_kind, ""
         if kind == "header" and (self.in_head or self.head_bytes or not self.queue):
             if self.in_head:
                 self.reject(408, "request header timeout")
@@ -286,3 +309,5 @@ class ClientConnection(asyncio.Protocol):
                 self.close()  # nothing sent: HAProxy closes silently too
         elif kind == "idle" and not self.queue:
             self.close()
+        elif kind == "linger":
+            self.abort()

@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 
 from dlba.config import Config, ConfigError, load_config
 from dlba.config_reload import text_digest
-from dlba.listeners import admin_address, tls_context
+from dlba.listeners import admin_address
+from dlba.sockets import tls_context
 
 T = TypeVar("T")
 TIMEOUT_S = 10.0

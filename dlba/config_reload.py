@@ -28,8 +28,9 @@ from aiohttp import web
 
 from dlba.backend_checks import BackendChecks
 from dlba.config import Config, ConfigError, HostPort, parse_config
-from dlba.listeners import Listeners, tls_context
+from dlba.listeners import Listeners
 from dlba.proxy_context import ProxyContext
+from dlba.sockets import tls_context
 
 if TYPE_CHECKING:
     from dlba.config_bus import ConfigBusWatcher

@@ -8,7 +8,6 @@ flow control in both directions, so neither side is ever buffered whole.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -56,7 +55,6 @@ class Exchange:
         "status",
         "t0",
         "target",
-        "timer",
         "tunnel",
         "upgrade",
     )
@@ -97,14 +95,11 @@ class Exchange:
         self.tunnel = False
         self.t0 = 0.0
         self.last_activity = 0.0
-        self.timer: asyncio.TimerHandle | None = None
 
     # --- request side -------------------------------------------------------------------------
     def start(self) -> None:
         self.t0 = time.perf_counter()  # uvloop's loop.time() only has millisecond resolution
         self.last_activity = self.ctx.loop.time()
-        limit = self.ctx.limits.backend_timeout_s
-        self.timer = self.ctx.loop.call_later(limit, self._check_timeout)
         self._schedule()
 
     def _schedule(self) -> None:
@@ -307,14 +302,11 @@ class Exchange:
         self._fail(502, "back end closed the connection before responding")
 
     # --- ending -------------------------------------------------------------------------------
-    def _check_timeout(self) -> None:
-        if self.finished or self.tunnel:
+    def check_timeout(self, now: float) -> None:
+        """Called by the janitor's sweep: no bytes from the back end for backend_timeout_s."""
+        if self.finished or self.tunnel or self.t0 == 0.0:
             return
-        now = self.ctx.loop.time()
-        idle = now - self.last_activity
-        limit = self.ctx.limits.backend_timeout_s
-        if idle < limit:
-            self.timer = self.ctx.loop.call_later(limit - idle, self._check_timeout)
+        if now - self.last_activity < self.ctx.limits.backend_timeout_s:
             return
         conn, self.conn = self.conn, None
         if conn is not None:
@@ -338,8 +330,6 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
-        if self.timer is not None:
-            self.timer.cancel()
         ctx = self.ctx
         elapsed = time.perf_counter() - self.t0
         if counted:
@@ -357,5 +347,3 @@ class Exchange:
             conn.abort()
             self.ctx.table.on_request_end(self.backend_id, time.perf_counter() - self.t0, 0)
         self.finished = True
-        if self.timer is not None:
-            self.timer.cancel()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl
 import time
 from collections.abc import Sequence
@@ -21,35 +20,14 @@ from typing import Literal
 
 from aiohttp import web
 
-from dlba import tls
 from dlba.client_connection import ClientConnection
 from dlba.config import Config, HostPort, parse_host_port
 from dlba.proxy_context import ProxyContext
+from dlba.sockets import listen_socket, tls_context
 from dlba.tls_tickets import TicketKeyRing, derived_keys, install_ticket_keys
 
 events = logging.getLogger("dlba.event")
 Kind = Literal["http", "https", "admin"]
-
-
-def tls_context(config: Config) -> ssl.SSLContext | None:
-    if config.tls.cert is None or config.tls.key is None:
-        return None
-    sni = {name: (s.cert, s.key) for s in config.tls.sni for name in s.names}
-    return tls.server_context(config.tls.cert, config.tls.key, sni)
-
-
-def listen_socket(addr: HostPort) -> socket.socket:
-    """A listening socket shared by worker processes of the node (SO_REUSEPORT)."""
-    family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    # The VIP may be bound before the address is configured on this host (failover).
-    sock.setsockopt(socket.SOL_IP, 15, 1)  # IP_FREEBIND
-    sock.bind((addr.host, addr.port))
-    sock.listen(4096)
-    sock.setblocking(False)
-    return sock
 
 
 def admin_address(config: Config, name: str) -> HostPort:

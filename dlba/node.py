@@ -8,7 +8,6 @@ import logging
 import signal
 import ssl
 import sys
-import time
 from typing import Any
 
 from aiohttp import web
@@ -19,31 +18,22 @@ from dlba.client_connection import ClientConnection
 from dlba.config import Config, ConfigError, load_config
 from dlba.config_reload import ConfigReloader
 from dlba.dashboard import register_dashboard
-from dlba.listeners import admin_address, listen_socket, tls_context
+from dlba.listeners import admin_address
 from dlba.metrics import NodeCollector
 from dlba.node_agent import NodeAgent
 from dlba.proxy_context import ProxyContext
-from dlba.tls_tickets import TicketKeyRing, derived_keys, install_ticket_keys
+from dlba.sockets import (
+    listen_socket,
+    rotate_ticket_keys,
+    setup_logging,
+    shared_ticket_keys,
+    tls_context,
+)
 from dlba.web_server_status_table import WebServerStatusTable
 from dlba.worker_pool import BroadcastingTable, WorkerPool
 from scheduler.vip_owner import interface_of, mac_text
 
 events = logging.getLogger("dlba.event")
-
-
-def shared_ticket_keys(ctx: ssl.SSLContext | None, secret: bytes) -> TicketKeyRing:
-    """Session tickets every process of every node can decrypt (keys derived from the cluster
-    secret, see tls_tickets.derived_keys); falls back to OpenSSL's per-process key, logged."""
-    ring = TicketKeyRing(derived_keys(secret, time.time()))
-    if ctx is not None:
-        install_ticket_keys(ctx, ring)
-    return ring
-
-
-async def rotate_ticket_keys(ring: TicketKeyRing, secret: bytes) -> None:
-    while True:
-        await asyncio.sleep(30)
-        ring.replace(derived_keys(secret, time.time()))
 
 
 class NodeRuntime:
@@ -156,13 +146,6 @@ class NodeRuntime:
             await self.admin_runner.cleanup()
         self.ctx.close()
         self.stopped.set()
-
-
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
 
 
 async def run_node(config: Config, name: str, dataplane: str = "ebpf") -> None:

@@ -20,12 +20,14 @@ from dlba.node_stats import NodeStats
 from dlba.web_server_status_table import WebServerStatusTable
 
 if TYPE_CHECKING:
+    from dlba.client_connection import ClientConnection
     from dlba.exchange import Exchange
 
 access = logging.getLogger("dlba.access")
 events = logging.getLogger("dlba.event")
 
 POOL_IDLE_TIMEOUT_S = 30.0  # below the usual back-end keepalive (nginx 75 s, aiohttp 75 s)
+TIMEOUT_SWEEP_S = 0.25  # timeouts fire up to this late
 
 
 class ProxyContext:
@@ -46,6 +48,7 @@ class ProxyContext:
             self.table, config.persistence, config.scheduling, self.secret
         )
         self.pools: dict[int, BackendPool] = {}
+        self.connections: set[ClientConnection] = set()
         self.config = config
         self.apply(config)
 
@@ -134,12 +137,18 @@ class ProxyContext:
             )
 
     async def janitor(self) -> None:
-        """Close pooled back-end connections idle for longer than back ends keep them."""
+        """The connections' timeouts (header, keepalive idle, back end) a few times a second;
+        pooled back-end connections idle longer than back ends keep them, every 5 s."""
+        ticks = 0
         while True:
-            await asyncio.sleep(5)
+            await asyncio.sleep(TIMEOUT_SWEEP_S)
             now = self.loop.time()
-            for pool in self.pools.values():
-                pool.expire(now)
+            for conn in list(self.connections):
+                conn.check_timeouts(now)
+            ticks += 1
+            if ticks % 20 == 0:
+                for pool in self.pools.values():
+                    pool.expire(now)
 
     def close(self) -> None:
         for pool in self.pools.values():

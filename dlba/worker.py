@@ -15,9 +15,14 @@ from typing import Any
 from dlba.agent_check import AgentReport
 from dlba.client_connection import ClientConnection
 from dlba.config import ConfigError, load_config, parse_config
-from dlba.listeners import listen_socket, tls_context
-from dlba.node import rotate_ticket_keys, setup_logging, shared_ticket_keys
 from dlba.proxy_context import ProxyContext
+from dlba.sockets import (
+    listen_socket,
+    rotate_ticket_keys,
+    setup_logging,
+    shared_ticket_keys,
+    tls_context,
+)
 from dlba.worker_pool import STATS_S, stats_json
 
 events = logging.getLogger("dlba.event")

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from dlba.config import load_config
-from dlba.listeners import tls_context
+from dlba.sockets import tls_context
 
 ROOT = Path(__file__).parents[2]
 
