@@ -53,6 +53,8 @@ class ClientConnection(asyncio.Protocol):
         self.fields_bytes = 0
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.watched: list[tuple[bytes, bytes]] = []  # (lower-case name, value)
+        self.forwarding = b""
         self.paused = False
         self.writable = True
         # Deadlines, not timer handles: ProxyContext.janitor checks every connection a few times
@@ -68,6 +70,7 @@ class ClientConnection(asyncio.Protocol):
         if peer:
             self.peer_ip = str(peer[0])
             self.peer = f"{peer[0]}:{peer[1]}"
+        self.forwarding = http_head.forwarding_lines(self.peer_ip, self.scheme)
         self.ctx.stats.connections_open += 1
         self.ctx.stats.connections_total += 1
         self.ctx.connections.add(self)
@@ -137,6 +140,7 @@ class ClientConnection(asyncio.Protocol):
         self.fields_bytes = 0
         self.url = b""
         self.headers = []
+        self.watched = []
         if self.timer_kind != "header":
             self._arm("header", self.ctx.limits.header_timeout_s)
 
@@ -150,6 +154,9 @@ class ClientConnection(asyncio.Protocol):
         if len(name) + len(value) + 2 > limits.max_header_line:
             raise Reject(431, f"header line longer than {limits.max_header_line} bytes")
         self.headers.append((name, value))
+        low = name.lower()
+        if low in http_head.WATCHED:
+            self.watched.append((low, value))
         if len(self.headers) > limits.max_headers:
             raise Reject(431, f"more than {limits.max_headers} header fields")
         # data_received only sees heads still incomplete after a read; this counts whole ones.
@@ -167,14 +174,20 @@ class ClientConnection(asyncio.Protocol):
         self.http11 = parser.get_http_version() == "1.1"
         chunked = False
         host = 0
-        for name, value in self.headers:
-            low = name.lower()
-            if low == b"transfer-encoding":
+        plain = True  # nothing for request_head to drop, merge or re-frame
+        cookies = []
+        for low, value in self.watched:
+            if low == b"host":
+                host += 1
+            elif low == b"cookie":
+                cookies.append(value)
+            elif low == b"transfer-encoding":
                 if value.strip().lower() != b"chunked":
                     raise Reject(400, "unsupported transfer-encoding")
                 chunked = True
-            elif low == b"host":
-                host += 1
+                plain = False
+            elif low != b"content-length":
+                plain = False
         if host > 1 or (host == 0 and self.http11):
             raise Reject(400, "exactly one Host header is required")
         absolute = self.url.startswith((b"http://", b"https://"))
@@ -183,6 +196,7 @@ class ClientConnection(asyncio.Protocol):
         ex = Exchange(
             self, method, self.url, self.headers, parser.should_keep_alive(),
             parser.should_upgrade(), chunked,
+            b"; ".join(cookies).decode("latin-1") if cookies else None, plain,
         )
         self.parsing = ex
         self.queue.append(ex)

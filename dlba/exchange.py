@@ -49,6 +49,7 @@ class Exchange:
         "out_chunked",
         "out_close_delimited",
         "pending",
+        "plain",
         "reason",
         "response_started",
         "retained",
@@ -62,6 +63,7 @@ class Exchange:
     def __init__(
         self, client: ClientConnection, method: bytes, target: bytes,
         headers: list[tuple[bytes, bytes]], keep_alive: bool, upgrade: bool, chunked_in: bool,
+        cookie_header: str | None = None, plain: bool = False,
     ) -> None:
         self.client = client
         self.ctx: ProxyContext = client.ctx
@@ -71,8 +73,8 @@ class Exchange:
         self.client_keep_alive = keep_alive
         self.upgrade = upgrade
         self.chunked_in = chunked_in
-        cookies = [v for n, v in headers if n.lower() == b"cookie"]
-        self.cookie_header = b"; ".join(cookies).decode("latin-1") if cookies else None
+        self.cookie_header = cookie_header
+        self.plain = plain and not upgrade
         self.pending: list[bytes] | None = []  # body framed for the back end, before connect
         self.retained: list[bytes] | None = [] if method in http_head.IDEMPOTENT else None
         self.body_bytes = 0
@@ -150,11 +152,15 @@ class Exchange:
         self.conn = conn
         conn.bind(self, self.method == b"HEAD")
         self.ctx.table.on_request_start(self.backend_id)
-        head = http_head.request_head(
-            self.method, self.target, self.headers, client_ip=self.client.peer_ip,
-            scheme=self.client.scheme, trusted=self.ctx.trusted, chunked=self.chunked_in,
-            upgrade=self.upgrade,
-        )
+        if self.plain:
+            head = http_head.plain_request_head(
+                self.method, self.target, self.headers, self.client.forwarding)
+        else:
+            head = http_head.request_head(
+                self.method, self.target, self.headers, client_ip=self.client.peer_ip,
+                scheme=self.client.scheme, trusted=self.ctx.trusted, chunked=self.chunked_in,
+                upgrade=self.upgrade,
+            )
         body = self.retained if self.retained is not None else self.pending
         self.pending = None
         conn.write(head + b"".join(body) if body else head)

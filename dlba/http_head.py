@@ -86,6 +86,26 @@ def header_value(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes |
     return None
 
 
+# Request headers the proxy must look at; any other header is passed on as it is.
+WATCHED = HOP_BY_HOP | FORWARDING | {b"host", b"cookie", b"content-length"}
+
+
+def forwarding_lines(client_ip: str, scheme: bytes) -> bytes:
+    """The forwarding headers for a client that sent none (computed once per connection)."""
+    ip = client_ip.encode()
+    node = b'"[' + ip + b']"' if b":" in ip else ip
+    return (b"X-Forwarded-For: " + ip + b"\r\nX-Forwarded-Proto: " + scheme
+            + b"\r\nForwarded: for=" + node + b";proto=" + scheme + b"\r\n")
+
+
+def plain_request_head(method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]],
+                       forwarding: bytes) -> bytes:
+    """request_head's result for the common request: no hop-by-hop, framing-by-chunks or
+    forwarding headers of its own, so every header passes and ours are added (hot path)."""
+    return b"".join([method, b" ", target, b" HTTP/1.1\r\n",
+                     *[n + b": " + v + b"\r\n" for n, v in headers], forwarding, b"\r\n"])
+
+
 def request_head(
     method: bytes,
     target: bytes,

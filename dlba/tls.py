@@ -37,6 +37,9 @@ def _harden(ctx: ssl.SSLContext) -> None:
     # clients. The node installs ticket keys shared by all its workers and all nodes
     # (dlba/tls_tickets.py), so a client whose next connection lands elsewhere resumes too.
     ctx.options &= ~ssl.OP_NO_TICKET
+    # One TLS 1.3 ticket per handshake, not OpenSSL's two: a client resumes with one, and each
+    # ticket costs an encryption (and a callback into Python for the shared keys).
+    ctx.num_tickets = 1
     # Key-exchange groups: Python (< 3.15) can only *narrow* the list to a single curve with
     # set_ecdh_curve(), which would drop X25519. OpenSSL 3's default group list is already
     # X25519, P-256, X448, P-521, P-384, so we leave it alone.
