@@ -38,6 +38,9 @@ class ResponseSink(Protocol):
 class BackendConnection(asyncio.Protocol):
     """One TCP connection to a back end; idle in its pool or bound to one exchange."""
 
+    __slots__ = ("_headers", "_reason", "closed", "got_bytes", "head_request", "idle_since",
+                 "parser", "pool", "reused", "sink", "transport", "tunnel")
+
     def __init__(self, pool: BackendPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None

@@ -34,6 +34,14 @@ class Reject(Exception):
 
 
 class ClientConnection(asyncio.Protocol):
+    # Slots: one of these lives per open client connection, idle keepalive ones included.
+    __slots__ = (
+        "closing", "ctx", "deadline", "fields_bytes", "forwarding", "head_bytes", "headers",
+        "http11", "in_head", "parser", "parsing", "paused", "peer", "peer_ip", "queue",
+        "scheme", "timer_kind", "transport", "tunnel", "tunnel_pending", "upgraded", "url",
+        "watched", "writable",
+    )
+
     def __init__(self, ctx: ProxyContext, scheme: bytes) -> None:
         self.ctx = ctx
         self.scheme = scheme
