@@ -126,10 +126,6 @@ def validate_candidate(text: str, node_name: str, base: Config, workers: bool = 
     for kind, addr in Listeners.wanted(new, node_name):
         if (kind, addr) in old_listeners:
             continue
-        if workers and kind != "admin":
-            # Worker processes were handed their listening sockets at spawn.
-            raise StageError(file, "nodes.listen", "listen addresses cannot change live with "
-                             "proxy.workers > 1 (restart the node)")
         try:
             _probe_bind(addr)
         except OSError as e:
@@ -218,9 +214,18 @@ class ConfigReloader:
             raise StageError(str(old.path), "nodes.listen", f"cannot listen: {e}") from e
         # NodeRuntime.stop closes what is in `servers`: keep it the live set.
         node.servers[:] = list(listeners.servers.values())
+        tls_changed = staged.tls_print != self.tls_print
         self.tls_print = staged.tls_print
         if workers is not None:
-            workers.apply_config(staged.config)
+            proxy = [(k, a) for k, a in Listeners.wanted(old, node.name) if k != "admin"]
+            new_proxy = [(k, a) for k, a in Listeners.wanted(staged.config, node.name)
+                         if k != "admin"]
+            if proxy != new_proxy or tls_changed:
+                # Workers own their listeners and TLS context: new workers on the new config,
+                # the old ones finish their connections.
+                await workers.replace_all(staged.config)
+            else:
+                workers.apply_config(staged.config)
         agent = getattr(node, "agent", None)
         if agent is not None:
             agent.reconfigure(staged.config)

@@ -10,6 +10,7 @@ import logging
 import signal
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 from dlba.agent_check import AgentReport
@@ -67,7 +68,14 @@ class Worker:
 
 
 async def run_worker(args: argparse.Namespace) -> None:
-    config = load_config(args.config)
+    reader, writer = await asyncio.open_connection(sock=socket.socket(fileno=args.control))
+    # The supervisor sends its config first: after a live reload it differs from the file.
+    first = await asyncio.wait_for(reader.readline(), 10)
+    msg = json.loads(first) if first else {}
+    if msg.get("op") == "config":
+        config = parse_config(msg["text"], Path(args.config))
+    else:
+        config = load_config(args.config)
     loop = asyncio.get_running_loop()
     ctx = ProxyContext(config, args.name, loop)
     ssl_ctx = tls_context(config)
@@ -83,7 +91,6 @@ async def run_worker(args: argparse.Namespace) -> None:
             ssl=ssl_ctx if tls else None,
             ssl_handshake_timeout=config.proxy.header_timeout_s if tls else None,
         ))
-    reader, writer = await asyncio.open_connection(sock=socket.socket(fileno=args.control))
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

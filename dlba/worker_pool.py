@@ -101,7 +101,11 @@ class WorkerPool:
         self.count = count
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * count
         self.writers: list[asyncio.StreamWriter | None] = [None] * count
-        self.reports: list[dict[str, Any] | None] = [None] * count
+        # The latest report of every worker process, by pid, the exited ones included (their
+        # gauges zeroed): counters summed over them never go backwards when a worker is
+        # replaced.
+        self.reports: dict[int, dict[str, Any]] = {}
+        self.retiring: list[subprocess.Popen[bytes]] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.stopping = False
         table.pool = self
@@ -124,7 +128,7 @@ class WorkerPool:
         if self.config.text:
             self._write(i, {"op": "config", "text": self.config.text})
         self._replay_state(i)
-        self.tasks.append(asyncio.ensure_future(self._read(i, reader)))
+        self.tasks.append(asyncio.ensure_future(self._read(proc.pid, reader)))
         events.info("event=worker_started node=%s worker=%d pid=%d", self.name, i, proc.pid)
 
     def _replay_state(self, i: int) -> None:
@@ -145,27 +149,56 @@ class WorkerPool:
     def workers_json(self) -> list[dict[str, Any]]:
         return [
             {"index": i, "pid": p.pid if p is not None else None,
-             "ready": self.reports[i] is not None}
+             "ready": p is not None and p.pid in self.reports}
             for i, p in enumerate(self.procs)
-        ]
+        ] + [{"index": None, "pid": p.pid, "ready": False, "retiring": True}
+             for p in self.retiring]
 
-    async def _read(self, i: int, reader: asyncio.StreamReader) -> None:
+    async def _read(self, pid: int, reader: asyncio.StreamReader) -> None:
         while line := await reader.readline():
             with contextlib.suppress(ValueError, KeyError):
                 msg = json.loads(line)
                 if msg.get("op") == "stats":
-                    self.reports[i] = msg
+                    self.reports[pid] = msg
                     self._merge()
+
+    def _exited(self, pid: int) -> None:
+        """Keep an exited worker's counters, drop what was open in it."""
+        rep = self.reports.get(pid)
+        if rep is not None:
+            rep["node"]["connections_open"] = 0
+            for r in rep["rows"]:
+                r["open_connections"] = 0
+            self._merge()
 
     async def _supervise(self) -> None:
         while not self.stopping:
             await asyncio.sleep(0.5)
+            for old in list(self.retiring):
+                if old.poll() is not None:
+                    self.retiring.remove(old)
+                    self._exited(old.pid)
+                    events.info("event=worker_retired node=%s pid=%d", self.name, old.pid)
             for i, p in enumerate(self.procs):
                 if p is not None and p.poll() is not None and not self.stopping:
                     events.warning("event=worker_died node=%s worker=%d pid=%d code=%s",
                                    self.name, i, p.pid, p.returncode)
-                    self.reports[i] = None
+                    self._exited(p.pid)
                     await self._spawn(i)
+
+    async def replace_all(self, config: Config) -> None:
+        """New listeners: start new workers on the new config first, then let the old ones
+        close their listening sockets and finish their connections (graceful restart)."""
+        self.config = config
+        for i in range(self.count):
+            old, writer = self.procs[i], self.writers[i]
+            await self._spawn(i)
+            if writer is not None:
+                writer.close()  # the old worker sees its control channel end: it drains
+            if old is not None:
+                old.terminate()
+                self.retiring.append(old)
+        events.warning("event=workers_replaced node=%s count=%d", self.name, self.count)
 
     def _write(self, i: int, msg: dict[str, Any]) -> None:
         w = self.writers[i]
@@ -188,9 +221,7 @@ class WorkerPool:
         s.latency = LatencyHistogram()
         s.by_backend = {}
         rows: dict[int, list[dict[str, Any]]] = {}
-        for rep in self.reports:
-            if rep is None:
-                continue
+        for rep in self.reports.values():
             for k in NODE_COUNTERS:
                 setattr(s, k, getattr(s, k) + rep["node"][k])
             _add_histogram(s.latency, rep["latency"])
@@ -219,10 +250,11 @@ class WorkerPool:
         self.stopping = True
         for t in self.tasks:
             t.cancel()
-        for p in self.procs:
-            if p is not None and p.poll() is None:
+        procs = [p for p in self.procs if p is not None] + self.retiring
+        for p in procs:
+            if p.poll() is None:
                 p.terminate()
-        for p in self.procs:
+        for p in procs:
             if p is not None:
                 try:
                     await asyncio.to_thread(p.wait, 10)

@@ -53,6 +53,7 @@ class ServerStatus:
     open_connections: int = 0
     failed: bool = False
     misses: int = 0  # failed visits in a row, shown next to `failed` for the operator
+    config_version: int | None = None  # as the node reported it: skew shows a stuck push
     last_seen: float | None = None
     backends: list[BackendRow] = field(default_factory=list)
 
@@ -79,6 +80,7 @@ class ServerStatus:
             "enabled": self.enabled,
             "weight": self.weight,
             "misses": self.misses,
+            "config_version": self.config_version,
             "last_seen": self.last_seen,
         }
 
@@ -157,6 +159,8 @@ class ServerStatusTable:
         if isinstance(mac, str) and mac and mac != "..":
             row.mac = mac
         row.backends = backends
+        version = status.get("config_version")
+        row.config_version = version if isinstance(version, int) else None
         row.failed = False
         row.misses = 0
         row.last_seen = now

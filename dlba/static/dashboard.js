@@ -127,7 +127,6 @@ function render(d) {
   $("node-name").textContent = st.node;
   $("role").textContent = st.role;
   $("scheduler").textContent = sch.name || (st.role === "standalone" ? "— (standalone)" : "none yet");
-  $("config-version").textContent = st.config_version;
   $("table-version").textContent = summary ? summary.table_version : st.table_version;
   $("last-sweep").textContent = summary ? fmtTime(summary.last_sweep) : "—";
   $("panic").textContent = summary ? (summary.panic ? "ON" : "off") : "—";
@@ -138,6 +137,12 @@ function render(d) {
 
   // Fig. 5: from the scheduler's sweep; a standalone node shows its own row.
   const nodes = summary ? summary.nodes : st.nodes;
+  // Config version skew: a push that did not reach every node (shown, not hidden).
+  const versions = new Set(nodes.map((n) => n.config_version ?? st.config_version));
+  const skew = versions.size > 1;
+  $("config-version").textContent = skew
+    ? `${st.config_version} (skew: ${[...versions].sort().join(", ")})` : st.config_version;
+  $("config-version").className = skew ? "st-down" : "";
   nodes.forEach((n) => record("node:" + n.name, t, n.hits));
   fill("nodes", nodes, "no nodes", (tr, n) => {
     tr.dataset.node = n.name;
@@ -151,6 +156,7 @@ function render(d) {
     const s = n.failed ? "failed" : (n.enabled === false ? "disabled" : "up");
     cell(tr, s, "state st-" + s);
     cell(tr, n.weight);
+    cell(tr, n.config_version ?? st.config_version, skew ? "st-down" : "");
     // Enable/disable a node: kept by the scheduler, so only when there is one.
     const box = document.createElement("div");
     box.className = "btns";

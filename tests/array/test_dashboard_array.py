@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,20 @@ async def browse(arr: Array, page_node: int, sched: int, tmp: Path, shot: Path) 
         await click_action(b, f"{row} button[data-action='enable']")
         await until(arr, "n1 enabled again", lambda: node_enabled(arr, sched, "n1"))
         await b.wait(f"document.querySelector(\"{row} .state\").textContent === 'up'")
+
+        # Version skew (a push that reached one node only) is shown, not hidden.
+        text = (arr.state / "cluster.toml").read_text()
+
+        def put_on_n1() -> Any:
+            req = urllib.request.Request(
+                f"http://{arr.node_address(1)}:9000/config", data=text.encode(), method="PUT",
+                headers={"Authorization": f"Bearer {arr.token}"})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return json.loads(r.read())
+
+        assert (await asyncio.to_thread(arr.in_client, put_on_n1))["config_version"] == 2
+        await b.wait("/skew/.test(document.getElementById('config-version').textContent)",
+                     timeout=15)
         assert not [c for c in b.console if c.startswith("exception")], b.console
 
 

@@ -25,7 +25,7 @@ def array(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Array]:
         yield arr
 
 
-def slow_download(arr: Array, sport: int, out: dict[int, object]) -> None:
+def slow_download(arr: Array, sport: int, out: dict[int, object], started: set[int]) -> None:
     """GET /bytes/SIZE from a fixed source port, read slowly so it spans the failover."""
 
     def run() -> None:
@@ -46,6 +46,7 @@ def slow_download(arr: Array, sport: int, out: dict[int, object]) -> None:
                     break
                 if not head:
                     head, _, chunk = chunk.partition(b"\r\n\r\n")
+                    started.add(sport)
                 got += len(chunk)
                 time.sleep(0.004)
             out[sport] = got
@@ -98,10 +99,12 @@ def test_scheduler_link_down_then_back(array: Array) -> None:
     table = owners(array, 3)
     ports = [p for p in range(44000, 46000) if table[array.bucket(p)] in ("n1", "n2")][:4]
     results: dict[int, object] = {}
-    threads = [threading.Thread(target=slow_download, args=(array, p, results)) for p in ports]
+    started: set[int] = set()
+    threads = [threading.Thread(target=slow_download, args=(array, p, results, started))
+               for p in ports]
     for t in threads:
         t.start()
-    time.sleep(1.0)
+    wait_until(lambda: len(started) == len(ports), 10, "every transfer to be under way")
     array.link(3, up=False)
     t0 = time.monotonic()
     try:

@@ -148,3 +148,47 @@ def test_tls_sessions_resume_on_every_worker(node: dict[str, object]) -> None:
                            timeout=20, check=False)
         reused += b"Reused, TLSv1.3" in r.stdout
     assert reused == 12, reused
+
+
+async def test_listener_change_replaces_workers_gracefully(node: dict[str, object]) -> None:
+    """A pushed config that moves the HTTP listener: new workers serve the new port, the old
+    ones finish the request they are serving and exit."""
+    tmp = node["tmp"]
+    assert isinstance(tmp, Path)
+    old_port, new_port = node["http"], free_port()
+    before = {w["pid"] for w in admin(node, "/status")["workers"]}  # type: ignore[union-attr]
+    text = (tmp / "node.toml").read_text().replace(f"127.0.0.1:{old_port}",
+                                                    f"127.0.0.1:{new_port}")
+    async with aiohttp.ClientSession() as s:
+        slow = asyncio.ensure_future(s.get(f"http://127.0.0.1:{old_port}/slow?ms=1500"))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while not any(b["open_connections"]  # type: ignore[index]
+                      for b in admin(node, "/status")["backends"]):  # type: ignore[union-attr]
+            assert loop.time() < deadline, "the slow request never reached a back end"
+            await asyncio.sleep(0.05)
+
+        def push() -> dict[str, object]:
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{node['admin']}/config", data=text.encode(), method="PUT",
+                headers={"Authorization": f"Bearer {node['token']}"})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                result: dict[str, object] = json.loads(r.read())
+                return result
+
+        assert (await asyncio.to_thread(push))["config_version"] == 2
+        resp = await slow
+        assert resp.status == 200 and b"1500" in await resp.read()
+        await wait_port(new_port)
+        assert len(await burst(new_port, 20)) == 20
+    deadline = loop.time() + 10
+    while True:
+        ws = admin(node, "/status")["workers"]
+        assert isinstance(ws, list)
+        now = {w["pid"] for w in ws}
+        if not now & before and all(w["ready"] for w in ws):
+            break
+        assert loop.time() < deadline, ws
+        await asyncio.sleep(0.1)
+    with pytest.raises(aiohttp.ClientError):
+        await burst(old_port, 1)
