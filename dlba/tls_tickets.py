@@ -354,20 +354,29 @@ class _OpenSSL:
         if not cipher:
             raise TicketKeysUnsupported("EVP_aes_256_cbc unavailable")
         self.cipher: int = cipher
+        self._params: dict[bytes, tuple[Any, Any, Any]] = {}
 
     def set_hmac_key(self, hctx: int, key: TicketKey) -> bool:
-        hmac = ctypes.create_string_buffer(key.hmac_key, HMAC_KEY_LEN)
-        digest = ctypes.create_string_buffer(b"SHA256")
-        params = (_OsslParam * 3)(
-            _OsslParam(b"key", _OSSL_PARAM_OCTET_STRING, ctypes.cast(hmac, ctypes.c_void_p),
-                       HMAC_KEY_LEN, _OSSL_PARAM_UNMODIFIED),
-            _OsslParam(b"digest", _OSSL_PARAM_UTF8_STRING,
-                       ctypes.cast(digest, ctypes.c_void_p), 6, _OSSL_PARAM_UNMODIFIED),
-            _OsslParam(None, 0, None, 0, 0),
-        )
-        ok = bool(self.mac_set_params(hctx, params) == 1)
-        ctypes.memset(hmac, 0, HMAC_KEY_LEN)
-        return ok
+        # The OSSL_PARAM array is built once per key, not per handshake: building it with
+        # ctypes cost more than the HMAC itself (it runs in every TLS handshake).
+        cached = self._params.get(key.name)
+        if cached is None:
+            hmac = ctypes.create_string_buffer(key.hmac_key, HMAC_KEY_LEN)
+            digest = ctypes.create_string_buffer(b"SHA256")
+            params = (_OsslParam * 3)(
+                _OsslParam(b"key", _OSSL_PARAM_OCTET_STRING,
+                           ctypes.cast(hmac, ctypes.c_void_p), HMAC_KEY_LEN,
+                           _OSSL_PARAM_UNMODIFIED),
+                _OsslParam(b"digest", _OSSL_PARAM_UTF8_STRING,
+                           ctypes.cast(digest, ctypes.c_void_p), 6, _OSSL_PARAM_UNMODIFIED),
+                _OsslParam(None, 0, None, 0, 0),
+            )
+            if len(self._params) >= 8:  # keys fall off the ring hourly: forget old ones
+                for buffers in self._params.values():
+                    ctypes.memset(buffers[1], 0, HMAC_KEY_LEN)
+                self._params.clear()
+            cached = self._params[key.name] = (params, hmac, digest)
+        return bool(self.mac_set_params(hctx, cached[0]) == 1)
 
 
 _openssl: _OpenSSL | None = None
