@@ -8,6 +8,7 @@ flow control in both directions, so neither side is ever buffered whole.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -38,6 +39,7 @@ class Exchange:
         "client",
         "client_keep_alive",
         "conn",
+        "connecting",
         "cookie_header",
         "ctx",
         "excluded",
@@ -80,6 +82,7 @@ class Exchange:
         self.body_bytes = 0
         self.body_done = False
         self.conn: BackendConnection | None = None
+        self.connecting: asyncio.Task[None] | None = None
         self.backend_id = 0
         self.reason = ""
         self.excluded: set[int] = set()
@@ -122,7 +125,8 @@ class Exchange:
         if conn is not None:
             self._use(conn)
         else:
-            ctx.loop.create_task(self._connect(pool))
+            # Held: the loop keeps only weak references to tasks.
+            self.connecting = ctx.loop.create_task(self._connect(pool))
 
     async def _connect(self, pool: BackendPool) -> None:
         ctx = self.ctx
