@@ -204,7 +204,7 @@ class ClientConnection(asyncio.Protocol):
         ex = Exchange(
             self, method, self.url, self.headers, parser.should_keep_alive(),
             parser.should_upgrade(), chunked,
-            b"; ".join(cookies).decode("latin-1") if cookies else None, plain,
+            b"; ".join(cookies).decode("latin-1") if cookies else None, plain, host == 0,
         )
         self.parsing = ex
         self.queue.append(ex)

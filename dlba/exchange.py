@@ -48,6 +48,7 @@ class Exchange:
         "held",
         "last_activity",
         "method",
+        "no_host",
         "out_chunked",
         "out_close_delimited",
         "pending",
@@ -65,7 +66,7 @@ class Exchange:
     def __init__(
         self, client: ClientConnection, method: bytes, target: bytes,
         headers: list[tuple[bytes, bytes]], keep_alive: bool, upgrade: bool, chunked_in: bool,
-        cookie_header: str | None = None, plain: bool = False,
+        cookie_header: str | None = None, plain: bool = False, no_host: bool = False,
     ) -> None:
         self.client = client
         self.ctx: ProxyContext = client.ctx
@@ -77,6 +78,7 @@ class Exchange:
         self.chunked_in = chunked_in
         self.cookie_header = cookie_header
         self.plain = plain and not upgrade
+        self.no_host = no_host
         self.pending: list[bytes] | None = []  # body framed for the back end, before connect
         self.retained: list[bytes] | None = [] if method in http_head.IDEMPOTENT else None
         self.body_bytes = 0
@@ -156,12 +158,18 @@ class Exchange:
         self.conn = conn
         conn.bind(self, self.method == b"HEAD")
         self.ctx.table.on_request_start(self.backend_id)
+        headers = self.headers
+        if self.no_host:
+            # An HTTP/1.0 request may come without Host; what we send is HTTP/1.1, which must
+            # have one: the back end's address, as nginx's default proxy_set_header does.
+            pool = conn.pool
+            headers = [*headers, (b"Host", f"{pool.host}:{pool.port}".encode())]
         if self.plain:
             head = http_head.plain_request_head(
-                self.method, self.target, self.headers, self.client.forwarding)
+                self.method, self.target, headers, self.client.forwarding)
         else:
             head = http_head.request_head(
-                self.method, self.target, self.headers, client_ip=self.client.peer_ip,
+                self.method, self.target, headers, client_ip=self.client.peer_ip,
                 scheme=self.client.scheme, trusted=self.ctx.trusted, chunked=self.chunked_in,
                 upgrade=self.upgrade,
             )

@@ -16,43 +16,17 @@ README's picture instead (see tests/chromium_cdp.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from tests.array.array_harness import VIP, Array, running_array, wait_until
 from tests.chromium_cdp import Chromium, chromium, screenshot_path
+from tests.traffic import background_traffic
 
 ROWS = "[...document.querySelectorAll('#{t} tbody tr[data-{k}]')].map(r => r.dataset.{k})"
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-@contextlib.asynccontextmanager
-async def client_traffic() -> AsyncIterator[None]:
-    """Requests to the VIP on fresh connections (new source ports: many buckets, every node)."""
-
-    async def run() -> None:
-        conn = aiohttp.TCPConnector(force_close=True)
-        async with aiohttp.ClientSession(connector=conn,
-                                         timeout=aiohttp.ClientTimeout(total=3)) as s:
-            while True:
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with s.get(f"http://{VIP}/whoami") as r:
-                        await r.read()
-                await asyncio.sleep(0.01)
-
-    task = asyncio.ensure_future(run())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def admin(arr: Array, k: int, path: str, method: str = "GET") -> Any:
@@ -85,7 +59,8 @@ async def browse(arr: Array, page_node: int, sched: int, tmp: Path, shot: Path) 
     assert len(ids) == 2
     base = f"http://{arr.node_address(page_node)}:9000"
 
-    async with client_traffic(), chromium(tmp) as b:
+    async with background_traffic(f"http://{VIP}/whoami", fresh_connections=True,
+                                  gap_s=0.01), chromium(tmp) as b:
         await b.goto(f"{base}/?token={arr.token}")
         await b.wait("Number(document.body.dataset.loaded || 0) >= 1", timeout=15)
         assert await b.eval("location.href") == base + "/"

@@ -24,26 +24,7 @@ from dlba.dashboard import DASHBOARD_KEY, register_dashboard
 from scheduler.client_table import ClientTable
 from tests.chromium_cdp import chromium
 from tests.integration.loopback import free_port, loopback_array
-
-
-@contextlib.asynccontextmanager
-async def traffic(url: str) -> AsyncIterator[None]:
-    """Keep requests flowing through the node so the counters (and sparklines) move."""
-    async def run() -> None:
-        async with aiohttp.ClientSession() as s:
-            while True:
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with s.get(url + "/whoami") as r:
-                        await r.read()
-                await asyncio.sleep(0.02)
-
-    task = asyncio.ensure_future(run())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+from tests.traffic import background_traffic
 
 
 async def get_status(admin_url: str, token: str) -> dict[str, Any]:
@@ -66,7 +47,9 @@ ROWS = "[...document.querySelectorAll('#{t} tbody tr[data-{k}]')].map(r => r.dat
 
 # --- the page in Chromium against a running node ------------------------------------------------
 async def test_dashboard_in_chromium_shows_tables_and_disables_by_click(tmp_path: Path) -> None:
-    async with loopback_array(tmp_path, 3) as arr, traffic(arr.url), chromium(tmp_path) as b:
+    async with loopback_array(tmp_path, 3) as arr, background_traffic(
+        arr.url + "/whoami"
+    ), chromium(tmp_path) as b:
         ids = sorted(str(r["id"]) for r in (await get_status(arr.admin_url, arr.token))[
             "backends"])
         assert ids == ["1", "2", "3"]

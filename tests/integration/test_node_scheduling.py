@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import aiohttp
@@ -10,7 +11,7 @@ import aiohttp
 from dlba import cookie_codec
 from dlba.config import load_config
 from dlba.node import NodeRuntime
-from tests.integration.loopback import free_port, loopback_array, write_config
+from tests.integration.loopback import free_port, loopback_array, raw_exchange, write_config
 
 
 async def test_one_client_connection_reaches_several_backends(tmp_path: Path) -> None:
@@ -186,3 +187,16 @@ async def test_response_streams_and_request_body_streams(tmp_path: Path) -> None
         async with s.post(arr.url + "/digest", data=gen()) as r:
             body = await r.json()
             assert body["length"] == 5_000_000
+
+
+async def test_http10_request_without_host_reaches_the_backend_with_one(tmp_path: Path) -> None:
+    """HTTP/1.0 allows no Host; the HTTP/1.1 request to the back end must carry one (or the back
+    end answers 400 and closes, and the keepalive pool is useless)."""
+    async with loopback_array(tmp_path, 1) as arr:
+        for _ in range(3):
+            data = await raw_exchange(arr.http_port, b"GET /headers HTTP/1.0\r\n\r\n")
+            head, _, body = data.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            seen = {k.lower(): v for k, v in json.loads(body).items()}
+            assert seen["host"] == f"127.0.0.1:{arr.backend_ports['b1']}"
+        assert sum(p.connects for p in arr.node.ctx.pools.values()) == 1
