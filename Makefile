@@ -31,7 +31,7 @@ $(BPF_OBJ): scheduler/bpf/dlba_tc.c scheduler/bpf/dlba_tc.h .apt-stamp
 run: install
 	$(BIN)/dlba up
 
-test: install
+test: install .bench-apt-stamp
 	$(BIN)/ruff check dlba scheduler tests bench
 	$(BIN)/mypy dlba scheduler
 	$(BIN)/pytest -q -p no:cacheprovider tests
@@ -40,7 +40,7 @@ test: install
 # Debian install starts the packaged services: stop them (the bench runs its own instances).
 BENCH_APT_PKGS := haproxy nginx wrk openssl
 
-bench: install
+.bench-apt-stamp:
 	@missing=""; for p in $(BENCH_APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "apt: installing$$missing"; \
@@ -48,7 +48,10 @@ bench: install
 	  for s in nginx haproxy; do case "$$missing " in *" $$s "*) \
 	    (systemctl stop $$s || service $$s stop) >/dev/null 2>&1 || true;; esac; done; \
 	fi
+	@touch $@
+
+bench: install .bench-apt-stamp
 	$(BIN)/python -m bench.run $(if $(QUICK),--quick,) $(if $(DURATION),--duration $(DURATION),)
 
 clean:
-	rm -rf $(VENV) .apt-stamp $(BPF_OBJ) run
+	rm -rf $(VENV) .apt-stamp .bench-apt-stamp $(BPF_OBJ) run

@@ -201,8 +201,10 @@ async def test_sni_unknown_name_gets_default_and_fails_verification(
         await handshake(sni_server, tls.client_context(certdir / "ca.pem"), "a.b.api.example")
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI missing")
 async def test_openssl_s_client_sni(sni_server: int, certdir: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl CLI missing: `make install` installs it")
+
     def run() -> str:
         proc = subprocess.run(
             ["openssl", "s_client", "-connect", f"127.0.0.1:{sni_server}", "-servername",

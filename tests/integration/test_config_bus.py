@@ -23,8 +23,11 @@ from dlba.config_push import push_main
 from tests.integration.config_array import ConfigArray, config_array
 from tests.integration.loopback import free_port
 
-pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None,
-                                reason="redis-server missing (make install installs it)")
+
+@pytest.fixture(autouse=True)
+def _redis_installed() -> None:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server missing: `make install` installs it")
 
 
 @dataclass
