@@ -31,6 +31,7 @@ from dlba.local_array import processes
 REPO = Path(__file__).resolve().parents[2]
 VIP = "198.18.0.100"
 CLIENT_IP = "198.18.0.2"
+EPHEMERAL_PORTS = "50000 60999"  # the client namespace's; chosen source ports stay below
 
 
 def wait_until(cond: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
@@ -168,6 +169,11 @@ def running_array(
     try:
         assert up.returncode == 0, f"dlba up failed:\n{up.stdout}\n{up.stderr}"
         arr = Array(prefix, state, nodes, (state / "admin.token").read_text().strip())
+        # Tests bind chosen client ports below 50000 (to pick a bucket); the admin calls' own
+        # ephemeral ports must never take one, or a TIME_WAIT left by a socket without
+        # SO_REUSEADDR makes the chosen port's bind fail with EADDRINUSE.
+        processes.write_sysctls(arr.client_ns,
+                                [("net.ipv4.ip_local_port_range", EPHEMERAL_PORTS)])
         sched = wait_until(arr.scheduler, 15, "a scheduler")
 
         def all_follow() -> bool:

@@ -5,6 +5,7 @@ buckets move and no other bucket does, and `dlba status` shows the tables."""
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from collections.abc import Iterator
 
@@ -141,8 +142,21 @@ def test_disabled_node_loses_idle_buckets_only(array: Array) -> None:
                "n2 to take buckets again")
 
 
+def settled_table(arr: Array) -> dict[str, object]:
+    """The table once no rebalance is in flight: the same version over more than two
+    maintenance passes (1 s each), so the next version can only be the failure's."""
+    def same_version_twice() -> dict[str, object] | None:
+        first = arr.admin(3, "/table")
+        time.sleep(2.5)
+        second = arr.admin(3, "/table")
+        return second if second["version"] == first["version"] else None
+
+    result: dict[str, object] = wait_until(same_version_twice, 20, "the table to settle")
+    return result
+
+
 def test_killed_node_buckets_move_and_no_other(array: Array) -> None:
-    before = array.admin(3, "/table")
+    before = settled_table(array)
     stop_process(array, "n1")
     after = wait_until(
         lambda: (t := array.admin(3, "/table"))["version"] != before["version"] and t, 15,
