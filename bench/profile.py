@@ -29,6 +29,7 @@ from pathlib import Path
 
 from bench import proxies
 from bench.proxies import HOST
+from bench.run import STIME_REQ
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "profiles"
@@ -138,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--path", default="/1k")
     p.add_argument("--tls", action="store_true", help="profile HTTPS keepalive instead")
+    p.add_argument("--handshakes", action="store_true",
+                   help="profile full TLS handshakes instead (openssl s_time -new, as bench.run)")
+    p.add_argument("--stime-procs", type=int, default=3)
     p.add_argument("--no-native", action="store_true")
     p.add_argument("--name", default="")
     p.add_argument("--analyse", action="store_true",
@@ -148,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     if not spy_cmd:
         print("py-spy is missing: .venv/bin/pip install py-spy", file=sys.stderr)
         return 2
-    name = a.name or ("node_https" if a.tls else "node_http")
+    name = a.name or ("node_handshakes" if a.handshakes else "node_https" if a.tls
+                      else "node_http")
     OUT.mkdir(exist_ok=True)
     if a.analyse:
         top = OUT / f"{name}_top.txt"
@@ -163,12 +168,19 @@ def main(argv: list[str] | None = None) -> int:
     node = proxies.start_dlba(work, certs, be.ports["http"], a.workers)
     scheme, port = ("https", node.ports["https"]) if a.tls else ("http", node.ports["http"])
     url = f"{scheme}://{HOST}:{port}{a.path}"
+    if a.handshakes:
+        load_argv = [["openssl", "s_time", "-connect", f"{HOST}:{node.ports['https_full']}",
+                      "-new", "-www", STIME_REQ, "-time", str(a.duration + 4)]] * a.stime_procs
+        load_desc = f"{a.stime_procs} x openssl s_time -new (full TLS 1.3 handshakes, GET /1k)"
+    else:
+        load_argv = [["wrk", "-t1", f"-c{a.conns}", f"-d{a.duration + 4}s", url]]
+        load_desc = f"wrk -t1 -c{a.conns} {scheme} keepalive GET {a.path}"
     print("\n".join(node.notes))
     try:
         for fmt, dest, rate in (("speedscope", OUT / f"{name}.speedscope.json", min(a.rate, 100)),
                                 ("raw", OUT / f"{name}.collapsed.txt", a.rate)):
-            load = subprocess.Popen(["wrk", "-t1", f"-c{a.conns}", f"-d{a.duration + 4}s", url],
-                                    stdout=subprocess.PIPE, text=True)
+            loads = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+                     for argv in load_argv]
             time.sleep(2)
             cmd = [spy_cmd, "record", "--pid", str(node.pid), "--subprocesses", "--rate",
                    str(rate), "--duration", str(a.duration), "--format", fmt, "-o", str(dest)]
@@ -179,18 +191,19 @@ def main(argv: list[str] | None = None) -> int:
                 print("py-spy --native failed, retrying without:", r.stderr[-300:])
                 cmd.remove("--native")
                 r = subprocess.run(cmd, capture_output=True, text=True, timeout=a.duration + 60)
-            out, _ = load.communicate(timeout=a.duration + 30)
+            out = "".join(p.communicate(timeout=a.duration + 30)[0] for p in loads)
             if fmt == "raw":
                 shrink(dest)
             rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-            print(f"{fmt}: {dest} ({dest.stat().st_size // 1024} KiB); wrk under py-spy: "
-                  f"{rps.group(1) if rps else '?'} req/s")
+            conns = sum(int(m) for m in re.findall(r"(\d+) connections in", out)) // 2
+            rate = rps.group(1) + " req/s" if rps else f"{conns / (a.duration + 4):.0f} conn/s"
+            print(f"{fmt}: {dest} ({dest.stat().st_size // 1024} KiB); load under py-spy: "
+                  f"{rate}")
         table = top_table(folded(OUT / f"{name}.collapsed.txt"))
         head = (f"# py-spy record --rate {a.rate} --duration {a.duration} --subprocesses"
                 f"{'' if a.no_native else ' --native'} on `dlba node` "
                 f"(--log-level WARNING; {'; '.join(node.notes)})\n"
-                f"# load: wrk -t1 -c{a.conns} {scheme} keepalive GET {a.path}, one nginx back "
-                "end\n\n")
+                f"# load: {load_desc}, one nginx back end\n\n")
         (OUT / f"{name}_top.txt").write_text(head + table)
         print(head + table)
     finally:

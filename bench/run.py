@@ -38,6 +38,7 @@ from bench.proxies import HOST, Server
 
 HERE = Path(__file__).resolve().parent
 PROXIES = ("dlba", "haproxy", "nginx")
+ONE_PROC = "dlba_1proc"
 CLOSE_LUA = 'wrk.headers["Connection"] = "close"\n'
 
 
@@ -191,7 +192,12 @@ class Bench:
         self.servers["nginx"] = proxies.start_nginx_proxy(self.work, certs, bp)
         self.servers["dlba"] = proxies.start_dlba(self.work, certs, bp, self.a.workers)
         self.notes += self.servers["dlba"].notes
-        for name in (*PROXIES, "direct"):
+        if self.a.workers != 1:
+            # Beside the figure, not in it: a one-process node, where handshakes cost least per
+            # CPU-second (see tls_handshakes' `one_process_node`).
+            (self.work / "w1").mkdir()
+            self.servers[ONE_PROC] = proxies.start_dlba(self.work / "w1", certs, bp, 1)
+        for name in self.servers:
             s = self.servers[name]
             self.log(f"{name}: pid {s.pid}, {s.nprocs()} process(es), ports {s.ports}")
         self._sanity()
@@ -290,7 +296,8 @@ class Bench:
         def full(s: Server) -> tuple[float, float, dict[str, Any]]:
             return s_time(s.ports.get("https_full", s.ports["https"]), d, self.a.stime_procs)
 
-        self.measure(hs, both, full, probe_haproxy=True)
+        self.measure(hs, (*both, *((ONE_PROC,) if ONE_PROC in self.servers else ())), full,
+                     probe_haproxy=True)
 
         lua = self.work / "close.lua"
         lua.write_text(CLOSE_LUA)
@@ -410,6 +417,14 @@ class Bench:
                 e["ratio_cpu"] = e["ratio"]  # memory: nothing to divide by
                 e["detail"] = {t: ss[0].info for t, ss in fig.samples.items()}
             e["min"], e["max"], e["runs"] = mins, maxs, runs
+            if ONE_PROC in val and is_rate:
+                e["one_process_node"] = {
+                    "note": "the node with [proxy] workers = 1, measured in the same runs",
+                    "rate": val[ONE_PROC], "per_cpu_s": pcpu[ONE_PROC],
+                    "ratio_cpu": round(pcpu[ONE_PROC] / pcpu["haproxy"], 3),
+                    "runs": runs[ONE_PROC]}
+                for d in (e["per_cpu_s"], mins, maxs, runs):
+                    d.pop(ONE_PROC, None)
             e.update(fig.extra)
             out.append(e)
         return out
@@ -432,6 +447,10 @@ def print_table(res: list[dict[str, Any]], notes: list[str]) -> None:
             print(f"  {e['figure']:18s} {e['per_cpu_unit']:17s} dlba {p.get('dlba', 0):10.1f}  "
                   f"haproxy {p.get('haproxy', 0):10.1f}  nginx {p.get('nginx', 0):10.1f}"
                   + (f"  direct {p['direct']:10.1f}" if "direct" in p else ""))
+        if "one_process_node" in e:
+            o = e["one_process_node"]
+            print(f"  {'':18s} {'':17s} one-process node {o['per_cpu_s']:10.1f}  "
+                  f"(ratio_cpu {o['ratio_cpu']:.3f})")
     for n in notes:
         print("note:", n)
 

@@ -237,7 +237,7 @@ class ClientConnection(asyncio.Protocol):
         if self.tunnel is ex:
             return
         if not ex.client_keep_alive or self.closing:
-            self.close()
+            self.close(quiet=not self.closing)
             return
         if self.queue:
             self.queue[0].start()
@@ -297,11 +297,17 @@ class ClientConnection(asyncio.Protocol):
             self.paused = False
             self.transport.resume_reading()
 
-    def close(self) -> None:
+    def close(self, quiet: bool = False) -> None:
+        """``quiet``: over TLS, send close_notify and close without waiting for the client's
+        (nginx's ``no_wait_shutdown``; see tls_shutdown). Not after an error: there, waiting
+        for the client's close_notify is the lingering that keeps the answer from a reset."""
         self.closing = True
         self._disarm()
-        if self.transport is not None:
-            self.transport.close()
+        t = self.transport
+        if t is not None:
+            if quiet and self.scheme == b"https" and not t.is_closing():
+                self.ctx.tls_close.mark(t.get_extra_info("ssl_object"))
+            t.close()
 
     def abort(self) -> None:
         self.closing = True
@@ -328,8 +334,8 @@ class ClientConnection(asyncio.Protocol):
             if self.in_head:
                 self.reject(408, "request header timeout")
             else:
-                self.close()  # nothing sent: HAProxy closes silently too
+                self.close(quiet=True)  # nothing sent: HAProxy closes silently too
         elif kind == "idle" and not self.queue:
-            self.close()
+            self.close(quiet=True)
         elif kind == "linger":
             self.abort()

@@ -14,6 +14,8 @@ from dlba import tls
 from dlba.config import Config, HostPort
 from dlba.tls_tickets import TicketKeyRing, derived_keys, install_ticket_keys
 
+DEFER_ACCEPT_S = 1
+
 
 def tls_context(config: Config) -> ssl.SSLContext | None:
     if config.tls.cert is None or config.tls.key is None:
@@ -30,6 +32,10 @@ def listen_socket(addr: HostPort) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     # The VIP may be bound before the address is configured on this host (failover).
     sock.setsockopt(socket.SOL_IP, 15, 1)  # IP_FREEBIND
+    # The client speaks first in HTTP and TLS: the kernel wakes us only when its first bytes
+    # are in, so accept and the first read happen in one wake-up (nginx's `deferred`,
+    # HAProxy's `defer-accept`); a connect that never sends is never handed to us.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT_S)
     sock.bind((addr.host, addr.port))
     sock.listen(4096)
     sock.setblocking(False)
@@ -57,3 +63,4 @@ def setup_logging(level: str = "INFO") -> None:
         level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+

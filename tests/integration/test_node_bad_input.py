@@ -232,6 +232,24 @@ async def test_slow_headers_are_cut_with_408(tmp_path: Path) -> None:
         await assert_still_serves(arr)
 
 
+async def test_silent_connect_is_not_handed_to_the_node_until_it_speaks(
+    arr: LoopbackArray,
+) -> None:
+    """TCP_DEFER_ACCEPT on the listeners: a connect that sends nothing costs the node no
+    wake-up and no connection object; its first bytes bring accept and request together."""
+    before = arr.node.ctx.stats.connections_total
+    reader, writer = await asyncio.open_connection("127.0.0.1", arr.http_port)
+    try:
+        await asyncio.sleep(0.5)
+        assert arr.node.ctx.stats.connections_total == before
+        writer.write(b"GET /whoami HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        got = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    assert status_of(got) == 200
+    assert arr.node.ctx.stats.connections_total == before + 1
+
+
 async def test_idle_keepalive_connection_is_closed(tmp_path: Path) -> None:
     async with loopback_array(tmp_path, extra="[proxy]\nkeepalive_timeout_s = 1\n") as arr:
         reader, writer = await asyncio.open_connection("127.0.0.1", arr.http_port)

@@ -94,3 +94,52 @@ def resume_across(port_a: int, port_b: int, cafile: Path, version: ssl.TLSVersio
         raw, server_hostname="localhost", session=session
     ) as s:
         return bool(s.session_reused)
+
+
+def close_after_response(port: int, cafile: Path) -> tuple[bytes, bool, bytes]:
+    """One `Connection: close` request over TLS; the client never sends close_notify. Returns
+    the response, whether close_notify came (a missing one raises SSLEOFError here), and what
+    a peek at the bare TCP stream sees afterwards (b"" once the node closed the socket)."""
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    ctx.check_hostname = False
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s = ctx.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False)
+    try:
+        s.sendall(b"GET /whoami HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        data = b""
+        notified = False
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ssl.SSLZeroReturnError:
+                notified = True
+                break
+            if not chunk:
+                notified = True  # SSLSocket.recv turns close_notify into b""
+                break
+            data += chunk
+        s.settimeout(3)
+        try:
+            tail = socket.socket.recv(s, 1, socket.MSG_PEEK)
+        except TimeoutError:
+            tail = b"(still open)"
+        return data, notified, tail
+    finally:
+        socket.socket.close(s)
+
+
+async def test_tls_close_sends_close_notify_and_does_not_wait(tmp_path: Path) -> None:
+    """Like nginx and HAProxy: after the last response the node sends close_notify and closes
+    the socket at once, without waiting for a close_notify most clients never send."""
+    async with loopback_array(tmp_path, 1) as arr:
+        for _ in range(3):
+            data, notified, tail = await asyncio.to_thread(
+                close_after_response, arr.https_port, arr.certs.ca_cert)
+            assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"b1"), data[:200]
+            assert notified, "no close_notify before the end of the stream"
+            assert tail == b"", "the node kept the socket open waiting for our close_notify"
+        for _ in range(100):
+            if arr.node.ctx.stats.connections_open == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert arr.node.ctx.stats.connections_open == 0
