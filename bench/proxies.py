@@ -263,7 +263,7 @@ http {{
 
 # --- HAProxy ------------------------------------------------------------------------------------
 
-def start_haproxy(work: Path, certs: Certs, backend_port: int) -> Server:
+def start_haproxy(work: Path, certs: Certs, backend_port: int, threads: int = 2) -> Server:
     ports = {"http": free_port(), "https": free_port(), "https_full": free_port()}
     conf = work / "haproxy.cfg"
     # Tuning as HAProxy's configuration manual / management guide advise for a 2-core box:
@@ -271,7 +271,7 @@ def start_haproxy(work: Path, certs: Certs, backend_port: int) -> Server:
     # client connections), keepalive on both sides, no logging, large maxconn.
     conf.write_text(f"""
 global
-    nbthread 2
+    nbthread {threads}
     # The hard RLIMIT_NOFILE here may be 20000 (no CAP_SYS_RESOURCE in a container): HAProxy
     # would want 2 x maxconn; idle client connections need no server socket (http-reuse).
     maxconn {MAXCONN}

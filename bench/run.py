@@ -39,6 +39,7 @@ from bench.proxies import HOST, Server
 HERE = Path(__file__).resolve().parent
 PROXIES = ("dlba", "haproxy", "nginx")
 ONE_PROC = "dlba_1proc"
+ONE_THREAD = "haproxy_1thread"
 CLOSE_LUA = 'wrk.headers["Connection"] = "close"\n'
 
 
@@ -197,6 +198,10 @@ class Bench:
             # CPU-second (see tls_handshakes' `one_process_node`).
             (self.work / "w1").mkdir()
             self.servers[ONE_PROC] = proxies.start_dlba(self.work / "w1", certs, bp, 1)
+            # ... and its like: one process against one thread (each loses some 15 % per
+            # CPU-second going to two, so w=1 against HAProxy's two threads would flatter it).
+            (self.work / "t1").mkdir()
+            self.servers[ONE_THREAD] = proxies.start_haproxy(self.work / "t1", certs, bp, 1)
         for name in self.servers:
             s = self.servers[name]
             self.log(f"{name}: pid {s.pid}, {s.nprocs()} process(es), ports {s.ports}")
@@ -296,8 +301,8 @@ class Bench:
         def full(s: Server) -> tuple[float, float, dict[str, Any]]:
             return s_time(s.ports.get("https_full", s.ports["https"]), d, self.a.stime_procs)
 
-        self.measure(hs, (*both, *((ONE_PROC,) if ONE_PROC in self.servers else ())), full,
-                     probe_haproxy=True)
+        self.measure(hs, (*both, *((ONE_PROC, ONE_THREAD) if ONE_PROC in self.servers else ())),
+                     full, probe_haproxy=True)
 
         lua = self.work / "close.lua"
         lua.write_text(CLOSE_LUA)
@@ -417,14 +422,18 @@ class Bench:
                 e["ratio_cpu"] = e["ratio"]  # memory: nothing to divide by
                 e["detail"] = {t: ss[0].info for t, ss in fig.samples.items()}
             e["min"], e["max"], e["runs"] = mins, maxs, runs
-            if ONE_PROC in val and is_rate:
+            if ONE_PROC in val and ONE_THREAD in val and is_rate:
                 e["one_process_node"] = {
-                    "note": "the node with [proxy] workers = 1, measured in the same runs",
+                    "note": "the node with [proxy] workers = 1 against HAProxy with nbthread 1, "
+                            "measured in the same runs",
                     "rate": val[ONE_PROC], "per_cpu_s": pcpu[ONE_PROC],
-                    "ratio_cpu": round(pcpu[ONE_PROC] / pcpu["haproxy"], 3),
-                    "runs": runs[ONE_PROC]}
+                    "haproxy_1thread_rate": val[ONE_THREAD],
+                    "haproxy_1thread_per_cpu_s": pcpu[ONE_THREAD],
+                    "ratio_cpu": round(pcpu[ONE_PROC] / pcpu[ONE_THREAD], 3),
+                    "runs": runs[ONE_PROC], "haproxy_1thread_runs": runs[ONE_THREAD]}
                 for d in (e["per_cpu_s"], mins, maxs, runs):
                     d.pop(ONE_PROC, None)
+                    d.pop(ONE_THREAD, None)
             e.update(fig.extra)
             out.append(e)
         return out
@@ -450,6 +459,7 @@ def print_table(res: list[dict[str, Any]], notes: list[str]) -> None:
         if "one_process_node" in e:
             o = e["one_process_node"]
             print(f"  {'':18s} {'':17s} one-process node {o['per_cpu_s']:10.1f}  "
+                  f"haproxy nbthread 1 {o['haproxy_1thread_per_cpu_s']:10.1f}  "
                   f"(ratio_cpu {o['ratio_cpu']:.3f})")
     for n in notes:
         print("note:", n)

@@ -34,6 +34,12 @@ log = logging.getLogger("dlba.tls")
 SSL_RECEIVED_SHUTDOWN = 2
 
 
+def _bind(lib: ctypes.CDLL, name: str, restype: Any, *argtypes: Any) -> Any:
+    fn = getattr(lib, name)
+    fn.restype, fn.argtypes = restype, list(argtypes)
+    return fn
+
+
 class QuietShutdown:
     """``mark(ssl_object)``: the next ``SSL_shutdown`` sends close_notify and reports the
     shutdown complete, so the transport closes the socket right after sending it."""
@@ -47,15 +53,10 @@ class QuietShutdown:
             import _ssl
 
             raw = ctypes.CDLL(_ssl.__file__)
-            self.get_ctx = raw.SSL_get_SSL_CTX
-            self.get_ctx.restype = ctypes.c_void_p
-            self.get_ctx.argtypes = [ctypes.c_void_p]
-            self.get_shutdown = raw.SSL_get_shutdown
-            self.get_shutdown.restype = ctypes.c_int
-            self.get_shutdown.argtypes = [ctypes.c_void_p]
-            self.set_shutdown = raw.SSL_set_shutdown
-            self.set_shutdown.restype = None
-            self.set_shutdown.argtypes = [ctypes.c_void_p, ctypes.c_int]
+            ptr, num = ctypes.c_void_p, ctypes.c_int
+            self.get_ctx = _bind(raw, "SSL_get_SSL_CTX", ptr, ptr)
+            self.get_shutdown = _bind(raw, "SSL_get_shutdown", num, ptr)
+            self.set_shutdown = _bind(raw, "SSL_set_shutdown", None, ptr, num)
             self.lib = lib
         except (TicketKeysUnsupported, OSError, AttributeError) as exc:
             self.problem = str(exc)

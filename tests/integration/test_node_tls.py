@@ -7,6 +7,7 @@ import asyncio
 import socket
 import ssl
 import subprocess
+import time
 from pathlib import Path
 
 from cryptography import x509
@@ -96,7 +97,8 @@ def resume_across(port_a: int, port_b: int, cafile: Path, version: ssl.TLSVersio
         return bool(s.session_reused)
 
 
-def close_after_response(port: int, cafile: Path) -> tuple[bytes, bool, bytes]:
+def close_after_response(port: int, cafile: Path, path: str = "/whoami",
+                         slow: bool = False) -> tuple[bytes, bool, bytes]:
     """One `Connection: close` request over TLS; the client never sends close_notify. Returns
     the response, whether close_notify came (a missing one raises SSLEOFError here), and what
     a peek at the bare TCP stream sees afterwards (b"" once the node closed the socket)."""
@@ -105,9 +107,11 @@ def close_after_response(port: int, cafile: Path) -> tuple[bytes, bool, bytes]:
     raw = socket.create_connection(("127.0.0.1", port), timeout=5)
     s = ctx.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False)
     try:
-        s.sendall(b"GET /whoami HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
         data = b""
         notified = False
+        if slow:  # let the node's socket buffer fill: it closes with the response in flight
+            time.sleep(1.0)
         while True:
             try:
                 chunk = s.recv(65536)
@@ -143,3 +147,9 @@ async def test_tls_close_sends_close_notify_and_does_not_wait(tmp_path: Path) ->
                 break
             await asyncio.sleep(0.02)
         assert arr.node.ctx.stats.connections_open == 0
+        # a response still in the node's buffers when it closes arrives whole, then the notify
+        data, notified, tail = await asyncio.to_thread(
+            close_after_response, arr.https_port, arr.certs.ca_cert, "/bytes/8000000", True)
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and len(body) == 8_000_000
+        assert notified and tail == b""
