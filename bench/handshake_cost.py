@@ -15,6 +15,7 @@ import argparse
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=5)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--stime-procs", type=int, default=3)
+    p.add_argument("--bare", action="store_true",
+                   help="also a bare uvloop TLS server (bench/bare_tls.py): the floor")
     a = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="dlba-hs-"))
     certs = proxies.make_certs(work)
@@ -60,6 +63,13 @@ def main(argv: list[str] | None = None) -> int:
         for w in sorted({1, a.workers}):
             (work / f"w{w}").mkdir()
             targets[f"dlba w={w}"] = proxies.start_dlba(work / f"w{w}", certs, be.ports["http"], w)
+        if a.bare:
+            port = proxies.free_port()
+            argv = [sys.executable, str(Path(__file__).with_name("bare_tls.py")), str(port),
+                    str(certs.cert), str(certs.key), str(a.workers)]
+            proc, log = proxies._spawn("bare", argv, work)
+            targets[f"bare w={a.workers}"] = proxies._started(
+                "bare", proc, {"https_full": port}, log)
         for t in (1, 2):
             (work / f"h{t}").mkdir()
             targets[f"haproxy t={t}"] = proxies.start_haproxy(work / f"h{t}", certs,

@@ -47,7 +47,7 @@ class QuietShutdown:
     def __init__(self) -> None:
         self.lib: Any = None
         self.problem = ""
-        self.checked: set[int] = set()  # SSL_CTX pointers already verified against Python
+        self.verified: type | None = None  # the _SSLSocket type, once its layout checked out
         try:
             lib = _load_openssl()
             import _ssl
@@ -64,19 +64,21 @@ class QuietShutdown:
         self.offset = int(object.__basicsize__) + ctypes.sizeof(ctypes.c_void_p)
 
     def _ssl_pointer(self, obj: ssl.SSLObject) -> int | None:
-        inner = getattr(obj, "_sslobj", None)
+        """The ``SSL *`` of ``obj``, checked through OpenSSL until one object of the type has
+        passed (the layout is the type's), then just read (this runs on every TLS close)."""
+        inner = obj._sslobj  # type: ignore[attr-defined]
+        ptr: int | None = ctypes.c_void_p.from_address(id(inner) + self.offset).value
+        if self.verified is type(inner):
+            return ptr
+        if type(inner).__name__ != "_SSLSocket" or not ptr or ptr % ctypes.sizeof(
+                ctypes.c_void_p):
+            return None
         ctx = obj.context
-        if inner is None or type(inner).__name__ != "_SSLSocket":
-            return None
-        ptr = ctypes.c_void_p.from_address(id(inner) + self.offset).value
-        if not ptr or ptr % ctypes.alignment(ctypes.c_void_p):
-            return None
         want = ssl_ctx_pointer(ctx)
-        if want not in self.checked:
-            if check_ssl_ctx_pointer(self.lib, ctx, want) is not None:
-                return None
-            self.checked.add(want)
-        return ptr if self.get_ctx(ptr) == want else None
+        if check_ssl_ctx_pointer(self.lib, ctx, want) is not None or self.get_ctx(ptr) != want:
+            return None
+        self.verified = type(inner)
+        return ptr
 
     def mark(self, obj: ssl.SSLObject | None) -> bool:
         """True when ``obj`` will not wait for the peer's close_notify."""
@@ -84,7 +86,7 @@ class QuietShutdown:
             return False
         try:
             ptr = self._ssl_pointer(obj)
-        except (TicketKeysUnsupported, ValueError, OSError) as exc:
+        except (TicketKeysUnsupported, ValueError, OSError, AttributeError) as exc:
             ptr, self.problem = None, str(exc)
         if ptr is None:
             self.lib = None
@@ -92,5 +94,7 @@ class QuietShutdown:
                         "asyncio way (waiting for the client's close_notify)",
                         self.problem or "SSL pointer failed the self-check")
             return False
-        self.set_shutdown(ptr, self.get_shutdown(ptr) | SSL_RECEIVED_SHUTDOWN)
+        # Before the transport's shutdown nothing is set yet but, maybe, "received" (the
+        # client's close_notify came first): setting "received" alone loses nothing.
+        self.set_shutdown(ptr, SSL_RECEIVED_SHUTDOWN)
         return True

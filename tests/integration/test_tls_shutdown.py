@@ -55,3 +55,20 @@ def test_unmarked_shutdown_waits_for_the_peer(tmp_path: Path) -> None:
 
 def test_nothing_to_mark() -> None:
     assert QuietShutdown().mark(None) is False
+
+
+def test_a_wrong_layout_is_refused_and_nothing_is_touched(tmp_path: Path) -> None:
+    """The self-check: a pointer read at the wrong place is not the object's SSL (its
+    SSL_get_SSL_CTX is not the context's), so nothing is called with it; closes go the
+    asyncio way from then on."""
+    _, server = handshaken_pair(tmp_path)
+    quiet = QuietShutdown()
+    quiet.offset -= 8  # PyObject *Socket instead of SSL *ssl
+    assert quiet.mark(server) is False
+    assert quiet.lib is None and quiet.mark(server) is False
+    try:
+        server.unwrap()
+    except ssl.SSLWantReadError:
+        pass  # untouched: still waits for the peer
+    else:
+        raise AssertionError("the refused object was marked anyway")
