@@ -2,10 +2,11 @@
 FROM python:3.11-slim-bookworm
 
 # iproute2: the VIP on lo, tc for the eBPF data plane; clang/llvm/libbpf-dev: build the BPF
-# object (scheduler/bpf/dlba_tc.c) for this image's kernel headers; curl: healthcheck, client.
+# object (scheduler/bpf/dlba_tc.c) for this image's kernel headers; libssl-dev: the TLS ticket
+# callback in C (dlba/tls_ticket_cb.c); curl: healthcheck, client.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      iproute2 procps curl clang llvm libbpf-dev gcc libc6-dev \
+      iproute2 procps curl clang llvm libbpf-dev libssl-dev gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/dlba
@@ -15,6 +16,7 @@ COPY scheduler ./scheduler
 COPY docker ./docker
 RUN clang -O2 -g -target bpf -I/usr/include/$(gcc -print-multiarch) \
       -c scheduler/bpf/dlba_tc.c -o scheduler/bpf/dlba_tc.o \
+ && clang -O2 -Wall -shared -fPIC -o dlba/_tls_ticket_cb.so dlba/tls_ticket_cb.c -lcrypto \
  && pip install --no-cache-dir -e . \
  && chmod +x docker/entrypoint.sh
 

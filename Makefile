@@ -3,14 +3,16 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PKGS := clang llvm libbpf-dev iproute2 redis-server openssl curl procps chromium
+APT_PKGS := clang llvm libbpf-dev libssl-dev iproute2 redis-server openssl curl procps chromium
 BPF_OBJ := scheduler/bpf/dlba_tc.o
+TICKET_SO := dlba/_tls_ticket_cb.so
 
 .PHONY: install run test lint bench clean
 
-install: $(BIN)/dlba $(BPF_OBJ)
+install: $(BIN)/dlba $(BPF_OBJ) $(TICKET_SO)
 
-.apt-stamp:
+# Re-checked when this file changes (a package added to APT_PKGS).
+.apt-stamp: Makefile
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	$(PY) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
@@ -27,6 +29,10 @@ $(BIN)/dlba: .apt-stamp pyproject.toml
 
 $(BPF_OBJ): scheduler/bpf/dlba_tc.c scheduler/bpf/dlba_tc.h .apt-stamp
 	clang -O2 -g -target bpf -I/usr/include/$$(gcc -print-multiarch) -c $< -o $@
+
+# The TLS ticket-key callback in C (dlba/tls_ticket_native.py loads it; Python's if absent).
+$(TICKET_SO): dlba/tls_ticket_cb.c .apt-stamp
+	clang -O2 -Wall -Wextra -Werror -shared -fPIC -o $@ $< -lcrypto
 
 run: install
 	$(BIN)/dlba up
@@ -54,4 +60,4 @@ bench: install .bench-apt-stamp
 	$(BIN)/python -m bench.run $(if $(QUICK),--quick,) $(if $(DURATION),--duration $(DURATION),)
 
 clean:
-	rm -rf $(VENV) .apt-stamp .bench-apt-stamp $(BPF_OBJ) run
+	rm -rf $(VENV) .apt-stamp .bench-apt-stamp $(BPF_OBJ) $(TICKET_SO) run

@@ -31,9 +31,12 @@ import logging
 import os
 import ssl
 import sys
-from collections.abc import Iterable
+import weakref
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from dlba.tls_ticket_native import NativeCallbacks, native_callbacks
 
 log = logging.getLogger("dlba.tls_tickets")
 
@@ -119,6 +122,7 @@ class TicketKeyRing:
         self.size = size
         self.rotate_s = rotate_s
         self._keys: tuple[TicketKey, ...] = ()
+        self._listeners: list[Callable[[tuple[TicketKey, ...]], None]] = []
         self.replace(keys)
 
     # reading
@@ -172,6 +176,17 @@ class TicketKeyRing:
         # Stable sort: among equal ``created`` the earlier list position (the later add) wins.
         ordered = sorted(keys, key=lambda k: k.created, reverse=True)
         self._keys = tuple(ordered[: self.size])
+        for listener in self._listeners:
+            listener(self._keys)
+
+    def subscribe(self, listener: Callable[[tuple[TicketKey, ...]], None]) -> None:
+        """Call ``listener(keys)`` now and on every change (the C callback's copy)."""
+        self._listeners.append(listener)
+        listener(self._keys)
+
+    def unsubscribe(self, listener: Callable[[tuple[TicketKey, ...]], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
 
     # rotation policy
     def rotation_due(self, now: float) -> bool:
@@ -430,12 +445,41 @@ def check_ssl_ctx_pointer(lib: _OpenSSL, ctx: ssl.SSLContext, ptr: int) -> str |
 
 
 class _Installed:
-    """What a context keeps alive: the ring it reads and the ctypes callback OpenSSL calls."""
+    """What a context keeps alive: the ring it reads and the callback OpenSSL calls, the C one
+    of a slot (dlba/tls_ticket_native.py) when there is one, else ``_on_ticket`` via ctypes."""
 
-    def __init__(self, lib: _OpenSSL, ring: TicketKeyRing) -> None:
+    def __init__(self, lib: _OpenSSL, ring: TicketKeyRing,
+                 native: NativeCallbacks | None = None) -> None:
         self.lib = lib
+        self.native = native
+        self.slot = native.take() if native is not None else None
         self.ring = ring
-        self.callback = _TicketCb(self._on_ticket)
+        if self.slot is None:
+            self.callback = _TicketCb(self._on_ticket)
+        else:
+            self.callback = _TicketCb(native.callback(self.slot))  # type: ignore[union-attr]
+            ring.subscribe(self._push)
+
+    @property
+    def kind(self) -> str:
+        return "python" if self.slot is None else "c"
+
+    def _push(self, keys: tuple[TicketKey, ...]) -> None:
+        if self.native is not None and self.slot is not None:
+            self.native.set(self.slot, keys)
+
+    def switch(self, ring: TicketKeyRing) -> None:
+        if self.slot is not None:
+            self.ring.unsubscribe(self._push)
+            ring.subscribe(self._push)
+        self.ring = ring
+
+    def close(self) -> None:
+        """The context is gone (weakref.finalize): its slot is free again."""
+        if self.native is not None and self.slot is not None:
+            self.ring.unsubscribe(self._push)
+            self.native.release(self.slot)
+            self.slot = None
 
     def _on_ticket(self, _ssl_p: int | None, key_name: int | None, iv: int | None,
                    cctx: int | None, hctx: int | None, enc: int) -> int:
@@ -493,7 +537,7 @@ def install_ticket_keys(ctx: ssl.SSLContext, ring: TicketKeyRing) -> bool:
     """
     installed = getattr(ctx, _CB_ATTR, None)
     if isinstance(installed, _Installed):
-        installed.ring = ring
+        installed.switch(ring)
         return True
     try:
         lib = _load_openssl()
@@ -501,13 +545,15 @@ def install_ticket_keys(ctx: ssl.SSLContext, ring: TicketKeyRing) -> bool:
         problem = check_ssl_ctx_pointer(lib, ctx, ptr)
         if problem is not None:
             raise TicketKeysUnsupported(problem)
-        holder = _Installed(lib, ring)
+        holder = _Installed(lib, ring, native_callbacks())
         # Attach before installing: the callback lives exactly as long as the context
         # (the SSL_CTX is freed in the same deallocation that drops this attribute).
         setattr(ctx, _CB_ATTR, holder)
         if lib.set_cb(ptr, holder.callback) != 1:
             delattr(ctx, _CB_ATTR)
+            holder.close()
             raise TicketKeysUnsupported("SSL_CTX_set_tlsext_ticket_key_evp_cb failed")
+        weakref.finalize(ctx, holder.close)
     except TicketKeysUnsupported as exc:
         _warn_once(str(exc))
         return False
@@ -517,3 +563,9 @@ def install_ticket_keys(ctx: ssl.SSLContext, ring: TicketKeyRing) -> bool:
 def ticket_keys_installed(ctx: ssl.SSLContext) -> bool:
     """Whether :func:`install_ticket_keys` succeeded on ``ctx`` (for /status and tests)."""
     return isinstance(getattr(ctx, _CB_ATTR, None), _Installed)
+
+
+def ticket_callback_kind(ctx: ssl.SSLContext) -> str | None:
+    """"c" (dlba/tls_ticket_cb.c), "python", or None when nothing is installed."""
+    installed = getattr(ctx, _CB_ATTR, None)
+    return installed.kind if isinstance(installed, _Installed) else None

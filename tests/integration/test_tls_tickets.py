@@ -13,6 +13,7 @@ TLS 1.2 and 1.3. A control pair without shared keys shows the failure this fixes
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import socket
@@ -31,8 +32,8 @@ from dlba.tls_tickets import TicketKey, TicketKeyRing, decode_keys, encode_keys
 
 # The server: argv = mode (blocking|asyncio|uvloop), cert, key, cluster secret file, key file,
 # install (1, or 0 for the control: OpenSSL's own per-process ticket key).
-# It prints "READY <port> <installed 0/1>", then on each "reload" line on stdin re-reads the
-# key file into its ring and prints "RELOADED". Each connection gets one line
+# It prints "READY <port> <installed 0/1> <c|python|None>", then on each "reload" line on stdin
+# re-reads the key file into its ring and prints "RELOADED". Each connection gets one line
 # "reused=<0/1> version=<TLS version>" and is closed.
 SERVER = r"""
 import asyncio, socket, ssl, sys, threading
@@ -59,7 +60,8 @@ def reply(obj) -> bytes:
 
 srv = socket.create_server(("127.0.0.1", 0))
 threading.Thread(target=control, daemon=True).start()
-print(f"READY {srv.getsockname()[1]} {int(installed)}", flush=True)
+print(f"READY {srv.getsockname()[1]} {int(installed)} {tls_tickets.ticket_callback_kind(ctx)}",
+      flush=True)
 
 if mode == "blocking":
     while True:
@@ -94,6 +96,7 @@ class Server:
     proc: subprocess.Popen[str]
     port: int
     installed: bool
+    kind: str  # the ticket callback: "c" (dlba/tls_ticket_cb.c) or "python"
 
     def command(self, line: str, expect: str) -> None:
         stdin: IO[str] | None = self.proc.stdin
@@ -135,29 +138,32 @@ class Array:
 
 
 def start_server(mode: str, certdir: Path, key_file: Path, log: Path,
-                 install: bool = True) -> Server:
+                 install: bool = True, kind: str = "c") -> Server:
+    env = dict(os.environ, DLBA_TICKET_CALLBACK=kind)
     proc = subprocess.Popen(
         [sys.executable, "-c", SERVER, mode, str(certdir / "node.pem"), str(certdir / "node.key"),
          str(certdir / "cluster.key"), str(key_file), "1" if install else "0"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log.open("w"), text=True, env=env)
     assert proc.stdout is not None
     line = proc.stdout.readline().split()
     assert line[:1] == ["READY"], (line, log.read_text())
-    return Server(proc, int(line[1]), line[2] == "1")
+    return Server(proc, int(line[1]), line[2] == "1", line[3])
 
 
-@pytest.fixture
-def array(tmp_path: Path) -> Iterator[Array]:
+@pytest.fixture(params=["c", "python"])
+def array(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Array]:
+    """Both ticket callbacks: the C one `make install` builds, and the Python fallback."""
+    kind = request.param
     paths = certs.init_certs(tmp_path / "certs", ["localhost"], ["127.0.0.1"])
     secret = certs.read_cluster_secret(paths.cluster_key)
     ring = TicketKeyRing()
     ring.rotate(1_000_000.0)
     key_file = tmp_path / "ticket_keys.json"
     key_file.write_text(encode_keys(ring, secret))
-    a = start_server("blocking", paths.ca_cert.parent, key_file, tmp_path / "a.log")
+    a = start_server("blocking", paths.ca_cert.parent, key_file, tmp_path / "a.log", kind=kind)
     try:
         # uvloop, as the node's worker processes run.
-        b = start_server("uvloop", paths.ca_cert.parent, key_file, tmp_path / "b.log")
+        b = start_server("uvloop", paths.ca_cert.parent, key_file, tmp_path / "b.log", kind=kind)
     except BaseException:
         a.proc.kill()
         raise
@@ -225,8 +231,10 @@ def ticket_key_name(sess_file: Path) -> bytes:
 
 
 # --- tests -------------------------------------------------------------------------------
-def test_installed_in_both_processes(array: Array) -> None:
+def test_installed_in_both_processes(array: Array, request: pytest.FixtureRequest) -> None:
     assert array.a.installed and array.b.installed
+    # the C callback must be the one in use after `make install`, not silently the fallback
+    assert array.a.kind == array.b.kind == request.node.callspec.params["array"]
 
 
 def test_control_without_shared_keys_no_resumption(array: Array, tmp_path: Path) -> None:
@@ -369,3 +377,26 @@ def test_same_process_contexts_sni_and_reinstall(tmp_path: Path, server_name: st
     assert not reused
     _, reused = connect(ctx2, session)
     assert reused
+
+
+def test_c_callback_slots_are_reused_after_their_context_is_gone(tmp_path: Path) -> None:
+    """The C library has a fixed number of callbacks (slots): a context beyond them gets the
+    Python callback, and a collected context gives its slot back."""
+    import gc
+
+    from dlba.tls_ticket_native import native_callbacks
+
+    native = native_callbacks()
+    assert native is not None, "dlba/_tls_ticket_cb.so is not built: run `make install`"
+    paths = certs.init_certs(tmp_path / "certs", ["localhost"], ["127.0.0.1"])
+    ring = TicketKeyRing()
+    ring.rotate(1_000_000.0)
+    free = len(native.free)
+    contexts = [tls.server_context(paths.node_cert, paths.node_key) for _ in range(free + 2)]
+    for ctx in contexts:
+        assert tls_tickets.install_ticket_keys(ctx, ring)
+    kinds = [tls_tickets.ticket_callback_kind(ctx) for ctx in contexts]
+    assert kinds == ["c"] * free + ["python"] * 2
+    del contexts, ctx
+    gc.collect()
+    assert len(native.free) == free

@@ -107,6 +107,7 @@ def test_dockerfile_runs_the_entrypoint() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["/opt/dlba/docker/entrypoint.sh"]' in text
     assert "dlba_tc.o" in text  # the eBPF object is built in the image
+    assert "_tls_ticket_cb.so" in text  # and the TLS ticket callback
     assert os.access(ROOT / "docker" / "entrypoint.sh", os.X_OK)
 
 
