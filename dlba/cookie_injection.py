@@ -184,9 +184,9 @@ def find_cookie(cookie_header: str | None, name: str) -> str | None:
 def _url_session_param(path_and_query: str, params: Collection[str]) -> str | None:
     # URL parameter names are matched case-insensitively: servlet containers write
     # ";jsessionid=" but clients and proxies have been seen to upper-case it.
+    if not params or (";" not in path_and_query and "?" not in path_and_query):
+        return None  # the usual URL has no parameters at all: nothing to parse
     wanted = {p.lower() for p in params}
-    if not wanted:
-        return None
     path, _, query = path_and_query.partition("?")
     query = query.partition("#")[0]
     # Path parameters: "/shop;jsessionid=ABC/cart" or "/cart;jsessionid=ABC".
