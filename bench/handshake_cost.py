@@ -12,7 +12,6 @@ it answers "why is the figure what it is", not "what is the figure".
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
@@ -24,19 +23,12 @@ from bench import proxies
 from bench.proxies import Server
 from bench.run import s_time
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
 
 def counters(srv: Server) -> tuple[float, float, int]:
     """(user s, system s, context switches) of the process tree, reaped children included."""
-    user = system = 0.0
+    user, system = proxies.tree_times(srv.pid)
     switches = 0
     for pid in proxies.tree_pids(srv.pid):
-        f = proxies._stat_fields(pid)
-        if f is None:
-            continue
-        user += (int(f[11]) + int(f[13])) / CLK_TCK
-        system += (int(f[12]) + int(f[14])) / CLK_TCK
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if "ctxt_switches" in line:

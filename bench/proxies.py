@@ -92,17 +92,23 @@ def tree_pids(root: int) -> list[int]:
     return out
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """user+system seconds of the process tree: each live process's utime+stime plus
-    cutime+cstime (children it has already reaped)."""
-    ticks = 0
+def tree_times(root: int) -> tuple[float, float]:
+    """(user, system) seconds of the process tree: each live process's utime/stime plus
+    cutime/cstime (children it has already reaped)."""
+    user = system = 0
     for pid in tree_pids(root):
         f = _stat_fields(pid)
         if f is None:
             continue
         # after the comm: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14)
-        ticks += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
-    return ticks / CLK_TCK
+        user += int(f[11]) + int(f[13])
+        system += int(f[12]) + int(f[14])
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """user+system seconds of the process tree (see tree_times)."""
+    return sum(tree_times(root))
 
 
 def tree_rss_mb(root: int) -> float:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 import ssl
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,3 +151,47 @@ async def raw_exchange(
         return b"".join(chunks)
     finally:
         writer.close()
+
+
+async def wait_port(port: int, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+            w.close()
+            return
+        except OSError:
+            assert loop.time() < deadline, f"nothing listens on {port}"
+            await asyncio.sleep(0.05)
+
+
+@contextmanager
+def node_processes(config: Path, backend_ports: Sequence[int], ports: Sequence[int],
+                   stop_wait_s: float = 10.0) -> Iterator[int]:
+    """Real processes: a demo back end b1..bn on each of ``backend_ports``, then `dlba node`
+    n1 on ``config``; yields the node's pid once every port of both lists answers, and stops
+    them all by PID (SIGTERM, then SIGKILL after ``stop_wait_s``)."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "dlba", "demo-backend", "--name", f"b{i + 1}",
+                          "--listen", f"127.0.0.1:{p}"], env=env, stderr=subprocess.DEVNULL)
+        for i, p in enumerate(backend_ports)
+    ]
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "dlba", "node", "--config", str(config), "--name", "n1",
+         "--log-level", "WARNING"], env=env,
+    ))
+    try:
+        for port in (*backend_ports, *ports):
+            asyncio.run(wait_port(port))
+        yield procs[-1].pid
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(stop_wait_s)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()

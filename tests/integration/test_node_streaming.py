@@ -6,15 +6,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.loopback import free_port, make_certs, write_config
+from tests.integration.loopback import free_port, make_certs, node_processes, write_config
 
 GB = 1_000_000_000
 
@@ -27,19 +24,6 @@ def rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
-async def wait_port(port: int, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        try:
-            _, w = await asyncio.open_connection("127.0.0.1", port)
-            w.close()
-            return
-        except OSError:
-            assert loop.time() < deadline, f"nothing listens on {port}"
-            await asyncio.sleep(0.05)
-
-
 @pytest.fixture
 def node_process(tmp_path: Path) -> Iterator[tuple[int, int]]:
     """(node pid, node http port) of real processes: one demo back end, one node."""
@@ -49,30 +33,8 @@ def node_process(tmp_path: Path) -> Iterator[tuple[int, int]]:
         tmp_path, certs, [(1, f"127.0.0.1:{bport}")], http_port=hport, https_port=free_port(),
         admin_port=free_port(),
     )
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "dlba", "demo-backend", "--name", "b1", "--listen",
-             f"127.0.0.1:{bport}"], env=env, stderr=subprocess.DEVNULL,
-        ),
-        subprocess.Popen(
-            [sys.executable, "-m", "dlba", "node", "--config", str(cfg), "--name", "n1",
-             "--log-level", "WARNING"], env=env,
-        ),
-    ]
-    try:
-        asyncio.run(wait_port(bport))
-        asyncio.run(wait_port(hport))
-        yield procs[1].pid, hport
-    finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+    with node_processes(cfg, [bport], [hport]) as pid:
+        yield pid, hport
 
 
 async def test_one_gigabyte_response_is_streamed(node_process: tuple[int, int]) -> None:

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +15,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.integration.loopback import free_port, make_certs, write_config
-from tests.integration.test_node_streaming import wait_port
+from tests.integration.loopback import (
+    free_port,
+    make_certs,
+    node_processes,
+    wait_port,
+    write_config,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,31 +41,10 @@ def node(tmp_path: Path) -> Iterator[dict[str, object]]:
         http_port=hport, https_port=sport, admin_port=aport,
         extra="[proxy]\nworkers = 2\n",
     )
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "dlba", "demo-backend", "--name", f"b{i + 1}",
-                          "--listen", f"127.0.0.1:{p}"], env=env, stderr=subprocess.DEVNULL)
-        for i, p in enumerate(bports)
-    ]
-    procs.append(subprocess.Popen(
-        [sys.executable, "-m", "dlba", "node", "--config", str(cfg), "--name", "n1",
-         "--log-level", "WARNING"], env=env,
-    ))
-    try:
-        for p in (*bports, hport, aport):
-            asyncio.run(wait_port(p))
-        yield {"pid": procs[-1].pid, "http": hport, "https": sport, "admin": aport,
+    with node_processes(cfg, bports, [hport, aport], stop_wait_s=15) as pid:
+        yield {"pid": pid, "http": hport, "https": sport, "admin": aport,
                "token": certs.admin_token.read_text().strip(), "ca": certs.ca_cert,
                "tmp": tmp_path}
-    finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
 
 
 def admin(node: dict[str, object], path: str, method: str = "GET") -> dict[str, object]:
