@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import httptools
 
 from dlba import http_head
 from dlba.exchange import Exchange
+from dlba.tls_transport import tls_server
 
 if TYPE_CHECKING:
     from dlba.proxy_context import ProxyContext
@@ -236,8 +239,11 @@ class ClientConnection(asyncio.Protocol):
             self.queue.popleft()
         if self.tunnel is ex:
             return
-        if not ex.client_keep_alive or self.closing:
-            self.close(quiet=not self.closing)
+        if self.closing:
+            self._linger()  # a bad request followed this response: its answer was the close
+            return
+        if not ex.client_keep_alive:
+            self.close()
             return
         if self.queue:
             self.queue[0].start()
@@ -276,16 +282,16 @@ class ClientConnection(asyncio.Protocol):
         reset, and a reset makes its kernel drop the unread answer. So, like nginx's lingering
         close: shut our side, read and discard for a while, then close."""
         t = self.transport
-        if t is None:
+        if t is None or t.is_closing():
             return
-        if t.can_write_eof():
+        if t.can_write_eof():  # TCP: FIN; TLS (tls_transport): close_notify
             t.write_eof()
             if self.paused:
                 self.paused = False
                 t.resume_reading()
             self._arm("linger", LINGER_S)
         else:
-            self.close()  # TLS: close_notify first, as OpenSSL does
+            self.close()
 
     def pause_reading(self) -> None:
         if not self.paused and self.transport is not None and not self.closing:
@@ -297,17 +303,13 @@ class ClientConnection(asyncio.Protocol):
             self.paused = False
             self.transport.resume_reading()
 
-    def close(self, quiet: bool = False) -> None:
-        """``quiet``: over TLS, send close_notify and close without waiting for the client's
-        (nginx's ``no_wait_shutdown``; see tls_shutdown). Not after an error: there, waiting
-        for the client's close_notify is the lingering that keeps the answer from a reset."""
+    def close(self) -> None:
+        """Over TLS (tls_transport): close_notify, then the socket, without waiting for the
+        client's close_notify, as nginx and HAProxy do."""
         self.closing = True
         self._disarm()
-        t = self.transport
-        if t is not None:
-            if quiet and self.scheme == b"https" and not t.is_closing():
-                self.ctx.tls_close.mark(t.get_extra_info("ssl_object"))
-            t.close()
+        if self.transport is not None:
+            self.transport.close()
 
     def abort(self) -> None:
         self.closing = True
@@ -334,8 +336,16 @@ class ClientConnection(asyncio.Protocol):
             if self.in_head:
                 self.reject(408, "request header timeout")
             else:
-                self.close(quiet=True)  # nothing sent: HAProxy closes silently too
+                self.close()  # nothing sent: HAProxy closes silently too
         elif kind == "idle" and not self.queue:
-            self.close(quiet=True)
+            self.close()
         elif kind == "linger":
             self.abort()
+
+
+def client_protocols(ctx: ProxyContext, tls: ssl.SSLContext | None,
+                     handshake_timeout_s: float) -> Callable[[], asyncio.Protocol]:
+    """One listener's protocol factory: HTTP, or HTTP inside TLS (dlba/tls_transport.py)."""
+    if tls is None:
+        return lambda: ClientConnection(ctx, b"http")
+    return tls_server(tls, lambda: ClientConnection(ctx, b"https"), handshake_timeout_s)

@@ -20,7 +20,7 @@ from typing import Literal
 
 from aiohttp import web
 
-from dlba.client_connection import ClientConnection
+from dlba.client_connection import client_protocols
 from dlba.config import Config, HostPort, parse_host_port
 from dlba.proxy_context import ProxyContext
 from dlba.sockets import listen_socket, tls_context
@@ -101,14 +101,9 @@ class Listeners:
             await site.start()
             self.admin_sites[addr] = site
             return
-        ctx, scheme = self.ctx, kind.encode()
-        if kind == "http":
-            server = await loop.create_server(
-                lambda: ClientConnection(ctx, scheme), sock=listen_socket(addr))
-        else:
-            server = await loop.create_server(
-                lambda: ClientConnection(ctx, scheme), sock=listen_socket(addr),
-                ssl=self._front(config), ssl_handshake_timeout=self.handshake_timeout)
+        tls = self._front(config) if kind == "https" else None
+        server = await loop.create_server(
+            client_protocols(self.ctx, tls, self.handshake_timeout), sock=listen_socket(addr))
         self.servers[(kind, addr)] = server
 
     async def _close(self, kind: Kind, addr: HostPort) -> None:

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from dlba.admin_api import make_admin_app, own_node_row
 from dlba.backend_checks import BackendChecks
-from dlba.client_connection import ClientConnection
+from dlba.client_connection import client_protocols
 from dlba.config import Config, ConfigError, load_config
 from dlba.config_reload import ConfigReloader
 from dlba.dashboard import register_dashboard
@@ -104,12 +104,9 @@ class NodeRuntime:
             self.background.append(
                 asyncio.ensure_future(rotate_ticket_keys(ring, self.ctx.secret)))
             for sock, tls in listeners:
-                scheme = b"https" if tls else b"http"
-                self.servers.append(await self.loop.create_server(
-                    lambda scheme=scheme: ClientConnection(self.ctx, scheme), sock=sock,
-                    ssl=ssl_ctx if tls else None,
-                    ssl_handshake_timeout=cfg.proxy.header_timeout_s if tls else None,
-                ))
+                factory = client_protocols(self.ctx, ssl_ctx if tls else None,
+                                           cfg.proxy.header_timeout_s)
+                self.servers.append(await self.loop.create_server(factory, sock=sock))
         admin_addr = admin_address(cfg, self.name)
         token = cfg.read_admin_token()
         app = make_admin_app(self, token, self.reloader.with_routes(

@@ -17,7 +17,6 @@ from dlba.backend_selection import BackendSelector
 from dlba.config import Config
 from dlba.cookie_injection import injected_set_cookies
 from dlba.node_stats import NodeStats
-from dlba.tls_shutdown import QuietShutdown
 from dlba.web_server_status_table import WebServerStatusTable
 
 if TYPE_CHECKING:
@@ -50,7 +49,6 @@ class ProxyContext:
         )
         self.pools: dict[int, BackendPool] = {}
         self.connections: set[ClientConnection] = set()
-        self.tls_close = QuietShutdown()
         self.config = config
         self.apply(config)
 

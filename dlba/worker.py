@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dlba.agent_check import AgentReport
-from dlba.client_connection import ClientConnection
+from dlba.client_connection import client_protocols
 from dlba.config import ConfigError, load_config, parse_config
 from dlba.proxy_context import ProxyContext
 from dlba.sockets import (
@@ -84,13 +84,8 @@ async def run_worker(args: argparse.Namespace) -> None:
     node = config.node(args.name)
     listeners = [(a, False) for a in node.listen] + [(a, True) for a in node.listen_tls]
     for addr, tls in listeners:
-        sock = listen_socket(addr)
-        scheme = b"https" if tls else b"http"
-        servers.append(await loop.create_server(
-            lambda scheme=scheme: ClientConnection(ctx, scheme), sock=sock,
-            ssl=ssl_ctx if tls else None,
-            ssl_handshake_timeout=config.proxy.header_timeout_s if tls else None,
-        ))
+        factory = client_protocols(ctx, ssl_ctx if tls else None, config.proxy.header_timeout_s)
+        servers.append(await loop.create_server(factory, sock=listen_socket(addr)))
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
