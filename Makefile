@@ -6,10 +6,11 @@ BIN := $(VENV)/bin
 APT_PKGS := clang llvm libbpf-dev libssl-dev iproute2 redis-server openssl curl procps chromium
 BPF_OBJ := scheduler/bpf/dlba_tc.o
 TICKET_SO := dlba/_tls_ticket_cb.so
+NATIVE := build/native/manifest.json
 
 .PHONY: install run test lint bench clean
 
-install: $(BIN)/dlba $(BPF_OBJ) $(TICKET_SO)
+install: $(BIN)/dlba $(BPF_OBJ) $(TICKET_SO) $(NATIVE)
 
 # Re-checked when this file changes (a package added to APT_PKGS).
 .apt-stamp: Makefile
@@ -33,6 +34,12 @@ $(BPF_OBJ): scheduler/bpf/dlba_tc.c scheduler/bpf/dlba_tc.h .apt-stamp
 # The TLS ticket-key callback in C (dlba/tls_ticket_native.py loads it; Python's if absent).
 $(TICKET_SO): dlba/tls_ticket_cb.c .apt-stamp
 	clang -O2 -Wall -Wextra -Werror -shared -fPIC -o $@ $< -lcrypto
+
+# The request path compiled by mypyc (build_native.py; dlba/__init__.py uses it only while it
+# matches the sources, so any change to dlba/ rebuilds it here).
+$(NATIVE): build_native.py $(wildcard dlba/*.py) $(BIN)/dlba
+	$(BIN)/python build_native.py > build-native.log 2>&1 || { tail -30 build-native.log; exit 1; }
+	@tail -1 build-native.log
 
 run: install
 	$(BIN)/dlba up

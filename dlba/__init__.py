@@ -1,0 +1,44 @@
+"""DLBA: a load-balancing array in Python.
+
+The request path can run compiled by mypyc (`build_native.py`, run by `make install`): the
+compiled modules live in build/native/dlba, which goes first on this package's path only when
+build/native/manifest.json names this Python and the very bytes of every compiled module's
+source. An edited module therefore never hides behind a stale build; it runs as Python until
+the next build. `DLBA_NATIVE=0` forces pure Python.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+NATIVE_DIR = _HERE.parent / "build" / "native"
+
+
+def native_problem(native: Path = NATIVE_DIR, sources: Path = _HERE) -> str:
+    """Why the compiled modules in `native` cannot be used for `sources` ("" when they can)."""
+    if os.environ.get("DLBA_NATIVE", "1") == "0":
+        return "DLBA_NATIVE=0"
+    try:
+        manifest = json.loads((native / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return "not built (make install)"
+    if manifest.get("python") != sys.implementation.cache_tag:
+        return f"built for {manifest.get('python')}, this is {sys.implementation.cache_tag}"
+    for name, digest in dict(manifest.get("sources", {})).items():
+        try:
+            if hashlib.sha256((sources / name).read_bytes()).hexdigest() != digest:
+                return f"{name} changed since the build (make install)"
+        except OSError:
+            return f"{name} is missing"
+    return ""
+
+
+NATIVE_PROBLEM = native_problem()
+NATIVE = not NATIVE_PROBLEM
+if NATIVE:
+    __path__.insert(0, str(NATIVE_DIR / "dlba"))

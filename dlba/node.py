@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+import dlba
 from dlba.admin_api import make_admin_app, own_node_row
 from dlba.backend_checks import BackendChecks
 from dlba.client_connection import client_protocols
@@ -121,9 +122,10 @@ class NodeRuntime:
             await self.agent.start()
         self._janitor = asyncio.ensure_future(self.ctx.janitor())
         events.warning(
-            "event=node_started node=%s http=%s https=%s admin=%s backends=%d",
+            "event=node_started node=%s http=%s https=%s admin=%s backends=%d native=%s",
             self.name, ",".join(map(str, node.listen)) or "-",
             ",".join(map(str, node.listen_tls)) or "-", admin_addr, len(cfg.backends),
+            "yes" if dlba.NATIVE else f"no ({dlba.NATIVE_PROBLEM})",
         )
 
     async def stop(self) -> None:

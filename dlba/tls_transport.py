@@ -138,7 +138,9 @@ class TLSTransport(asyncio.Protocol):
                     self.abort()
                     return
                 if not data:
-                    break
+                    # read() gives b"" for the peer's close_notify when ours is not sent yet
+                    self._peer_closed()
+                    return
                 if not self.eof_sent:
                     app.data_received(data)
                 # No exception needed to learn that nothing more is there.
@@ -195,7 +197,7 @@ class TLSTransport(asyncio.Protocol):
 
     def abort(self) -> None:
         self.closing = True
-        if self.transport is not None:
+        if self.transport is not None and not self.lost:
             self.transport.abort()
 
     def can_write_eof(self) -> bool:

@@ -1,0 +1,54 @@
+"""Compile the node's request path with mypyc into build/native/ (`make install` runs this).
+
+The modules below are plain, type-checked Python; mypyc turns them into C extensions, which
+cut the interpreter's share of a proxied request (measured in docs/NOTES.md). They are built
+outside the source tree: `dlba/__init__.py` puts build/native/dlba first on the package's path
+only while build/native/manifest.json matches the sources byte for byte and this Python, so an
+edited module is never shadowed by a stale build, and `DLBA_NATIVE=0` runs pure Python.
+
+    python build_native.py          # from the project root, with the dev extras installed
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+OUT = ROOT / "build" / "native"
+# The per-connection and per-request path; cookie_codec stays Python (its argument checks rely
+# on Python's bool-is-int, which compiled code enforces differently) and costs little.
+MODULES = [
+    "backend_pool", "backend_selection", "client_connection", "cookie_injection", "exchange",
+    "hash_ring", "http_head", "node_stats", "policies", "proxy_context", "tls_transport",
+    "web_server_status_table", "worker_pool",
+]
+
+
+def manifest() -> dict[str, object]:
+    sources = {f"{m}.py": hashlib.sha256((ROOT / "dlba" / f"{m}.py").read_bytes()).hexdigest()
+               for m in MODULES}
+    return {"python": sys.implementation.cache_tag, "sources": sources}
+
+
+def main() -> int:
+    from mypyc.build import mypycify
+    from setuptools import setup
+
+    shutil.rmtree(OUT, ignore_errors=True)
+    tmp = ROOT / "build" / "native-tmp"
+    exts = mypycify([f"dlba/{m}.py" for m in MODULES], opt_level="3",
+                    group_name="dlba.native", target_dir=str(tmp / "c"))
+    setup(name="dlba-native", ext_modules=exts, script_args=[
+        "build_ext", "--build-lib", str(OUT), "--build-temp", str(tmp / "obj"), "-q"])
+    shutil.rmtree(tmp, ignore_errors=True)
+    (OUT / "manifest.json").write_text(json.dumps(manifest(), indent=1) + "\n")
+    print(f"native: {len(MODULES)} modules compiled into {OUT.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

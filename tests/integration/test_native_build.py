@@ -1,0 +1,52 @@
+"""The request path compiled by mypyc (build_native.py): used when built and current, never
+when a source changed since the build, and not with DLBA_NATIVE=0."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dlba
+from dlba import native_problem
+
+ROOT = Path(dlba.__file__).resolve().parent.parent
+
+
+def test_the_request_path_runs_compiled() -> None:
+    assert dlba.NATIVE, f"compiled modules not in use: {dlba.NATIVE_PROBLEM}"
+    from dlba import client_connection, exchange, tls_transport
+
+    for mod in (client_connection, exchange, tls_transport):
+        assert mod.__file__ is not None
+        assert mod.__file__.endswith(".so") and "build/native" in mod.__file__, mod.__file__
+
+
+def test_a_changed_source_is_never_shadowed_by_a_stale_build(tmp_path: Path) -> None:
+    manifest = json.loads((dlba.NATIVE_DIR / "manifest.json").read_text())
+    src = tmp_path / "dlba"
+    src.mkdir()
+    for name in manifest["sources"]:
+        shutil.copy(ROOT / "dlba" / name, src / name)
+    assert native_problem(dlba.NATIVE_DIR, src) == ""
+    edited = next(iter(manifest["sources"]))
+    with (src / edited).open("a") as f:
+        f.write("\n# edited\n")
+    assert native_problem(dlba.NATIVE_DIR, src) == (
+        f"{edited} changed since the build (make install)")
+    (src / edited).unlink()
+    assert native_problem(dlba.NATIVE_DIR, src) == f"{edited} is missing"
+    assert native_problem(tmp_path / "nothing", src) == "not built (make install)"
+
+
+def test_dlba_native_0_runs_pure_python() -> None:
+    code = ("import dlba, dlba.client_connection as c; "
+            "print(dlba.NATIVE, dlba.NATIVE_PROBLEM, c.__file__)")
+    env = {**os.environ, "DLBA_NATIVE": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True, timeout=60).stdout.split()
+    assert out[0] == "False" and out[1] == "DLBA_NATIVE=0"
+    assert out[2] == str(ROOT / "dlba" / "client_connection.py")
