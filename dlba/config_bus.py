@@ -64,6 +64,7 @@ class ConfigBusWatcher:
         self.task: asyncio.Task[None] | None = None
         self.up: bool | None = None  # None: not yet known
         self.refused: set[int] = set()  # versions this node could not run: said once
+        self.stopping = False
 
     @property
     def name(self) -> str:
@@ -73,10 +74,15 @@ class ConfigBusWatcher:
         self.task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+        # One cancel is not enough: redis-py waits for messages under asyncio.timeout, and on
+        # Python 3.11 a cancel that lands as that timeout fires becomes a TimeoutError, which
+        # get_message swallows (seen: a node's stop hanging in CI). So: a flag the loops check,
+        # and a cancel repeated until the task is done.
+        self.stopping = True
+        task = self.task
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
 
     def _state(self, up: bool, reason: str = "") -> None:
         if up == self.up:
@@ -92,7 +98,7 @@ class ConfigBusWatcher:
                            self.name, self.url, reason, version)
 
     async def _run(self) -> None:
-        while True:  # until cancelled by stop()
+        while not self.stopping:
             client = connect(self.url)
             pubsub = client.pubsub()
             try:
@@ -101,7 +107,7 @@ class ConfigBusWatcher:
                 await self.sync(client)
                 loop = asyncio.get_running_loop()
                 next_poll = loop.time() + self.poll_s
-                while True:
+                while not self.stopping:
                     wait = max(0.0, next_poll - loop.time())
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
                     if msg is not None or loop.time() >= next_poll:
@@ -115,7 +121,8 @@ class ConfigBusWatcher:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                 with contextlib.suppress(RedisError, OSError):
                     await client.aclose()
-            await asyncio.sleep(RETRY_S)
+            if not self.stopping:
+                await asyncio.sleep(RETRY_S)
 
     async def sync(self, client: aioredis.Redis) -> None:
         """Look at the bus once: commit a newer committed version, ack a pending stage."""

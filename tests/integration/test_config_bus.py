@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -198,3 +199,33 @@ async def test_a_second_push_while_one_stages_is_refused(
         redis_server.client().delete(config_bus.STAGE_KEY)
         assert await push(arr.push_file(arr.render([arr.backend(3, "b3")]))) == 0
         assert await wait_versions(arr, 2) == {"n1": 2, "n2": 2}
+
+
+async def test_stop_ends_the_watcher_even_when_a_cancel_is_swallowed() -> None:
+    """redis-py waits for messages under asyncio.timeout; on Python 3.11 a cancel that lands as
+    that timeout fires comes out as a timeout, which get_message swallows. stop() must still
+    end the watcher (it once hung a node's shutdown in CI)."""
+    watcher = config_bus.ConfigBusWatcher(cast(Any, None), "redis://127.0.0.1:1/0")
+    swallowed = 0
+
+    async def swallows_the_first_cancel() -> None:
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed += 1
+
+    watcher.task = asyncio.ensure_future(swallows_the_first_cancel())
+    await asyncio.sleep(0.1)
+    stopping = asyncio.ensure_future(watcher.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=5)  # (wait_for's own cancel would help)
+    try:
+        assert stopping in done, "stop() still waits for a watcher that ignored one cancel"
+        assert watcher.task.done() and swallowed == 1
+    finally:
+        for t in (watcher.task, stopping, watcher.task):
+            t.cancel()
+            await asyncio.sleep(0)
