@@ -36,7 +36,7 @@ $(TICKET_SO): dlba/tls_ticket_cb.c .apt-stamp
 	clang -O2 -Wall -Wextra -Werror -shared -fPIC -o $@ $< -lcrypto
 
 # The request path compiled by mypyc (build_native.py; dlba/__init__.py uses it only while it
-# matches the sources, so any change to dlba/ rebuilds it here).
+# matches every source of the package, so any change to dlba/ rebuilds it here).
 $(NATIVE): build_native.py $(wildcard dlba/*.py) $(BIN)/dlba
 	$(BIN)/python build_native.py > build-native.log 2>&1 || { tail -30 build-native.log; exit 1; }
 	@tail -1 build-native.log

@@ -3,8 +3,9 @@
 The modules below are plain, type-checked Python; mypyc turns them into C extensions, which
 cut the interpreter's share of a proxied request (measured in docs/NOTES.md). They are built
 outside the source tree: `dlba/__init__.py` puts build/native/dlba first on the package's path
-only while build/native/manifest.json matches the sources byte for byte and this Python, so an
-edited module is never shadowed by a stale build, and `DLBA_NATIVE=0` runs pure Python.
+only while build/native/manifest.json matches every source of the package byte for byte and
+this Python, so an edited module is never shadowed by a stale build, and `DLBA_NATIVE=0` runs
+pure Python.
 
     python build_native.py          # from the project root, with the dev extras installed
 """
@@ -29,8 +30,10 @@ MODULES = [
 
 
 def manifest() -> dict[str, object]:
-    sources = {f"{m}.py": hashlib.sha256((ROOT / "dlba" / f"{m}.py").read_bytes()).hexdigest()
-               for m in MODULES}
+    # Every module of the package, not only the compiled ones: compiled code checks the types
+    # other modules declare (a field of Config, say), so any edit makes the build stale.
+    sources = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+               for p in sorted((ROOT / "dlba").glob("*.py"))}
     return {"python": sys.implementation.cache_tag, "sources": sources}
 
 

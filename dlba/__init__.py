@@ -2,9 +2,10 @@
 
 The request path can run compiled by mypyc (`build_native.py`, run by `make install`): the
 compiled modules live in build/native/dlba, which goes first on this package's path only when
-build/native/manifest.json names this Python and the very bytes of every compiled module's
-source. An edited module therefore never hides behind a stale build; it runs as Python until
-the next build. `DLBA_NATIVE=0` forces pure Python.
+build/native/manifest.json names this Python and the very bytes of every module of the package
+(compiled code relies on the types the others declare). An edited module therefore never hides
+behind a stale build; the package runs as Python until the next build. `DLBA_NATIVE=0` forces
+pure Python.
 """
 
 from __future__ import annotations
@@ -29,7 +30,11 @@ def native_problem(native: Path = NATIVE_DIR, sources: Path = _HERE) -> str:
         return "not built (make install)"
     if manifest.get("python") != sys.implementation.cache_tag:
         return f"built for {manifest.get('python')}, this is {sys.implementation.cache_tag}"
-    for name, digest in dict(manifest.get("sources", {})).items():
+    built = dict(manifest.get("sources", {}))
+    added = sorted({p.name for p in sources.glob("*.py")} - set(built))
+    if added:
+        return f"{added[0]} is newer than the build (make install)"
+    for name, digest in built.items():
         try:
             if hashlib.sha256((sources / name).read_bytes()).hexdigest() != digest:
                 return f"{name} changed since the build (make install)"

@@ -37,6 +37,10 @@ def test_a_changed_source_is_never_shadowed_by_a_stale_build(tmp_path: Path) -> 
         f.write("\n# edited\n")
     assert native_problem(dlba.NATIVE_DIR, src) == (
         f"{edited} changed since the build (make install)")
+    (src / "new_module.py").write_text("")
+    assert native_problem(dlba.NATIVE_DIR, src) == (
+        "new_module.py is newer than the build (make install)")
+    (src / "new_module.py").unlink()
     (src / edited).unlink()
     assert native_problem(dlba.NATIVE_DIR, src) == f"{edited} is missing"
     assert native_problem(tmp_path / "nothing", src) == "not built (make install)"
