@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import ssl
@@ -22,11 +23,28 @@ from dlba.config import load_config
 from dlba.demo_backend import bound_port, start_demo_backend
 from dlba.node import NodeRuntime
 
+_HANDED_OUT: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port for a test's listener that no connection takes before the test binds it.
+
+    A port from bind(0) is an ephemeral one: an outgoing connection (to a back end, to redis)
+    may get it as its local port first, and the node's bind then fails with EADDRINUSE (seen in
+    CI). So: below the kernel's ephemeral range, never the same one twice in a run."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(1000):
+        port = random.randrange(10000, max(low, 10001))
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free port between 10000 and {low}")
 
 
 def make_certs(directory: Path) -> CertPaths:

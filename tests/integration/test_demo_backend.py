@@ -18,6 +18,7 @@ import pytest
 
 from dlba.cookie_injection import parse_set_cookie
 from dlba.demo_backend import bound_port, demo_backend_main, parse_listen, start_demo_backend
+from tests.integration.loopback import free_port
 
 
 @pytest.fixture
@@ -81,7 +82,7 @@ def test_bytes_does_not_buffer_1gb() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root,
                                                                      os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen([sys.executable, "-m", "dlba.demo_backend", "--name", "big",
-                             "--listen", f"127.0.0.1:{_free_port()}"],
+                             "--listen", f"127.0.0.1:{free_port()}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     try:
         port = _wait_listening(proc)
@@ -101,11 +102,6 @@ def test_bytes_does_not_buffer_1gb() -> None:
         proc.terminate()
         assert proc.wait(10) == 0  # SIGTERM is a clean stop
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_listening(proc: subprocess.Popen[str]) -> int:

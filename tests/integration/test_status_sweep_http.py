@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +18,7 @@ from scheduler.status_sweep import (
     SweepFinished,
 )
 from scheduler.status_sweep_http import StatusFetcher, run_sweep
+from tests.integration.loopback import free_port
 
 TOKEN = "s3cret"
 
@@ -38,12 +38,6 @@ def _doc(name: str) -> dict[str, Any]:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
 
 async def test_sweep_fills_the_table_and_fails_a_silent_node() -> None:
     seen_auth: list[str | None] = []
@@ -61,7 +55,7 @@ async def test_sweep_fills_the_table_and_fails_a_silent_node() -> None:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
-    dead_port = _free_port()  # nothing listens: connection refused
+    dead_port = free_port()  # nothing listens: connection refused
     table = ServerStatusTable([Node("n1", "127.0.0.1"), Node("n2", "127.0.0.2")])
     sweep = StatusSweep(2, retries=2, retry_delay_s=0.01, sweep_delay_s=0.05)
     events: list[SweepEvent] = []
