@@ -51,7 +51,9 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
         self.peer = ""
-        self.parser = httptools.HttpRequestParser(self)
+        # Made in connection_made: its callbacks are bound methods of this object, a reference
+        # cycle that connection_lost breaks, and one a failed TLS handshake never makes.
+        self.parser: httptools.HttpRequestParser | None = None
         self.queue: deque[Exchange] = deque()
         self.parsing: Exchange | None = None
         self.tunnel: Exchange | None = None
@@ -77,6 +79,7 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self.transport = cast(asyncio.Transport, transport)
+        self.parser = httptools.HttpRequestParser(self)
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer_ip = str(peer[0])
@@ -96,7 +99,7 @@ class ClientConnection(asyncio.Protocol):
         if self.upgraded:
             self.tunnel_pending.append(data)
             return
-        if self.closing:
+        if self.closing or self.parser is None:
             return
         try:
             self.parser.feed_data(data)
@@ -131,6 +134,10 @@ class ClientConnection(asyncio.Protocol):
             ex.client_gone()
         self.queue.clear()
         self.tunnel = None
+        # Break the cycles (parser callbacks, transport and protocol pointing at each other):
+        # reference counting frees the connection now, the cycle collector never has to.
+        self.parser = None
+        self.transport = None
 
     def pause_writing(self) -> None:
         self.writable = False
@@ -178,7 +185,7 @@ class ClientConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self.parser
         self.in_head = False
-        if self.closing:
+        if self.closing or parser is None:
             return
         self._disarm()
         method = parser.get_method()
