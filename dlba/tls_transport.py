@@ -26,23 +26,67 @@ from typing import Any, cast
 log = logging.getLogger("dlba.event")
 
 READ_SIZE = 64 * 1024  # plaintext taken per SSLObject.read (four full records)
+SWEEP_S = 0.25  # how often pending handshakes are checked against their deadline
+
+# The C object under ssl.SSLObject (`SSLContext._wrap_bio`, there since Python 3.7): its
+# methods are the same, without a Python-level call around each (wrap_bio's three, then one
+# per do_handshake, read, write and shutdown). Python's wrapper when the private name is gone.
+_WRAP_BIO = getattr(ssl.SSLContext, "_wrap_bio", None)
+
+
+def _wrap(context: ssl.SSLContext, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO) -> Any:
+    if _WRAP_BIO is None:
+        return context.wrap_bio(incoming, outgoing, server_side=True)
+    return _WRAP_BIO(context, incoming, outgoing, server_side=True, server_hostname=None,
+                     owner=None, session=None)
+
+
+class HandshakeDeadlines:
+    """A listener's handshakes in progress and one sweep for all of them, in place of a timer
+    created and cancelled per connection (a timer handle costs more than the sweep's share)."""
+
+    __slots__ = ("handle", "loop", "pending", "timeout")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self.loop = loop
+        self.timeout = timeout
+        self.pending: set[TLSTransport] = set()
+        self.handle: asyncio.TimerHandle | None = None
+
+    def add(self, t: TLSTransport) -> None:
+        t.deadline = self.loop.time() + self.timeout
+        self.pending.add(t)
+        if self.handle is None:
+            self.handle = self.loop.call_later(min(SWEEP_S, self.timeout), self.sweep)
+
+    def sweep(self) -> None:
+        self.handle = None
+        now = self.loop.time()
+        for t in [t for t in self.pending if t.deadline <= now]:
+            self.pending.discard(t)
+            t.handshake_timeout()
+        if self.pending:
+            self.handle = self.loop.call_later(min(SWEEP_S, self.timeout), self.sweep)
 
 
 class TLSTransport(asyncio.Protocol):
     """The TCP transport's protocol, and the transport of `app` once the handshake is done
     (the app's `connection_made` comes after it, as with asyncio's SSL transport)."""
 
-    __slots__ = ("app", "closing", "eof_sent", "handshaken", "incoming", "lost", "outgoing",
-                 "paused", "reading", "sslobj", "timer", "transport")
+    __slots__ = ("app", "closing", "deadline", "deadlines", "eof_sent", "handshaken",
+                 "incoming", "lost", "outgoing", "paused", "reading", "sslobj", "transport")
 
     def __init__(self, context: ssl.SSLContext, app: asyncio.Protocol,
-                 timer: asyncio.TimerHandle | None = None) -> None:
+                 deadlines: HandshakeDeadlines | None = None) -> None:
         self.app = app
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
-        self.sslobj = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.sslobj = _wrap(context, self.incoming, self.outgoing)
         self.transport: asyncio.Transport | None = None
-        self.timer = timer  # the handshake deadline
+        self.deadline = 0.0
+        self.deadlines = deadlines  # watching the handshake until it is done
+        if deadlines is not None:
+            deadlines.add(self)
         self.handshaken = False
         self.closing = False
         self.eof_sent = False
@@ -71,9 +115,7 @@ class TLSTransport(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = self.closing = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self._unwatch()
         if self.handshaken:
             self.app.connection_lost(exc)
 
@@ -97,9 +139,7 @@ class TLSTransport(asyncio.Protocol):
             self._handshake_failed(getattr(exc, "reason", None) or str(exc))
             return
         self.handshaken = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self._unwatch()
         self._flush()  # Finished, session tickets
         self.app.connection_made(cast(asyncio.BaseTransport, self))
         self._read()
@@ -112,8 +152,13 @@ class TLSTransport(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def _unwatch(self) -> None:
+        if self.deadlines is not None:
+            self.deadlines.pending.discard(self)
+            self.deadlines = None
+
     def handshake_timeout(self) -> None:
-        self.timer = None
+        self.deadlines = None
         if not self.handshaken and not self.lost:
             self._handshake_failed("handshake timeout")
 
@@ -165,7 +210,10 @@ class TLSTransport(asyncio.Protocol):
 
     def _close_notify(self) -> None:
         try:
-            self.sslobj.unwrap()
+            if _WRAP_BIO is None:
+                self.sslobj.unwrap()
+            else:
+                self.sslobj.shutdown()  # the C object's name for SSLObject.unwrap
         except ssl.SSLWantReadError:
             pass  # sent; the peer's is not awaited here
         except ssl.SSLError:
@@ -228,7 +276,11 @@ class TLSTransport(asyncio.Protocol):
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "ssl_object":
-            return self.sslobj
+            if isinstance(self.sslobj, ssl.SSLObject):
+                return self.sslobj
+            obj = ssl.SSLObject.__new__(ssl.SSLObject)  # what asyncio gives: the public wrapper
+            obj._sslobj = self.sslobj  # type: ignore[attr-defined]
+            return obj
         if name == "sslcontext":
             return self.sslobj.context
         if name == "cipher":
@@ -244,11 +296,9 @@ def tls_server(context: ssl.SSLContext, app_factory: Callable[[], asyncio.Protoc
                handshake_timeout: float) -> Callable[[], TLSTransport]:
     """A protocol factory for `loop.create_server`: TLS with `context`, then `app_factory`'s
     protocol, the connection closed if the handshake is not done in `handshake_timeout`."""
-    loop = asyncio.get_running_loop()
+    deadlines = HandshakeDeadlines(asyncio.get_running_loop(), handshake_timeout)
 
     def make() -> TLSTransport:
-        t = TLSTransport(context, app_factory())
-        t.timer = loop.call_later(handshake_timeout, t.handshake_timeout)
-        return t
+        return TLSTransport(context, app_factory(), deadlines)
 
     return make

@@ -25,7 +25,7 @@ from typing import cast
 
 import pytest
 
-from dlba import tls
+from dlba import tls, tls_transport
 from dlba.certs import CertPaths
 from dlba.tls_transport import TLSTransport, tls_server
 from tests.integration.loopback import make_certs
@@ -382,3 +382,30 @@ async def test_client_close_notify_gets_eof_then_close(certs: CertPaths) -> None
     assert tail == b""
     assert app.received == b"ping"
     assert app.events == ["made", "eof", "lost"] and app.lost_exc is None
+
+
+@pytest.mark.parametrize("wrapper", ["c_object", "public_wrapper"])
+async def test_answer_then_close_notify_with_either_ssl_object(
+        certs: CertPaths, wrapper: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The layer drives `_ssl._SSLSocket` directly (SSLContext._wrap_bio); without that private
+    name it falls back to ssl.SSLObject. Both answer, send close_notify and show an SSLObject."""
+    if wrapper == "public_wrapper":
+        monkeypatch.setattr(tls_transport, "_WRAP_BIO", None)
+
+    def on_data(app: App, data: bytes) -> None:
+        app.t.write(b"pong")
+        app.t.close()
+
+    async with serve(certs, on_data) as (port, apps):
+        def client() -> bytes:
+            with connect(port, certs.ca_cert) as s:
+                s.sendall(b"ping")
+                return recv_to_tls_eof(s)  # a ragged EOF would raise: close_notify came
+
+        reply = await asyncio.to_thread(client)
+        app = apps[0]
+        await until(lambda: "lost" in app.events, "connection_lost")
+    assert reply == b"pong" and app.received == b"ping"
+    sslobj = app.t.get_extra_info("ssl_object")
+    assert isinstance(sslobj, ssl.SSLObject) and sslobj.version() == "TLSv1.3"
+    assert isinstance(app.t.sslobj, ssl.SSLObject) == (wrapper == "public_wrapper")
