@@ -114,10 +114,11 @@ class BackendConnection(asyncio.Protocol):
         headers = self._headers
         chunked = has_length = False
         for name, value in headers:
-            low = name.lower()
-            if low == b"content-length":
+            n = len(name)  # the length first: no lower-cased copy of every name (hot path)
+            if n == 14 and name.lower() == b"content-length":
                 has_length = True
-            elif low == b"transfer-encoding" and b"chunked" in value.lower():
+            elif n == 17 and name.lower() == b"transfer-encoding" and \
+                    value.lower().find(b"chunked") >= 0:
                 chunked = True
         if self.sink is not None:
             self.sink.on_response_head(

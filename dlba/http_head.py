@@ -31,6 +31,8 @@ FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"forwarded"})
 # Never hop-by-hop, whatever `Connection` lists: dropping the framing (or Host) of a message
 # whose body is still forwarded would make the next hop read the body as a new message.
 END_TO_END = frozenset({b"content-length", b"host"})
+NO_TOKENS: frozenset[bytes] = frozenset()
+CONTENT_LENGTH = frozenset({b"content-length"})
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 _REASONS = {
@@ -71,11 +73,22 @@ class TrustedProxies:
 
 def connection_tokens(headers: Sequence[tuple[bytes, bytes]]) -> frozenset[bytes]:
     """Header names a `Connection` header makes hop-by-hop (except END_TO_END ones)."""
-    tokens: set[bytes] = set()
+    tokens: set[bytes] | None = None
     for name, value in headers:
-        if name.lower() == b"connection":
+        # the length first: no lower-cased copy of every other header's name (hot path)
+        if len(name) == 10 and name.lower() == b"connection":
+            if tokens is None:
+                tokens = set()
             tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
-    return frozenset(tokens - END_TO_END)
+    return frozenset(tokens - END_TO_END) if tokens else NO_TOKENS
+
+
+def _dropped(headers: Sequence[tuple[bytes, bytes]], chunked: bool) -> frozenset[bytes]:
+    """The names a rewritten head leaves out: hop-by-hop ones, and Content-Length when the
+    body goes in chunks (one framing header only, RFC 9112 §6.3)."""
+    tokens = connection_tokens(headers)
+    drop = HOP_BY_HOP | tokens if tokens else HOP_BY_HOP
+    return drop | CONTENT_LENGTH if chunked else drop
 
 
 def header_value(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -93,7 +106,8 @@ WATCHED = HOP_BY_HOP | FORWARDING | {b"host", b"cookie", b"content-length"}
 def forwarding_lines(client_ip: str, scheme: bytes) -> bytes:
     """The forwarding headers for a client that sent none (computed once per connection)."""
     ip = client_ip.encode()
-    node = b'"[' + ip + b']"' if b":" in ip else ip
+    # (`in` on the str: bytes' __contains__ raises and clears a TypeError for a bytes needle)
+    node = b'"[' + ip + b']"' if ":" in client_ip else ip
     return (b"X-Forwarded-For: " + ip + b"\r\nX-Forwarded-Proto: " + scheme
             + b"\r\nForwarded: for=" + node + b";proto=" + scheme + b"\r\n")
 
@@ -118,9 +132,7 @@ def request_head(
     upgrade: bool,
 ) -> bytes:
     """The head sent to a back end: HTTP/1.1, keepalive, forwarding headers set by us."""
-    drop = HOP_BY_HOP | connection_tokens(headers)
-    if chunked:
-        drop |= {b"content-length"}  # one framing header only (RFC 9112 §6.3)
+    drop = _dropped(headers, chunked)
     keep_forwarded = client_ip in trusted
     out = [method, b" ", target, b" HTTP/1.1\r\n"]
     prior_xff: bytes | None = None
@@ -146,7 +158,7 @@ def request_head(
     out += [b"X-Forwarded-For: ", prior_xff + b", " + ip if prior_xff else ip, b"\r\n"]
     # A trusted proxy's scheme is the client's; anyone else's is replaced by the one we saw.
     out += [b"X-Forwarded-Proto: ", prior_proto or scheme, b"\r\n"]
-    node = b'"[' + ip + b']"' if b":" in ip else ip
+    node = b'"[' + ip + b']"' if ":" in client_ip else ip
     fwd = b"for=" + node + b";proto=" + scheme
     out += [b"Forwarded: ", prior_fwd + b", " + fwd if prior_fwd else fwd, b"\r\n"]
     if upgrade and upgrade_value is not None:
@@ -168,9 +180,7 @@ def response_head(
     upgrade: bool,
 ) -> bytes:
     """The head sent to the client. `extra` carries injected headers (Set-Cookie)."""
-    drop = HOP_BY_HOP | connection_tokens(headers)
-    if chunked:
-        drop |= {b"content-length"}  # one framing header only (RFC 9112 §6.3)
+    drop = _dropped(headers, chunked)
     out = [b"HTTP/1.1 ", str(status).encode(), b" ", reason or _REASONS.get(status, b"-"), b"\r\n"]
     upgrade_value = None
     for name, value in headers:

@@ -170,7 +170,10 @@ class TLSTransport(asyncio.Protocol):
         self.reading = True
         sslobj, incoming, app = self.sslobj, self.incoming, self.app
         try:
-            while not self.paused and not self.lost:
+            # Read only while bytes wait, in the BIO or decrypted in OpenSSL: a read that finds
+            # nothing costs an SSLWantReadError (read-ahead is off, so a record OpenSSL has not
+            # taken whole is still in the BIO).
+            while not self.paused and not self.lost and (incoming.pending or sslobj.pending()):
                 try:
                     data = sslobj.read(READ_SIZE)
                 except ssl.SSLWantReadError:
@@ -188,9 +191,6 @@ class TLSTransport(asyncio.Protocol):
                     return
                 if not self.eof_sent:
                     app.data_received(data)
-                # No exception needed to learn that nothing more is there.
-                if not incoming.pending and not sslobj.pending():
-                    break
         finally:
             self.reading = False
         if self.outgoing.pending:
