@@ -17,7 +17,7 @@ import httptools
 
 from dlba import http_head
 from dlba.exchange import Exchange
-from dlba.tls_transport import tls_server
+from dlba.tls_transport import TLSTransport, tls_server
 
 if TYPE_CHECKING:
     from dlba.proxy_context import ProxyContext
@@ -240,6 +240,15 @@ class ClientConnection(asyncio.Protocol):
     def writelines(self, pieces: list[bytes]) -> None:
         if self.transport is not None:
             self.transport.writelines(pieces)
+
+    def cork(self) -> None:
+        """Hold TLS records until `uncork` (TLSTransport.cork); plain TCP is sent at once."""
+        if isinstance(self.transport, TLSTransport):
+            self.transport.cork()
+
+    def uncork(self) -> None:
+        if isinstance(self.transport, TLSTransport):
+            self.transport.uncork()
 
     def exchange_done(self, ex: Exchange) -> None:
         if self.queue and self.queue[0] is ex:

@@ -264,18 +264,23 @@ class Exchange:
     def on_response_complete(self) -> None:
         if self.out_chunked:
             self.held.append(http_head.LAST_CHUNK)
-        self.flush()
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            reusable = self.backend_keep_alive and self.body_done and not self.tunnel
-            if reusable:
-                # The pool the connection came from: a reload may have removed the back end.
-                conn.pool.release(conn, self.ctx.loop.time())
-            else:
-                conn.abort()
-        if not self.body_done:
-            self.client_keep_alive = False  # the rest of the request body is not worth reading
-        self._end(True)
+        client = self.client
+        client.cork()  # the last bytes and a close that follows them: one TCP segment
+        try:
+            self.flush()
+            conn, self.conn = self.conn, None
+            if conn is not None:
+                reusable = self.backend_keep_alive and self.body_done and not self.tunnel
+                if reusable:
+                    # The pool the connection came from: a reload may have removed the back end.
+                    conn.pool.release(conn, self.ctx.loop.time())
+                else:
+                    conn.abort()
+            if not self.body_done:
+                self.client_keep_alive = False  # the rest of the request body is not worth reading
+            self._end(True)
+        finally:
+            client.uncork()
 
     def on_tunnel_data(self, data: bytes) -> None:
         self.bytes_out += len(data)

@@ -409,3 +409,88 @@ async def test_answer_then_close_notify_with_either_ssl_object(
     sslobj = app.t.get_extra_info("ssl_object")
     assert isinstance(sslobj, ssl.SSLObject) and sslobj.version() == "TLSv1.3"
     assert isinstance(app.t.sslobj, ssl.SSLObject) == (wrapper == "public_wrapper")
+
+
+class RecordingTCP(asyncio.Transport):
+    """Stands in for the socket below the layer: what the layer hands it, write by write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+def memory_session(certs: CertPaths) -> tuple[TLSTransport, App, RecordingTCP, ssl.SSLObject,
+                                               ssl.MemoryBIO, ssl.MemoryBIO]:
+    """The layer over a recording transport, handshaken with a client SSLObject in memory."""
+    app = App(None)
+    t = TLSTransport(tls.server_context(certs.node_cert, certs.node_key), app)
+    tcp = RecordingTCP()
+    t.connection_made(tcp)
+    c_in, c_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = tls.client_context(certs.ca_cert).wrap_bio(c_in, c_out,
+                                                        server_hostname="localhost")
+    for _ in range(10):  # flight by flight
+        with contextlib.suppress(ssl.SSLWantReadError):
+            client.do_handshake()
+        if c_out.pending:
+            t.data_received(c_out.read())
+        for w in tcp.writes:
+            c_in.write(w)
+        tcp.writes.clear()
+        if app.transport is not None and c_out.pending == 0:
+            break
+    assert app.events == ["made"]
+    client.write(b"GET")
+    t.data_received(c_out.read())
+    assert app.received == b"GET"
+    return t, app, tcp, client, c_in, c_out
+
+
+def read_all(client: ssl.SSLObject) -> bytes:
+    """What has arrived, up to a close_notify (b"" or SSLZeroReturnError) or the end."""
+    got = b""
+    with contextlib.suppress(ssl.SSLZeroReturnError, ssl.SSLWantReadError):
+        while chunk := client.read(100):
+            got += chunk
+    return got
+
+
+async def test_cork_sends_the_last_bytes_and_close_notify_in_one_write(
+        certs: CertPaths) -> None:
+    t, _, tcp, client, c_in, _ = memory_session(certs)
+    t.cork()
+    t.write(b"head,")
+    t.writelines([b"body,", b"end"])
+    assert tcp.writes == []  # held while corked
+    t.close()  # close_notify: what is held and the alert go in one write
+    t.uncork()
+    assert len(tcp.writes) == 1 and tcp.closed
+    c_in.write(tcp.writes[0])
+    assert read_all(client) == b"head,body,end"
+    client.unwrap()  # completes (no SSLWantReadError): the server's close_notify came along
+
+
+async def test_uncork_sends_what_was_held_and_later_writes_go_at_once(
+        certs: CertPaths) -> None:
+    t, _, tcp, client, c_in, _ = memory_session(certs)
+    t.cork()
+    t.write(b"one,")
+    t.write(b"two,")
+    assert tcp.writes == []
+    t.uncork()
+    assert len(tcp.writes) == 1 and not tcp.closed
+    t.write(b"three")
+    assert len(tcp.writes) == 2
+    for w in tcp.writes:
+        c_in.write(w)
+    assert read_all(client) == b"one,two,three"
