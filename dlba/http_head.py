@@ -77,6 +77,8 @@ def connection_tokens(headers: Sequence[tuple[bytes, bytes]]) -> frozenset[bytes
     for name, value in headers:
         # the length first: no lower-cased copy of every other header's name (hot path)
         if len(name) == 10 and name.lower() == b"connection":
+            if value.lower() in HOP_BY_HOP:
+                continue  # "keep-alive", "upgrade": names already dropped (the common case)
             if tokens is None:
                 tokens = set()
             tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
