@@ -186,11 +186,11 @@ def main(argv: list[str] | None = None) -> int:
                    str(rate), "--duration", str(a.duration), "--format", fmt, "-o", str(dest)]
             if not a.no_native:
                 cmd.append("--native")
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=a.duration + 60)
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=6 * a.duration + 60)
             if r.returncode != 0 and not a.no_native:
                 print("py-spy --native failed, retrying without:", r.stderr[-300:])
                 cmd.remove("--native")
-                r = subprocess.run(cmd, capture_output=True, text=True, timeout=a.duration + 60)
+                r = subprocess.run(cmd, capture_output=True, text=True, timeout=6 * a.duration + 60)
             out = "".join(p.communicate(timeout=a.duration + 30)[0] for p in loads)
             if fmt == "raw":
                 shrink(dest)
