@@ -15,17 +15,14 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from bench import proxies
-from bench.handshake_cost import counters
+from bench.handshake_cost import measure_rounds, print_medians
 from bench.proxies import Server
-from bench.run import s_time
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,25 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                 os.environ.pop("PYTHONPATH")
         (work / "h").mkdir()
         targets["haproxy t=2"] = proxies.start_haproxy(work / "h", certs, be.ports["http"], 2)
-        rows: dict[str, list[tuple[float, float, float]]] = {k: [] for k in targets}
-        names = list(targets)
-        for r in range(a.rounds):
-            for name in names[r % len(names):] + names[:r % len(names)]:
-                srv = targets[name]
-                u0, s0, _ = counters(srv)
-                n, secs, _ = s_time(srv.ports["https_full"], a.duration, a.stime_procs)
-                u1, s1, _ = counters(srv)
-                row = (n / ((u1 - u0) + (s1 - s0)), 1e6 * (u1 - u0) / n, 1e6 * (s1 - s0) / n)
-                rows[name].append(row)
-                print(f"{name:12s} {n / secs:6.0f} hs/s {row[0]:6.0f} hs/CPU-s  user "
-                      f"{row[1]:5.0f} us  sys {row[2]:4.0f} us", flush=True)
-                time.sleep(0.5)
-        ref = statistics.median(x[0] for x in rows["haproxy t=2"])
-        print("\nmedians:")
-        for name, rs in rows.items():
-            med = [statistics.median(x[i] for x in rs) for i in range(3)]
-            print(f"  {name:12s} {med[0]:6.0f} hs/CPU-s (x{med[0] / ref:.2f} HAProxy t=2)  "
-                  f"user {med[1]:5.0f} us  sys {med[2]:4.0f} us")
+        print_medians(measure_rounds(targets, a.rounds, a.duration, a.stime_procs),
+                      "haproxy t=2")
     finally:
         for s in targets.values():
             s.stop()

@@ -38,6 +38,40 @@ def counters(srv: Server) -> tuple[float, float, int]:
     return user, system, switches
 
 
+Row = tuple[float, float, float, float]  # handshakes/CPU-s, user µs, sys µs, switches per conn
+
+
+def measure_rounds(targets: dict[str, Server], rounds: int, duration: float,
+                   stime_procs: int) -> dict[str, list[Row]]:
+    """The full-handshake load on every target, round by round in rotating order (drift hits
+    all alike); prints each run."""
+    rows: dict[str, list[Row]] = {k: [] for k in targets}
+    names = list(targets)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            srv = targets[name]
+            u0, s0, x0 = counters(srv)
+            n, secs, _ = s_time(srv.ports["https_full"], duration, stime_procs)
+            u1, s1, x1 = counters(srv)
+            row = (n / ((u1 - u0) + (s1 - s0)), 1e6 * (u1 - u0) / n,
+                   1e6 * (s1 - s0) / n, (x1 - x0) / n)
+            rows[name].append(row)
+            print(f"{name:12s} {n / secs:6.0f} hs/s {row[0]:6.0f} hs/CPU-s  user {row[1]:5.0f}"
+                  f" us  sys {row[2]:4.0f} us  context switches {row[3]:4.2f} per connection",
+                  flush=True)
+            time.sleep(0.5)
+    return rows
+
+
+def print_medians(rows: dict[str, list[Row]], ref: str) -> None:
+    print("\nmedians:")
+    ref_rate = statistics.median(x[0] for x in rows[ref])
+    for name, rs in rows.items():
+        med = [statistics.median(x[i] for x in rs) for i in range(4)]
+        print(f"  {name:12s} {med[0]:6.0f} hs/CPU-s (x{med[0] / ref_rate:.2f} {ref})  user "
+              f"{med[1]:5.0f} us  sys {med[2]:4.0f} us  switches {med[3]:4.2f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.handshake_cost")
     p.add_argument("--rounds", type=int, default=4)
@@ -66,27 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             (work / f"h{t}").mkdir()
             targets[f"haproxy t={t}"] = proxies.start_haproxy(work / f"h{t}", certs,
                                                              be.ports["http"], t)
-        rows: dict[str, list[tuple[float, float, float, float]]] = {k: [] for k in targets}
-        names = list(targets)
-        for r in range(a.rounds):
-            for name in names[r % len(names):] + names[:r % len(names)]:
-                srv = targets[name]
-                u0, s0, x0 = counters(srv)
-                n, secs, _ = s_time(srv.ports["https_full"], a.duration, a.stime_procs)
-                u1, s1, x1 = counters(srv)
-                row = (n / ((u1 - u0) + (s1 - s0)), 1e6 * (u1 - u0) / n,
-                       1e6 * (s1 - s0) / n, (x1 - x0) / n)
-                rows[name].append(row)
-                print(f"{name:11s} {n / secs:6.0f} hs/s {row[0]:6.0f} hs/CPU-s  user {row[1]:5.0f}"
-                      f" us  sys {row[2]:4.0f} us  context switches {row[3]:4.2f} per connection",
-                      flush=True)
-                time.sleep(0.5)
-        print("\nmedians:")
-        ref = statistics.median(x[0] for x in rows["haproxy t=2"])
-        for name, rs in rows.items():
-            med = [statistics.median(x[i] for x in rs) for i in range(4)]
-            print(f"  {name:11s} {med[0]:6.0f} hs/CPU-s (x{med[0] / ref:.2f} HAProxy t=2)  user "
-                  f"{med[1]:5.0f} us  sys {med[2]:4.0f} us  switches {med[3]:4.2f}")
+        rows = measure_rounds(targets, a.rounds, a.duration, a.stime_procs)
+        print_medians(rows, "haproxy t=2")
     finally:
         for s in targets.values():
             s.stop()
