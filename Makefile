@@ -7,6 +7,9 @@ APT_PKGS := clang llvm libbpf-dev libssl-dev iproute2 redis-server openssl curl 
 BPF_OBJ := scheduler/bpf/dlba_tc.o
 TICKET_SO := dlba/_tls_ticket_cb.so
 NATIVE := build/native/manifest.json
+PURE_TESTS := tests/unit tests/integration/test_tls_transport.py \
+  tests/integration/test_connection_lifetime.py tests/integration/test_node_bad_input.py \
+  tests/integration/test_node_streaming.py
 
 .PHONY: install run test lint bench clean
 
@@ -48,6 +51,9 @@ test: install .bench-apt-stamp
 	$(BIN)/ruff check dlba scheduler tests bench
 	$(BIN)/mypy dlba scheduler
 	$(BIN)/pytest -q -p no:cacheprovider tests
+	@# The same source uncompiled (what runs between an edit and the next build): the pure core
+	@# and the request path again, since compiled code can differ from Python in corner cases.
+	DLBA_NATIVE=0 $(BIN)/pytest -q -p no:cacheprovider $(PURE_TESTS)
 
 # bench: HAProxy, nginx (back end and proxy), wrk, openssl s_time; installed when missing. A fresh
 # Debian install starts the packaged services: stop them (the bench runs its own instances).
