@@ -85,6 +85,8 @@ class TlsConfig:
     cert: Path | None = None
     key: Path | None = None
     sni: tuple[SniCert, ...] = ()
+    hsts: bool = True  # Strict-Transport-Security on every HTTPS response
+    hsts_max_age_s: int = 31536000  # one year, what audits (Mozilla, SSL Labs) expect
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,9 @@ class PersistenceConfig:
     cookie: str = "DLBASERVER"
     session_cookies: tuple[str, ...] = ("JSESSIONID", "PHPSESSID", "sessionid")
     url_session_params: tuple[str, ...] = ("jsessionid", "sid")
+    same_site: str = "Lax"  # SameSite of the injected cookie: Strict | Lax | None
+    learned_ttl_s: float = 3600.0  # a learned session id is forgotten this long after last use
+    learned_max: int = 100000  # learned session ids kept per node (least recently used go)
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,8 @@ class ProxyConfig:
     agent_interval_s: float = 2.0
     trusted_proxies: tuple[str, ...] = ()
     workers: int = 1
+    # Plain listeners ("host:port", or "*" for all) whose requests get 308 to https://.
+    redirect_https: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -406,17 +413,26 @@ def parse_config(text: str, path: Path) -> Config:
         return SniCert(names_, c_, k_)
 
     sni = _each(t, "sni", build_sni)
+    hsts = t.take("hsts", bool, True)
+    hsts_max_age_s = t.take("hsts_max_age_s", int, TlsConfig.hsts_max_age_s)
+    if hsts_max_age_s < 0:
+        raise t.fail("hsts_max_age_s", "must be >= 0")
     t.done()
     if any(n.listen_tls for n in nodes) and (cert is None or key is None):
         raise ConfigError(file, "tls.cert" if cert is None else "tls.key", "needed for listen_tls")
-    tls = TlsConfig(cert, key, sni)
+    tls = TlsConfig(cert, key, sni, hsts, hsts_max_age_s)
 
     p = _section(root, "persistence")
     persistence = PersistenceConfig(
         cookie=p.take("cookie", str, "DLBASERVER"),
         session_cookies=p.take_list("session_cookies", PersistenceConfig.session_cookies),
         url_session_params=p.take_list("url_session_params", PersistenceConfig.url_session_params),
+        same_site=p.take("same_site", str, PersistenceConfig.same_site),
+        learned_ttl_s=p.positive("learned_ttl_s", float, PersistenceConfig.learned_ttl_s),
+        learned_max=p.positive("learned_max", int, PersistenceConfig.learned_max),
     )
+    if persistence.same_site not in ("Strict", "Lax", "None"):
+        raise p.fail("same_site", f"expected Strict, Lax or None, got {persistence.same_site!r}")
     if not persistence.cookie or not persistence.cookie.replace("_", "").isalnum():
         raise p.fail("cookie", f"not a cookie name: {persistence.cookie!r}")
     p.done()
@@ -470,6 +486,7 @@ def parse_config(text: str, path: Path) -> Config:
         agent_interval_s=x.positive("agent_interval_s", float, d.agent_interval_s),
         trusted_proxies=x.take_list("trusted_proxies"),
         workers=x.positive("workers", int, d.workers),
+        redirect_https=_redirect_https(x),
     )
     for cidr in proxy.trusted_proxies:
         try:
@@ -481,6 +498,19 @@ def parse_config(text: str, path: Path) -> Config:
     return Config(
         path, cluster, ports, nodes, tls, persistence, scheduling, backends, admin, proxy, text
     )
+
+
+def _redirect_https(x: _Reader) -> tuple[str, ...]:
+    """`true` (every plain listener), `false`, or a list of plain listeners ("host:port")."""
+    raw = x.table.get("redirect_https", False)
+    if isinstance(raw, bool):
+        x.table.pop("redirect_https", None)
+        return ("*",) if raw else ()
+    listeners = x.take_list("redirect_https")
+    for text in listeners:
+        if text != "*":
+            _addr(x, "redirect_https", text)
+    return listeners
 
 
 def _unique(file: str, table: str, values: list[str], key: str) -> None:
