@@ -19,6 +19,11 @@ from collections.abc import Iterable, Sequence
 # ``array('i')`` cannot hold None; the patent's "unsigned -1" is the natural spelling of "no owner".
 _NONE = -1
 
+# Last access of a bucket that never carried traffic: idle at any ``now``.  0.0 would not do: the
+# clock is CLOCK_MONOTONIC (seconds since boot), so on a host up for less than ``idle_s`` a 0.0
+# would look recent and pin every never-used bucket to its node.
+NEVER = float("-inf")
+
 Change = tuple[int, int | None]
 
 
@@ -95,7 +100,7 @@ class ClientTable:
         if len(self._live) != len(self._weights):
             raise ValueError("live and weights differ in length")
         self._owner = array("i", [_NONE]) * size
-        self._last = array("d", [0.0]) * size
+        self._last = array("d", [NEVER]) * size
         self._counts = [0] * len(self._weights)
         self.version = 0
         # Sync identity: a delta is only meaningful between tables of the same epoch, because a
@@ -161,12 +166,16 @@ class ClientTable:
             self.touch(bucket, when)
 
     def load_last_access(self, times: Sequence[float]) -> None:
-        """Merge a whole last-access array read from the data plane's map."""
+        """Merge a whole last-access array read from the data plane's map.
+
+        A time <= 0 is the map's "never" (both data planes start at 0 and stamp monotonic time,
+        which is > 0 once the host runs): it leaves the bucket as it was.
+        """
         if len(times) != self.size:
             raise ValueError("last-access array has the wrong size")
         last = self._last
         for b, t in enumerate(times):
-            if t > last[b]:
+            if t > 0.0 and t > last[b]:
                 last[b] = t
 
     def reset_last_access(self, now: float) -> None:

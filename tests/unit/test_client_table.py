@@ -164,6 +164,28 @@ def test_touch_never_moves_time_backwards() -> None:
     assert t.last_access(2) == 20.0
 
 
+@pytest.mark.parametrize("now", [0.0, 5.0, 299.0])
+def test_never_used_buckets_are_idle_on_a_freshly_booted_host(now: float) -> None:
+    # The clock is seconds since boot: a host up for less than idle_s must still move buckets
+    # that never carried traffic, whatever the data plane's map reads for them (0 = never).
+    t = filled(8, [1, 1], now=now)
+    t.load_last_access([0.0] * 8)
+    t.set_weight(1, 0)  # node 1 disabled: all its buckets are idle, so all move
+    assert t.rebalance(now, idle_s=300.0) == 4
+    assert t.counts() == [8, 0]
+
+
+def test_a_used_bucket_stays_busy_on_a_freshly_booted_host() -> None:
+    t = filled(8, [1, 1], now=5.0)
+    used = next(b for b in range(8) if t.owner(b) == 1)
+    stamps = [0.0] * 8
+    stamps[used] = 4.0  # carried traffic a second ago, as the data plane's map says
+    t.load_last_access(stamps)
+    t.set_weight(1, 0)
+    assert t.rebalance(5.0, idle_s=300.0) == 3
+    assert t.assignments() == [1 if b == used else 0 for b in range(8)]
+
+
 def test_delta_not_based_on_followers_version_is_refused() -> None:
     leader = filled(8, [1, 1])
     follower = ClientTable(8, [1, 1])
