@@ -41,6 +41,7 @@ class DataPlaneCounters:
     passed_other: int = 0  # non-TCP/UDP to the VIP, kept (ICMP)
     fragments: int = 0
     malformed: int = 0
+    icmp_errors: int = 0  # ICMP errors routed by the flow they quote (to its owner)
 
 
 class DataPlane(Protocol):

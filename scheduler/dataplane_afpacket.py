@@ -209,7 +209,9 @@ class AfPacketDataPlane:
         counts[key] = counts.get(key, 0) + 1
         if v.fragment:
             counts["fragment"] = counts.get("fragment", 0) + 1
-        if v.bucket is not None:
+        if v.icmp:  # an ICMP error for a flow's owner: not client traffic, no stamp
+            counts["icmp"] = counts.get("icmp", 0) + 1
+        elif v.bucket is not None:
             last[v.bucket] = time.monotonic_ns()
         if v.node is not None and v.action is not Action.DROP:
             node_pkts[v.node] = node_pkts.get(v.node, 0) + 1
@@ -275,4 +277,5 @@ class AfPacketDataPlane:
             passed_other=c.get("other_proto", 0),
             fragments=c.get("fragment", 0),
             malformed=c.get("malformed", 0),
+            icmp_errors=c.get("icmp", 0),
         )

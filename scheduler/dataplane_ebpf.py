@@ -41,7 +41,8 @@ C_PASS_SELF = MAX_NODES + 5
 C_PASS_OTHER = MAX_NODES + 6
 C_MALFORMED = MAX_NODES + 7
 C_PULLED = MAX_NODES + 8
-C_NUM = MAX_NODES + 9
+C_ICMP = MAX_NODES + 9
+C_NUM = MAX_NODES + 10
 
 CONFIG = struct.Struct("=4sIII6s2xI")  # struct dlba_config
 NODE = struct.Struct("=6sBx")  # struct dlba_node
@@ -193,6 +194,7 @@ class EbpfDataPlane:
             passed_other=c[C_PASS_OTHER],
             fragments=c[C_FRAGMENT],
             malformed=c[C_MALFORMED],
+            icmp_errors=c[C_ICMP],
         )
 
     def test_run(self, frame: bytes, repeat: int = 1) -> bpf.TestRunResult:

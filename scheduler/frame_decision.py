@@ -4,7 +4,7 @@ This is the Route/Load Balance Pkts module of patent 003 (Fig. 9, 906) over the 
 Table (Fig. 4). scheduler/bpf/dlba_tc.c implements the very same decision in the kernel; the
 AF_PACKET fallback calls `decide` per frame, and tests/array/test_bpf_prog.py checks the eBPF
 program against this module frame by frame. Read dlba_tc.c's header comment for the order of
-checks and the reasoning on fragments.
+checks and the reasoning on fragments and ICMP errors.
 """
 
 from __future__ import annotations
@@ -19,8 +19,11 @@ MAX_NODES = 64  # DLBA_MAX_NODES in dlba_tc.h
 NO_NODE = 0xFFFFFFFF
 ETH_HLEN = 14
 ETH_P_IP = 0x0800
+IPPROTO_ICMP = 1
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
+ICMP_DEST_UNREACH = 3  # frag-needed (PMTU discovery) is its code 4
+ICMP_HLEN = 8
 
 
 class Action(Enum):
@@ -33,7 +36,7 @@ class Reason(Enum):
     NOT_OURS = "not_ours"  # not IPv4 to the VIP addressed to our MAC: none of our business
     MALFORMED = "malformed"  # to the VIP but too short or a bad header: the kernel drops it
     ACL = "acl"
-    OTHER_PROTO = "other_proto"  # ICMP etc. to the VIP: the scheduler node answers itself
+    OTHER_PROTO = "other_proto"  # ICMP (not an error about our flow) etc.: the scheduler answers
     PORT = "port"  # no rule for the port and no default node
     NO_NODE = "no_node"  # owner unknown (no MAC) or the bucket has no owner
     NOT_CONFIGURED = "not_configured"  # no client table yet
@@ -48,6 +51,7 @@ class Verdict:
     node: int | None = None  # the node chosen, when one was
     bucket: int | None = None  # the client-table bucket used, when one was
     fragment: bool = False
+    icmp: bool = False  # an ICMP error routed by the flow it carries (no last-access stamp)
 
 
 def bucket_of(src_ip: int, src_port: int, buckets: int) -> int:
@@ -110,42 +114,78 @@ def decide(frame: bytes | bytearray | memoryview, rules: Rules) -> Verdict:
     src = int.from_bytes(saddr, "big")
     if rules.deny and denied(src, rules.deny):
         return Verdict(Action.DROP, Reason.ACL)
+    fragment = bool(frag & 0x3FFF)  # MF or a fragment offset
+    if l4proto == IPPROTO_ICMP and not fragment:
+        routed = _icmp_error(frame, ETH_HLEN + ihl * 4, rules)
+        if routed is not None:
+            return routed
     if l4proto not in (IPPROTO_TCP, IPPROTO_UDP):
         return Verdict(Action.PASS, Reason.OTHER_PROTO)
-
-    fragment = bool(frag & 0x3FFF)  # MF or a fragment offset
-    if fragment:
-        sport, balanced, node = 0, True, None  # every piece hashed with port 0 (see dlba_tc.c)
-    else:
-        l4off = ETH_HLEN + ihl * 4
-        if len(frame) < l4off + 4:
-            return Verdict(Action.PASS, Reason.MALFORMED)
-        sport, dport = _PORTS.unpack_from(frame, l4off)
-        balanced = dport in rules.balanced
-        node = None if balanced else rules.pinned.get(dport)
-        if not balanced and node is None:
-            if rules.default_node is None:
-                return Verdict(Action.DROP, Reason.PORT)
-            node = rules.default_node
-
-    bucket = None
-    if balanced:
-        if rules.table is None or rules.buckets <= 0:
-            return Verdict(Action.PASS, Reason.NOT_CONFIGURED, fragment=fragment)
-        bucket = bucket_of(src, sport, rules.buckets)
-        node = rules.table[bucket]
-    assert node is not None
-    return _deliver(rules, node, bucket, fragment)
+    if fragment:  # every piece hashed with port 0, no port rule (see dlba_tc.c)
+        return _balanced(rules, src, 0, fragment=True)
+    l4off = ETH_HLEN + ihl * 4
+    if len(frame) < l4off + 4:
+        return Verdict(Action.PASS, Reason.MALFORMED)
+    sport, dport = _PORTS.unpack_from(frame, l4off)
+    return _by_port(rules, src, sport, dport)
 
 
-def _deliver(rules: Rules, node: int, bucket: int | None, fragment: bool) -> Verdict:
+def _icmp_error(frame: bytes | bytearray | memoryview, off: int, rules: Rules) -> Verdict | None:
+    """A destination-unreachable about one of our flows goes to the node that owns the flow.
+
+    The embedded packet is that node's own outbound one, VIP:service port -> client:port, so
+    its destination is the client: bucket (client IP + client port), the bucket the client's
+    own packets hash to, and the port rule of the service port. None: not such an error, the
+    scheduler's own stack takes it as before."""
+    if len(frame) < off + ICMP_HLEN or frame[off] != ICMP_DEST_UNREACH:
+        return None
+    inner = off + ICMP_HLEN
+    if len(frame) < inner + 20:
+        return Verdict(Action.PASS, Reason.MALFORMED)
+    vihl, _tos, _tot, _id, frag, _ttl, proto, _csum, saddr, daddr = _IP.unpack_from(frame, inner)
+    ihl = vihl & 0x0F
+    if vihl >> 4 != 4 or ihl < 5:
+        return Verdict(Action.PASS, Reason.MALFORMED)
+    if saddr != rules.vip or proto not in (IPPROTO_TCP, IPPROTO_UDP) or frag & 0x1FFF:
+        return None  # not from the VIP, or no ports to find the flow by
+    l4off = inner + ihl * 4
+    if len(frame) < l4off + 4:
+        return Verdict(Action.PASS, Reason.MALFORMED)
+    vport, cport = _PORTS.unpack_from(frame, l4off)
+    return _by_port(rules, int.from_bytes(daddr, "big"), cport, vport, icmp=True)
+
+
+def _by_port(rules: Rules, client: int, cport: int, vport: int, icmp: bool = False) -> Verdict:
+    """The port rule of the VIP's port decides: balanced, pinned, default node or drop."""
+    if vport in rules.balanced:
+        return _balanced(rules, client, cport, icmp=icmp)
+    node = rules.pinned.get(vport)
+    if node is None:
+        if rules.default_node is None:
+            return Verdict(Action.DROP, Reason.PORT, icmp=icmp)
+        node = rules.default_node
+    return _deliver(rules, node, None, False, icmp)
+
+
+def _balanced(
+    rules: Rules, client: int, cport: int, fragment: bool = False, icmp: bool = False
+) -> Verdict:
+    if rules.table is None or rules.buckets <= 0:
+        return Verdict(Action.PASS, Reason.NOT_CONFIGURED, fragment=fragment, icmp=icmp)
+    bucket = bucket_of(client, cport, rules.buckets)
+    return _deliver(rules, rules.table[bucket], bucket, fragment, icmp)
+
+
+def _deliver(
+    rules: Rules, node: int, bucket: int | None, fragment: bool, icmp: bool = False
+) -> Verdict:
     if node < 0 or node >= MAX_NODES:
-        return Verdict(Action.DROP, Reason.NO_NODE, None, bucket, fragment)
+        return Verdict(Action.DROP, Reason.NO_NODE, None, bucket, fragment, icmp)
     if node == rules.self_index:
-        return Verdict(Action.PASS, Reason.SELF, node, bucket, fragment)
+        return Verdict(Action.PASS, Reason.SELF, node, bucket, fragment, icmp)
     if node not in rules.node_macs:
-        return Verdict(Action.DROP, Reason.NO_NODE, node, bucket, fragment)
-    return Verdict(Action.FORWARD, Reason.FORWARD, node, bucket, fragment)
+        return Verdict(Action.DROP, Reason.NO_NODE, node, bucket, fragment, icmp)
+    return Verdict(Action.FORWARD, Reason.FORWARD, node, bucket, fragment, icmp)
 
 
 def rewrite_macs(frame: bytes | bytearray, dst_mac: bytes, src_mac: bytes) -> bytearray:
@@ -193,3 +233,23 @@ def build_frame(
         ipaddress.IPv4Address(dst).packed,
     )
     return _ETH.pack(dst_mac, src_mac, ETH_P_IP) + ip + options + body
+
+
+def build_icmp_error(
+    router: str,
+    dst: str,
+    inner: bytes,
+    *,
+    icmp_type: int = ICMP_DEST_UNREACH,
+    code: int = 4,
+    mtu: int = 1280,
+    dst_mac: bytes = b"\x02\0\0\0\0\x01",
+    src_mac: bytes = b"\x02\0\0\0\0\xcc",
+    frag: int = 0,
+    ihl: int = 5,
+) -> bytes:
+    """An ICMP error from `router` to `dst` quoting `inner` (an IPv4 packet: header + at least
+    8 bytes, as RFC 792 asks): for tests and the bench. Checksums left zero."""
+    icmp = struct.pack("!BBHHH", icmp_type, code, 0, 0, mtu) + inner
+    return build_frame(router, dst, proto=IPPROTO_ICMP, dst_mac=dst_mac, src_mac=src_mac,
+                       frag=frag, ihl=ihl, payload=icmp)  # fmt: skip

@@ -10,7 +10,8 @@
  * Decision order (mirrored by scheduler/frame_decision.py, which the AF_PACKET fallback uses):
  *   not IPv4, not to the VIP, not addressed to our MAC  -> pass untouched
  *   source in a deny CIDR                              -> drop (acl)
- *   not TCP/UDP (ICMP, ...)                            -> pass (the scheduler node answers)
+ *   ICMP dest-unreachable quoting a VIP TCP/UDP packet -> as that flow's client packets (below)
+ *   not TCP/UDP (other ICMP, ...)                      -> pass (the scheduler node answers)
  *   fragment (MF set or offset != 0)                   -> owner of bucket (src + 0), no port rule
  *   destination port pinned                            -> that node
  *   destination port balanced                          -> owner of bucket (src + sport)
@@ -21,6 +22,15 @@
  * too) is hashed with port 0. All pieces of one datagram then reach one node, which reassembles
  * it; stateless and without a fragment-tracking map. Port rules cannot apply to pieces without
  * ports; the receiving node's own listeners still decide.
+ *
+ * ICMP errors (GLB and Katran do the same): a "fragmentation needed" for a response must reach
+ * the node that sent the response, or path-MTU discovery never works for clients behind small
+ * links. The quoted packet is that node's own (VIP:vport -> client:cport), so the bucket is
+ * (client + cport), exactly the bucket of the client's packets, and vport's port rule applies
+ * (an error about a port the rules drop is dropped). The deny list applies to the outer source
+ * like for any frame: it says who may send to the VIP. A denied client has no flow to be told
+ * about (its SYNs never pass), so a second lookup on the quoted address would buy nothing. An
+ * error is not traffic from the client: it does not stamp the bucket's last access.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -37,6 +47,10 @@
 /* Ethernet + the longest IPv4 header + the 4 port bytes of TCP/UDP. */
 #define MAX_HDR (ETH_HLEN + 60 + 4)
 #define MIN_HDR (ETH_HLEN + 20 + 4)
+#define ICMP_HLEN 8
+#define ICMP_DEST_UNREACH 3
+/* ... + ICMP header + the quoted packet's longest IPv4 header + its 4 port bytes. */
+#define MAX_ICMP_HDR (ETH_HLEN + 60 + ICMP_HLEN + 60 + 4)
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -149,6 +163,90 @@ static __always_inline int deliver(struct __sk_buff *skb, const struct dlba_conf
 	return bpf_redirect(skb->ifindex, 0);
 }
 
+/* The port rule, then the client table for balanced ports: client/cport in host order. */
+static __always_inline int route(struct __sk_buff *skb, const struct dlba_config *cfg,
+				 struct dlba_stats *st, __u32 rule, __u32 client, __u32 cport,
+				 const int stamp)
+{
+	__u32 node;
+	if (rule == DLBA_PORT_BALANCED) {
+		__u32 buckets = cfg->buckets;
+		if (!buckets)
+			return TC_ACT_OK;
+		__u32 bucket = ((__u64)client + cport) % buckets;
+		__u32 zero = 0;
+		void *table = bpf_map_lookup_elem(&dlba_table, &zero);
+		if (!table)
+			return TC_ACT_OK; /* no table yet: behave like a plain node */
+		__u32 *owner = bpf_map_lookup_elem(table, &bucket);
+		if (!owner)
+			return TC_ACT_OK;
+		node = *owner;
+		/* The coarse clock (CLOCK_MONOTONIC at tick resolution) costs a fraction of
+		 * bpf_ktime_get_ns; idle timeouts are in seconds (patent: "Last Access in Seconds"). */
+		if (stamp) {
+			__u64 *last = bpf_map_lookup_elem(&dlba_last_access, &bucket);
+			if (last)
+				*last = bpf_ktime_get_coarse_ns();
+		}
+	} else if (rule >= DLBA_PORT_PINNED) {
+		node = rule - DLBA_PORT_PINNED;
+	} else {
+		node = cfg->default_node;
+		if (node == DLBA_NO_NODE) {
+			st->c[DLBA_C_DROP_PORT]++;
+			return TC_ACT_SHOT;
+		}
+	}
+	return deliver(skb, cfg, st, node);
+}
+
+/* An ICMP error to the VIP (l4off: where its ICMP header starts; not a fragment). Routed like
+ * the packets of the flow it quotes, when it quotes one of ours; else the scheduler keeps it. */
+static __always_inline int icmp_error(struct __sk_buff *skb, const struct dlba_config *cfg,
+				      struct dlba_stats *st, __u32 l4off)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	/* One pull covers every header read below (only when they are not linear already). */
+	__u32 want = skb->len < MAX_ICMP_HDR ? skb->len : MAX_ICMP_HDR;
+	if (data + want > end) {
+		if (bpf_skb_pull_data(skb, want))
+			return TC_ACT_OK;
+		st->c[DLBA_C_PULLED]++;
+		data = (void *)(long)skb->data;
+		end = (void *)(long)skb->data_end;
+	}
+	if (l4off > ETH_HLEN + 60)
+		return TC_ACT_OK; /* for the verifier: ihl <= 15 */
+	__u8 *icmp = data + l4off;
+	if ((void *)(icmp + ICMP_HLEN) > end || icmp[0] != ICMP_DEST_UNREACH) {
+		st->c[DLBA_C_PASS_OTHER]++;
+		return TC_ACT_OK;
+	}
+	struct iphdr *in = (void *)(icmp + ICMP_HLEN);
+	if ((void *)(in + 1) > end || in->version != 4 || in->ihl < 5) {
+		st->c[DLBA_C_MALFORMED]++;
+		return TC_ACT_OK;
+	}
+	if (in->saddr != cfg->vip || (in->protocol != IPPROTO_TCP && in->protocol != IPPROTO_UDP) ||
+	    (in->frag_off & bpf_htons(IP_OFFSET))) {
+		st->c[DLBA_C_PASS_OTHER]++; /* not our flow, or no ports to find it by */
+		return TC_ACT_OK;
+	}
+	__be16 *ports = (void *)in + in->ihl * 4;
+	if ((void *)(ports + 2) > end) {
+		st->c[DLBA_C_MALFORMED]++;
+		return TC_ACT_OK;
+	}
+	__u32 vport = bpf_ntohs(ports[0]);
+	__u32 cport = bpf_ntohs(ports[1]);
+	__u32 client = bpf_ntohl(in->daddr);
+	__u32 *r = bpf_map_lookup_elem(&dlba_ports, &vport);
+	st->c[DLBA_C_ICMP]++;
+	return route(skb, cfg, st, r ? *r : DLBA_PORT_DEFAULT, client, cport, 0);
+}
+
 SEC("tc")
 int dlba_ingress(struct __sk_buff *skb)
 {
@@ -191,6 +289,8 @@ int dlba_ingress(struct __sk_buff *skb)
 	}
 	__u8 proto = ip->protocol;
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
+		if (proto == IPPROTO_ICMP && !(ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
+			return icmp_error(skb, cfg, st, ETH_HLEN + ip->ihl * 4);
 		st->c[DLBA_C_PASS_OTHER]++;
 		return TC_ACT_OK;
 	}
@@ -222,35 +322,7 @@ int dlba_ingress(struct __sk_buff *skb)
 		__u32 *r = bpf_map_lookup_elem(&dlba_ports, &dport);
 		rule = r ? *r : DLBA_PORT_DEFAULT;
 	}
-
-	__u32 node;
-	if (rule == DLBA_PORT_BALANCED) {
-		__u32 buckets = cfg->buckets;
-		if (!buckets)
-			return TC_ACT_OK;
-		__u32 bucket = ((__u64)bpf_ntohl(saddr) + sport) % buckets;
-		void *table = bpf_map_lookup_elem(&dlba_table, &zero);
-		if (!table)
-			return TC_ACT_OK; /* no table yet: behave like a plain node */
-		__u32 *owner = bpf_map_lookup_elem(table, &bucket);
-		if (!owner)
-			return TC_ACT_OK;
-		node = *owner;
-		/* The coarse clock (CLOCK_MONOTONIC at tick resolution) costs a fraction of
-		 * bpf_ktime_get_ns; idle timeouts are in seconds (patent: "Last Access in Seconds"). */
-		__u64 *last = bpf_map_lookup_elem(&dlba_last_access, &bucket);
-		if (last)
-			*last = bpf_ktime_get_coarse_ns();
-	} else if (rule >= DLBA_PORT_PINNED) {
-		node = rule - DLBA_PORT_PINNED;
-	} else {
-		node = cfg->default_node;
-		if (node == DLBA_NO_NODE) {
-			st->c[DLBA_C_DROP_PORT]++;
-			return TC_ACT_SHOT;
-		}
-	}
-	return deliver(skb, cfg, st, node);
+	return route(skb, cfg, st, rule, bpf_ntohl(saddr), sport, 1);
 }
 
 char LICENSE[] SEC("license") = "GPL";

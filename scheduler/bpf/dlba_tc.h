@@ -21,7 +21,8 @@
 #define DLBA_C_PASS_OTHER (DLBA_MAX_NODES + 6)
 #define DLBA_C_MALFORMED (DLBA_MAX_NODES + 7)
 #define DLBA_C_PULLED (DLBA_MAX_NODES + 8) /* headers were not linear: bpf_skb_pull_data */
-#define DLBA_C_NUM (DLBA_MAX_NODES + 9)
+#define DLBA_C_ICMP (DLBA_MAX_NODES + 9) /* ICMP errors routed by the flow they carry */
+#define DLBA_C_NUM (DLBA_MAX_NODES + 10)
 
 struct dlba_config {
 	__u32 vip; /* network byte order */

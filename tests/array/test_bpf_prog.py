@@ -19,8 +19,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scheduler import frame_decision as fd
-from scheduler.dataplane_ebpf import C_MALFORMED, C_PASS_OTHER, EbpfDataPlane
-from scheduler.frame_decision import Action, Rules, bucket_of, build_frame, decide
+from scheduler.dataplane_ebpf import C_ICMP, C_MALFORMED, C_PASS_OTHER, EbpfDataPlane
+from scheduler.frame_decision import (
+    Action,
+    Rules,
+    bucket_of,
+    build_frame,
+    build_icmp_error,
+    decide,
+)
 
 pytestmark = pytest.mark.array
 
@@ -146,6 +153,59 @@ def test_icmp_to_vip_passes_to_own_stack(dp: EbpfDataPlane) -> None:
     assert dp.raw_counters()[C_PASS_OTHER] == 1
 
 
+ROUTER = "198.18.0.1"  # the hop with the small MTU
+
+
+def frag_needed(
+    cport: int, vport: int = 80, router: str = ROUTER, icmp_type: int = 3, frag: int = 0
+) -> bytes:
+    """What a router sends back for a node's too-large response VIP:vport -> CLIENT:cport."""
+    inner = build_frame(VIP, CLIENT, vport, cport, payload=b"r" * 8)[14:]
+    return build_icmp_error(
+        router, VIP, inner, icmp_type=icmp_type, mtu=1280, dst_mac=OWN, frag=frag
+    )
+
+
+@pytest.mark.parametrize("owner", [0, 1, 2])
+def test_frag_needed_goes_to_the_owner_of_the_quoted_flow(dp: EbpfDataPlane, owner: int) -> None:
+    """The quoted packet's destination (client:port) picks the bucket the client's own
+    packets use; the frame is forwarded unchanged but for the MACs, and stamps nothing."""
+    frame = frag_needed(sport_for(owner))
+    r = dp.test_run(frame)
+    if owner == 0:
+        assert (r.retval, r.data_out) == (TC_ACT_OK, frame)
+    else:
+        assert (r.retval, r.data_out) == (TC_ACT_REDIRECT, forwarded(frame, owner))
+    c = dp.counters()
+    assert c.packets == {owner: 1} and c.icmp_errors == 1 and c.passed_other == 0
+    assert dp.last_access_ns() == [0] * BUCKETS
+
+
+def test_icmp_error_obeys_port_rules_and_deny_list(dp: EbpfDataPlane) -> None:
+    cport = sport_for(1)
+    # A pinned service port: the pinned node, whatever the table says.
+    assert dp.test_run(frag_needed(cport, 9000)).data_out == forwarded(frag_needed(cport, 9000), 2)
+    # No rule for the port and no default node: dropped, like the flow's own packets.
+    assert dp.test_run(frag_needed(cport, 22)).retval == TC_ACT_SHOT
+    assert dp.counters().drops["port"] == 1
+    # The deny list applies to the ICMP's sender, as to any frame to the VIP.
+    assert dp.test_run(frag_needed(cport, router="203.0.113.1")).retval == TC_ACT_SHOT
+    assert dp.counters().drops["acl"] == 1
+    assert dp.counters().icmp_errors == 2
+
+
+def test_icmp_quoting_no_flow_of_ours_stays_here(dp: EbpfDataPlane) -> None:
+    cport = sport_for(1)
+    not_vip = build_frame("198.18.0.11", CLIENT, 80, cport, payload=b"r" * 8)[14:]
+    for frame in (
+        frag_needed(cport, icmp_type=11),  # time exceeded: not routed by flow
+        build_icmp_error(ROUTER, VIP, not_vip, dst_mac=OWN),
+        frag_needed(cport, frag=0x2000),  # the error itself in pieces
+    ):
+        assert dp.test_run(frame).retval == TC_ACT_OK
+    assert dp.raw_counters()[C_PASS_OTHER] == 3 and dp.counters().icmp_errors == 0
+
+
 def test_truncated_l4_is_left_to_the_kernel(dp: EbpfDataPlane) -> None:
     frame = build_frame(CLIENT, VIP, sport_for(1), 80, dst_mac=OWN)[: 14 + 20 + 2]
     r = dp.test_run(frame)
@@ -244,14 +304,47 @@ def frames(draw: st.DrawFn) -> bytes:
     return frame[:cut]
 
 
+@st.composite
+def icmp_frames(draw: st.DrawFn) -> bytes:
+    """ICMP to the VIP: unreachables quoting our flows or others', other types, bad quotes."""
+    inner_src = draw(st.sampled_from([VIP, VIP, "198.18.0.11"]))
+    inner_frag = draw(st.sampled_from([0, 0, 0x4000, 0x2000, 0x0010]))
+    inner = build_frame(
+        inner_src,
+        draw(st.sampled_from([CLIENT, "10.1.2.3", "255.255.255.255"])),
+        draw(st.sampled_from([80, 443, 53, 9000, 22])),
+        draw(st.integers(0, 65535)),
+        proto=draw(st.sampled_from([6, 6, 17, 1])),
+        frag=inner_frag,
+        ihl=draw(st.integers(5, 15)),
+        payload=draw(st.binary(max_size=8)),
+    )[14:]
+    if draw(st.booleans()):  # raw version/ihl byte of the quoted header
+        inner = bytes([draw(st.integers(0, 255))]) + inner[1:]
+    frame = build_icmp_error(
+        draw(st.sampled_from([ROUTER, "203.0.113.5"])),
+        VIP,
+        inner,
+        icmp_type=draw(st.sampled_from([3, 3, 3, 11, 8, 0])),
+        code=draw(st.integers(0, 15)),
+        dst_mac=draw(st.sampled_from([OWN, OWN, MACS[1]])),
+        frag=draw(st.sampled_from([0, 0, 0, 0x4000, 0x2000])),
+        ihl=draw(st.integers(5, 15)),
+    )
+    cut = draw(st.integers(34, len(frame)))
+    return frame[:cut] if draw(st.booleans()) else frame
+
+
 @settings(
-    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=800, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(frame=frames())
+@given(frame=st.one_of(frames(), icmp_frames()))
 def test_kernel_program_agrees_with_frame_decision(dp: EbpfDataPlane, frame: bytes) -> None:
     verdict = decide(frame, RULES)
+    icmp_before = dp.raw_counters()[C_ICMP]
     r = dp.test_run(frame)
     assert r.retval == VERDICT[verdict.action], verdict
+    assert dp.raw_counters()[C_ICMP] - icmp_before == int(verdict.icmp), verdict
     if verdict.action is Action.FORWARD:
         assert verdict.node is not None
         assert r.data_out == forwarded(frame, verdict.node)

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scheduler.frame_decision import (
+    IPPROTO_ICMP,
     IPPROTO_TCP,
     IPPROTO_UDP,
     MAX_NODES,
@@ -19,6 +20,7 @@ from scheduler.frame_decision import (
     Rules,
     bucket_of,
     build_frame,
+    build_icmp_error,
     decide,
     denied,
     rewrite_macs,
@@ -87,7 +89,7 @@ def test_deny_matches_exactly_the_cidr(net: tuple[int, int], probe: int) -> None
     assert (v.action is Action.DROP and v.reason is Reason.ACL) == inside
 
 
-@given(src=ips, sport=st.integers(0, 65535), frag=st.sampled_from([0x2000, 0x0001, 0x2abc]))
+@given(src=ips, sport=st.integers(0, 65535), frag=st.sampled_from([0x2000, 0x0001, 0x2ABC]))
 def test_all_fragments_hash_with_port_zero(src: str, sport: int, frag: int) -> None:
     table = [1, 2, 0, 1, 2]
     v = decide(build_frame(src, VIP, sport, 22, proto=IPPROTO_UDP, dst_mac=OWN, frag=frag),
@@ -134,3 +136,103 @@ def test_rewrite_changes_only_the_macs(payload: bytes) -> None:
     frame = build_frame("1.2.3.4", VIP, dst_mac=OWN, payload=payload)
     out = rewrite_macs(frame, MACS[2], OWN)
     assert out[:12] == MACS[2] + OWN and out[12:] == frame[12:]
+
+
+ROUTER = "203.0.113.1"  # the hop with the small MTU that sends "fragmentation needed"
+
+
+def quoted(
+    client: str, cport: int, vport: int, proto: int = IPPROTO_TCP, frag: int = 0, ihl: int = 5
+) -> bytes:
+    """The IPv4 packet an ICMP error quotes: a node's own response, VIP:vport -> client:cport."""
+    return build_frame(VIP, client, vport, cport, proto=proto, frag=frag, ihl=ihl)[14:]
+
+
+port_rules = st.fixed_dictionaries(
+    {
+        "balanced": st.frozensets(st.sampled_from([80, 443, 53]), max_size=3),
+        "pinned": st.dictionaries(st.sampled_from([443, 9000]), st.integers(0, 3), max_size=2),
+        "default_node": st.sampled_from([None, 0, 1]),
+    }
+)
+
+
+@given(
+    client=ips,
+    cport=st.integers(0, 65535),
+    vport=st.sampled_from([80, 443, 53, 9000, 22]),
+    table=tables,
+    proto=st.sampled_from([IPPROTO_TCP, IPPROTO_UDP]),
+    code=st.integers(0, 15),
+    ports=port_rules,
+)
+def test_icmp_error_follows_the_flow_it_quotes(
+    client: str,
+    cport: int,
+    vport: int,
+    table: list[int],
+    proto: int,
+    code: int,
+    ports: dict[str, object],
+) -> None:
+    """Whatever the table and port rules: an unreachable (frag-needed is code 4) about
+    VIP:vport -> client:cport gets the verdict of the client's own packet client:cport ->
+    VIP:vport, so it reaches the node that holds the connection, or is dropped with it."""
+    r = rules(table, **ports)
+    err = build_icmp_error(ROUTER, VIP, quoted(client, cport, vport, proto), code=code,
+                           dst_mac=OWN)  # fmt: skip
+    v = decide(err, r)
+    own = decide(build_frame(client, VIP, cport, vport, proto=proto, dst_mac=OWN), r)
+    assert (v.action, v.reason, v.node, v.bucket) == (own.action, own.reason, own.node, own.bucket)
+    assert v.icmp and not own.icmp
+    if v.bucket is not None:  # the contract's formula on the quoted destination
+        assert v.bucket == (int(ipaddress.IPv4Address(client)) + cport) % len(table)
+
+
+def test_icmp_error_deny_list_is_on_the_outer_source() -> None:
+    err = build_icmp_error(ROUTER, VIP, quoted("198.51.100.7", 5000, 80), dst_mac=OWN)
+    by_router = rules([1], deny=Rules.compile_deny(["203.0.113.0/24"]))
+    assert (decide(err, by_router).action, decide(err, by_router).reason) == (
+        Action.DROP,
+        Reason.ACL,
+    )
+    # A denied client never got a connection through; the router is not denied: routed.
+    by_client = rules([1], deny=Rules.compile_deny(["198.51.100.0/24"]))
+    assert decide(err, by_client).action is Action.FORWARD
+
+
+def test_icmp_that_quotes_no_flow_of_ours_stays_with_the_scheduler() -> None:
+    r = rules([1])
+    client = "198.51.100.7"
+    not_from_vip = build_frame("198.18.0.11", client, 80, 5000)[14:]
+    for frame in (
+        build_frame(client, VIP, proto=IPPROTO_ICMP, dst_mac=OWN, payload=b"\x08" + bytes(7)),
+        build_icmp_error(ROUTER, VIP, quoted(client, 5000, 80), icmp_type=11, dst_mac=OWN),
+        build_icmp_error(ROUTER, VIP, not_from_vip, dst_mac=OWN),
+        build_icmp_error(ROUTER, VIP, quoted(client, 5000, 80, proto=IPPROTO_ICMP), dst_mac=OWN),
+        build_icmp_error(ROUTER, VIP, quoted(client, 0, 0, frag=0x0010), dst_mac=OWN),  # no ports
+        build_icmp_error(ROUTER, VIP, quoted(client, 5000, 80), frag=0x2000, dst_mac=OWN),
+        build_icmp_error(ROUTER, VIP, quoted(client, 5000, 80), dst_mac=OWN)[: 14 + 20 + 4],
+    ):
+        v = decide(frame, r)
+        assert (v.action, v.reason, v.icmp) == (Action.PASS, Reason.OTHER_PROTO, False)
+
+
+def test_truncated_or_bad_quoted_header_is_malformed() -> None:
+    r = rules([1])
+    err = build_icmp_error(ROUTER, VIP, quoted("198.51.100.7", 5000, 80), dst_mac=OWN)
+    inner = 14 + 20 + 8
+    bad_version = err[:inner] + b"\x65" + err[inner + 1 :]
+    for frame in (err[: inner + 19], err[: inner + 20 + 3], bad_version):
+        assert decide(frame, r).reason is Reason.MALFORMED
+
+
+@given(ihl=st.integers(5, 15), outer_ihl=st.integers(5, 15), cport=st.integers(0, 65535))
+def test_ip_options_on_either_header_shift_the_quoted_ports(
+    ihl: int, outer_ihl: int, cport: int
+) -> None:
+    table = [1, 2, 0, 1, 2, 2, 1]
+    inner = quoted("198.51.100.7", cport, 443, ihl=ihl)
+    v = decide(build_icmp_error(ROUTER, VIP, inner, ihl=outer_ihl, dst_mac=OWN), rules(table))
+    bucket = bucket_of(int(ipaddress.IPv4Address("198.51.100.7")), cport, len(table))
+    assert (v.bucket, v.node, v.icmp) == (bucket, table[bucket], True)
