@@ -1,12 +1,15 @@
 """Back-end selection for one request, in the order of patent 003 and issue 2, point 4:
 
 1. the injected persistence cookie (signed back-end id, "Cookie Injection");
-2. a session id -- a session cookie or a URL session parameter -- hashed onto the ring of live
-   back ends, for clients that the cookie has not reached (URL rewriting, first request after a
-   login on another array);
-3. consistent hashing of the URL for the configured cache paths (``/static/``, ``*.gif``), so
+2. a session id -- a session cookie or a URL session parameter -- that a back end was seen
+   issuing (``dlba/learned_sessions.py``, shared by every node of the array): that back end,
+   while it may take requests;
+3. a session id not learned (or whose back end is down) hashed onto the ring of live back ends,
+   for clients that the cookie has not reached (URL rewriting, first request after a login on
+   another array);
+4. consistent hashing of the URL for the configured cache paths (``/static/``, ``*.gif``), so
    each cache stays "hot";
-4. the balancing policy over back ends accepting new sessions (plus, once per retry period, a
+5. the balancing policy over back ends accepting new sessions (plus, once per retry period, a
    back end marked down by connect failures, as its probe).
 
 ``exclude`` holds the back ends this request already failed to reach: the proxy calls select
@@ -21,7 +24,7 @@ from __future__ import annotations
 import fnmatch
 import random
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,10 +32,11 @@ from dlba import cookie_codec
 from dlba.config import PersistenceConfig, SchedulingConfig
 from dlba.cookie_injection import find_cookies, find_session_id
 from dlba.hash_ring import HashRing
+from dlba.learned_sessions import LearnedSessions, issued_session_ids
 from dlba.policies import Policy, make_policy
 from dlba.web_server_status_table import WebServerStatus, WebServerStatusTable
 
-Reason = Literal["cookie", "session", "url_hash", "policy"]
+Reason = Literal["cookie", "learned", "session", "url_hash", "policy"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +87,7 @@ class BackendSelector:
         self._accepting: list[WebServerStatus] = []
         self._probe_ids: tuple[int, ...] = ()
         self._policy_name: str | None = None
+        self.learned = LearnedSessions(persistence.learned_ttl_s, persistence.learned_max)
         self.reconfigure(persistence, scheduling)
 
     def reconfigure(self, persistence: PersistenceConfig, scheduling: SchedulingConfig) -> None:
@@ -91,6 +96,7 @@ class BackendSelector:
         self._cookie = persistence.cookie
         self._session_cookies = tuple(persistence.session_cookies)
         self._url_params = frozenset(p.lower() for p in persistence.url_session_params)
+        self.learned.reconfigure(persistence.learned_ttl_s, persistence.learned_max)
         self._url_patterns = compile_url_patterns(scheduling.url_hash_paths)
         if self._policy_name != scheduling.policy:
             # A new policy starts with fresh state; an unchanged one keeps its rotation/credits.
@@ -135,16 +141,22 @@ class BackendSelector:
                 # or removed back end is normal re-routing, not tampering.
                 bad_cookie = not valid
 
-        # 2. Session id (cookie first, then URL), onto the ring of back ends that are not down.
-        if self._session_ring.nodes:
+        # 2. Session id (cookie first, then URL): the back end that issued it, when known and
+        # it may take the request; 3. else onto the ring of back ends that are not down.
+        learned = self.learned
+        if self._session_ring.nodes or len(learned):
             sid = find_session_id(cookie_header, target, self._session_cookies,
                                   self._url_params)
             if sid:
+                issuer = learned.lookup(sid, now)
+                if issuer is not None and issuer not in exclude and table.may_try(issuer, now):
+                    learned.selections += 1
+                    return Selection(issuer, "learned", bad_cookie)
                 bid_or_none = self._session_ring.get_excluding(sid, exclude)
                 if bid_or_none is not None:
                     return Selection(bid_or_none, "session", bad_cookie)
 
-        # 3. URL hash for cache paths.
+        # 4. URL hash for cache paths.
         patterns = self._url_patterns
         if patterns is not None and self._url_ring.nodes:
             path = request_path(target)
@@ -153,7 +165,7 @@ class BackendSelector:
                 if bid_or_none is not None:
                     return Selection(bid_or_none, "url_hash", bad_cookie)
 
-        # 4. A back end due for its retry probe takes this one request; then the policy.
+        # 5. A back end due for its retry probe takes this one request; then the policy.
         for bid in self._probe_ids:
             if bid not in exclude and table.may_try(bid, now):
                 return Selection(bid, "policy", bad_cookie)
@@ -164,3 +176,8 @@ class BackendSelector:
         if row is None:
             return None
         return Selection(row.id, "policy", bad_cookie)
+
+    def learn(self, headers: Sequence[tuple[bytes, bytes]], backend_id: int, now: float) -> None:
+        """A back end's response head: remember the session ids it issues as its own."""
+        for sid in issued_session_ids(headers, self._session_cookies, self._url_params):
+            self.learned.learn(sid, backend_id, now)

@@ -239,6 +239,8 @@ class Exchange:
             self.backend_keep_alive = False
         if self.upgrade and not upgrade:
             self.client_keep_alive = False  # the client's parser already switched protocols
+        # Session ids this back end issues are its own, on every node (learned sessions).
+        self.ctx.selector.learn(headers, self.backend_id, self.last_activity)
         extra = self.ctx.inject_cookies(headers, self.backend_id) if status < 400 else ()
         self.held.append(http_head.response_head(
             status, reason, headers, extra, chunked=self.out_chunked,

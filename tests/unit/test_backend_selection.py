@@ -214,3 +214,59 @@ def test_url_patterns() -> None:
     assert compile_url_patterns(()) is None
     assert request_path("/a;jsessionid=1?x=2#f") == "/a"
     assert request_path("/a/b") == "/a/b"
+
+
+def _ring_choice(sid: str) -> int:
+    got = make()[1].select("/", f"JSESSIONID={sid}", (), 0.0)
+    assert got is not None and got.reason == "session"
+    return got.backend_id
+
+
+@given(st.text("abcdef0123456789", min_size=1, max_size=12), st.integers(1, N),
+       st.sampled_from(["cookie", "path", "query"]))
+def test_learned_session_goes_to_its_issuer(sid: str, issuer: int, where: str) -> None:
+    """A session id a back end issued goes back to that back end, wherever the ring hashes it;
+    the persistence cookie still comes first."""
+    _, sel = make()
+    sel.learn([(b"Set-Cookie", f"JSESSIONID={sid}; Path=/".encode())], issuer, 0.0)
+    target, header = "/app", None
+    if where == "cookie":
+        header = f"JSESSIONID={sid}"
+    elif where == "path":
+        target = f"/app;jsessionid={sid}"
+    else:
+        target = f"/app?sid={sid}"
+    got = sel.select(target, header, (), 1.0)
+    assert got is not None and (got.backend_id, got.reason) == (issuer, "learned")
+    assert sel.learned.selections == 1
+    other = issuer % N + 1
+    got = sel.select(target, "; ".join(filter(None, [header, cookie(other)])), (), 1.0)
+    assert got is not None and (got.backend_id, got.reason) == (other, "cookie")
+
+
+def test_learned_issuer_down_or_excluded_falls_back_to_the_ring() -> None:
+    sid = next(s for s in (f"s{i}" for i in range(100)) if _ring_choice(s) != 3)
+    table, sel = make()
+    sel.learn([(b"Location", f"/next;jsessionid={sid}".encode())], 3, 0.0)
+    assert sel.select("/", f"JSESSIONID={sid}", (), 0.0).backend_id == 3  # type: ignore[union-attr]
+    got = sel.select("/", f"JSESSIONID={sid}", {3}, 0.0)
+    assert got is not None and (got.backend_id, got.reason) == (_ring_choice(sid), "session")
+    mark_down(table, 3)
+    got = sel.select("/", f"JSESSIONID={sid}", (), 0.1)
+    assert got is not None and got.reason == "session" and got.backend_id != 3
+    # Still known: once the back end is back, the session goes home again.
+    assert table.on_connect_success(3, 0.2)
+    got = sel.select("/", f"JSESSIONID={sid}", (), 0.3)
+    assert got is not None and (got.backend_id, got.reason) == (3, "learned")
+
+
+def test_learned_sessions_follow_the_configured_bounds() -> None:
+    _, sel = make()
+    for i in range(5):
+        sel.learn([(b"Set-Cookie", f"JSESSIONID=x{i}".encode())], 1, float(i))
+    assert len(sel.learned) == 5
+    sel.reconfigure(PersistenceConfig(learned_ttl_s=2.0, learned_max=3), SchedulingConfig())
+    assert len(sel.learned) == 3
+    assert sel.learned.lookup("x0", 0.0) is None  # the least recently used went
+    assert sel.learned.lookup("x2", 3.9) == 1
+    assert sel.learned.lookup("x3", 5.5) is None  # idle for more than 2 s
