@@ -11,7 +11,15 @@
  * double-buffered: a set writes the idle copy, then flips the index, so a handshake running
  * while the ring is replaced reads one whole ring, old or new.
  *
- * Build: clang -O2 -shared -fPIC -o dlba/_tls_ticket_cb.so dlba/tls_ticket_cb.c -lcrypto
+ * A ticket that decrypts is renewed (return 2, a fresh ticket under the current key, as nginx
+ * does) in TLS 1.3 always: clients use a TLS 1.3 ticket once and many keep a session only when
+ * a ticket arrives (curl, s_client -sess_out), so without a fresh ticket after each resumption
+ * their next connection is a full handshake. In TLS 1.2 only when its key is an older one: a
+ * TLS 1.2 client keeps resuming with its ticket. Same rule as tls_tickets.decrypt_result.
+ * The library links libcrypto only, so SSL_version comes as a pointer from the loader (the
+ * libssl Python's ssl uses); until it is given, every resumption is renewed.
+ *
+ * Build: clang -O2 -Wall -Wextra -Werror -shared -fPIC -o dlba/_tls_ticket_cb.so dlba/tls_ticket_cb.c -lcrypto
  */
 #include <string.h>
 
@@ -39,13 +47,14 @@ struct ring {
 
 static struct ring rings[SLOTS][2];
 static int current[SLOTS];
+static int (*ssl_version)(const SSL *);
 
-static int ticket(int slot, unsigned char *name, unsigned char *iv, EVP_CIPHER_CTX *cctx,
-                  EVP_MAC_CTX *hctx, int enc)
+static int ticket(int slot, const SSL *s, unsigned char *name, unsigned char *iv,
+                  EVP_CIPHER_CTX *cctx, EVP_MAC_CTX *hctx, int enc)
 {
     const struct ring *r = &rings[slot][__atomic_load_n(&current[slot], __ATOMIC_ACQUIRE)];
     const struct key *k = NULL;
-    int renew = 0;
+    int older = 0;
 
     if (enc) {
         if (r->n < 1)
@@ -58,7 +67,7 @@ static int ticket(int slot, unsigned char *name, unsigned char *iv, EVP_CIPHER_C
         for (int i = 0; i < r->n; i++) {
             if (memcmp(name, r->keys[i].name, NAME_LEN) == 0) {
                 k = &r->keys[i];
-                renew = i != 0; /* an older key: OpenSSL issues a fresh ticket */
+                older = i != 0;
                 break;
             }
         }
@@ -75,7 +84,9 @@ static int ticket(int slot, unsigned char *name, unsigned char *iv, EVP_CIPHER_C
         return EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k->aes, iv) == 1 ? 1 : 0;
     if (EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k->aes, iv) != 1)
         return 0;
-    return renew ? 2 : 1;
+    /* 2: resume and send a fresh ticket; 1: resume (see the top of this file) */
+    int (*version)(const SSL *) = __atomic_load_n(&ssl_version, __ATOMIC_ACQUIRE);
+    return older || version == NULL || version(s) == TLS1_3_VERSION ? 2 : 1;
 }
 
 typedef int (*ticket_cb)(SSL *, unsigned char *, unsigned char *, EVP_CIPHER_CTX *,
@@ -85,8 +96,7 @@ typedef int (*ticket_cb)(SSL *, unsigned char *, unsigned char *, EVP_CIPHER_CTX
     static int cb##i(SSL *s, unsigned char *name, unsigned char *iv, EVP_CIPHER_CTX *cctx,    \
                      EVP_MAC_CTX *hctx, int enc)                                              \
     {                                                                                          \
-        (void)s;                                                                               \
-        return ticket(i, name, iv, cctx, hctx, enc);                                           \
+        return ticket(i, s, name, iv, cctx, hctx, enc);                                        \
     }
 CB(0) CB(1) CB(2) CB(3) CB(4) CB(5) CB(6) CB(7)
 CB(8) CB(9) CB(10) CB(11) CB(12) CB(13) CB(14) CB(15)
@@ -105,6 +115,12 @@ int dlba_ticket_key_size(void) { return (int)sizeof(struct key); }
 void *dlba_ticket_callback(int slot)
 {
     return slot >= 0 && slot < SLOTS ? (void *)callbacks[slot] : NULL;
+}
+
+/* OpenSSL's SSL_version, for telling TLS 1.3 resumptions from TLS 1.2 ones. */
+void dlba_ticket_use_ssl_version(int (*fn)(const SSL *))
+{
+    __atomic_store_n(&ssl_version, fn, __ATOMIC_RELEASE);
 }
 
 /* Replace a slot's ring: n keys of name|hmac|aes (80 bytes each), the current one first. */

@@ -45,6 +45,8 @@ class NativeCallbacks:
         lib.dlba_ticket_set.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         lib.dlba_ticket_clear.restype = None
         lib.dlba_ticket_clear.argtypes = [ctypes.c_int]
+        lib.dlba_ticket_use_ssl_version.restype = None
+        lib.dlba_ticket_use_ssl_version.argtypes = [ctypes.c_void_p]
         if lib.dlba_ticket_key_size() != KEY_BYTES:
             raise OSError(f"{path.name}: key layout is not {KEY_BYTES} bytes")
         self.lib = lib
@@ -60,6 +62,11 @@ class NativeCallbacks:
 
     def callback(self, slot: int) -> int:
         return int(self.lib.dlba_ticket_callback(slot))
+
+    def use_ssl_version(self, address: int) -> None:
+        """Hand the library OpenSSL's ``SSL_version`` (it links libcrypto only): TLS 1.2
+        resumptions under the current key then keep their ticket instead of a renewed one."""
+        self.lib.dlba_ticket_use_ssl_version(address)
 
     def set(self, slot: int, keys: Sequence[_Key]) -> None:
         """The current key first; a ring longer than the library's keeps its newest keys."""

@@ -145,12 +145,12 @@ class TicketKeyRing:
         return None
 
     def decrypt_key(self, name: bytes) -> tuple[TicketKey, bool] | None:
-        """(key, renew) for a ticket named ``name``: ``renew`` is True when the key is not the
-        current one, so the server issues a fresh ticket under the current key."""
+        """(key, current) for a ticket named ``name``: ``current`` is False when the key is an
+        older one (the ticket is then renewed under the current key)."""
         keys = self._keys
         for i, key in enumerate(keys):
             if key.name == name:
-                return key, i != 0
+                return key, i == 0
         return None
 
     def __len__(self) -> int:
@@ -292,6 +292,18 @@ _OSSL_PARAM_UTF8_STRING = 4
 _OSSL_PARAM_OCTET_STRING = 5
 _OSSL_PARAM_UNMODIFIED = ctypes.c_size_t(-1).value
 _CB_ATTR = "_dlba_ticket_keys"
+_TLS1_3_VERSION = 0x0304
+_RESUME, _RESUME_AND_RENEW = 1, 2  # the ticket-key callback's answers for a decrypted ticket
+
+
+def decrypt_result(current_key: bool, tls13: bool) -> int:
+    """The ticket-key callback's answer for a ticket it decrypted (as dlba/tls_ticket_cb.c,
+    and nginx): resume, and issue a fresh ticket under the current key in TLS 1.3 always
+    (clients use a TLS 1.3 ticket once: without a fresh one after each resumption, curl and
+    browsers alternate full and resumed handshakes) and in TLS 1.2 when the ticket's key is an
+    older one (a TLS 1.2 client keeps resuming with its ticket; renewing it while its key is
+    current would only cost an encryption per resumption)."""
+    return _RESUME_AND_RENEW if tls13 or not current_key else _RESUME
 
 # int cb(SSL *s, unsigned char key_name[16], unsigned char iv[16], EVP_CIPHER_CTX *ctx,
 #        EVP_MAC_CTX *hctx, int enc)
@@ -346,6 +358,9 @@ class _OpenSSL:
             self.ctx_ctrl.restype = ctypes.c_long
             self.ctx_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long,
                                       ctypes.c_void_p]
+            self.ssl_version = lib.SSL_version
+            self.ssl_version.restype = ctypes.c_int
+            self.ssl_version.argtypes = [ctypes.c_void_p]
             self.set_cb = lib.SSL_CTX_set_tlsext_ticket_key_evp_cb
             self.set_cb.restype = ctypes.c_int
             self.set_cb.argtypes = [ctypes.c_void_p, _TicketCb]
@@ -369,6 +384,7 @@ class _OpenSSL:
         if not cipher:
             raise TicketKeysUnsupported("EVP_aes_256_cbc unavailable")
         self.cipher: int = cipher
+        self.ssl_version_address = int(ctypes.cast(self.ssl_version, ctypes.c_void_p).value or 0)
         self._params: dict[bytes, tuple[Any, Any, Any]] = {}
 
     def set_hmac_key(self, hctx: int, key: TicketKey) -> bool:
@@ -457,7 +473,9 @@ class _Installed:
         if self.slot is None:
             self.callback = _TicketCb(self._on_ticket)
         else:
-            self.callback = _TicketCb(native.callback(self.slot))  # type: ignore[union-attr]
+            assert native is not None
+            native.use_ssl_version(lib.ssl_version_address)
+            self.callback = _TicketCb(native.callback(self.slot))
             ring.subscribe(self._push)
 
     @property
@@ -481,12 +499,12 @@ class _Installed:
             self.native.release(self.slot)
             self.slot = None
 
-    def _on_ticket(self, _ssl_p: int | None, key_name: int | None, iv: int | None,
+    def _on_ticket(self, ssl_p: int | None, key_name: int | None, iv: int | None,
                    cctx: int | None, hctx: int | None, enc: int) -> int:
         # Runs inside SSL_do_handshake (ctypes takes the GIL). Never raise into C: an encrypt
         # failure returns 0 (OpenSSL 3: no ticket issued), a decrypt failure 0 (full handshake).
         try:
-            if not (key_name and iv and cctx and hctx):
+            if not (ssl_p and key_name and iv and cctx and hctx):
                 return 0
             lib = self.lib
             if enc:
@@ -503,12 +521,12 @@ class _Installed:
             found = self.ring.decrypt_key(ctypes.string_at(key_name, KEY_NAME_LEN))
             if found is None:
                 return 0
-            key, renew = found
+            key, current = found
             if not lib.set_hmac_key(hctx, key):
                 return 0
             if lib.decrypt_init(cctx, lib.cipher, None, key.aes_key, iv) != 1:
                 return 0
-            return 2 if renew else 1
+            return decrypt_result(current, lib.ssl_version(ssl_p) == _TLS1_3_VERSION)
         except BaseException:  # nothing may propagate into OpenSSL
             return 0
 
@@ -524,7 +542,8 @@ def _warn_once(reason: str) -> None:
 
 def install_ticket_keys(ctx: ssl.SSLContext, ring: TicketKeyRing) -> bool:
     """Make ``ctx`` encrypt session tickets with ``ring.current`` and decrypt with any key on
-    ``ring`` (an older key asks OpenSSL to renew the ticket under the current one). The ring is
+    ``ring``; a resumption gets a fresh ticket under the current key (TLS 1.3 always, TLS 1.2
+    when the key is an older one, see :func:`decrypt_result`). The ring is
     read at every handshake, so later ``ring.add``/``ring.replace`` take effect at once. Calling
     again on the same context just switches it to the new ring.
 

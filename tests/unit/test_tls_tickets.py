@@ -40,11 +40,18 @@ def test_newest_encrypts_last_three_decrypt_older_refused(n: int, size: int) -> 
             found = ring.decrypt_key(old.name)
             if old in live:
                 assert ring.lookup(old.name) == old
-                assert found == (old, old != k)                     # renew unless current
+                assert found == (old, old == k)                     # current or older
             else:
                 assert ring.lookup(old.name) is None and found is None
         assert ring.keys == tuple(reversed(live))
         assert len(ring) == len(live)
+
+
+@given(st.booleans(), st.booleans())
+def test_resumption_renews_tls13_always_tls12_for_older_keys(current: bool, tls13: bool) -> None:
+    """1 = resume, 2 = resume and send a fresh ticket (OpenSSL's ticket-key callback): a TLS 1.3
+    client uses each ticket once, so it must get a new one on every resumption."""
+    assert tls_tickets.decrypt_result(current, tls13) == (2 if tls13 or not current else 1)
 
 
 @given(st.integers(min_value=4, max_value=10))
