@@ -13,10 +13,13 @@ from pathlib import Path
 
 from cryptography import x509
 
+from dlba.tls_groups import set_groups
+
 ALPN = ["http/1.1"]
-# TLS 1.2 suites: forward secrecy (ECDHE) and AEAD only; ECDSA first (our certs are P-256), RSA
-# kept for operators who bring RSA certificates. TLS 1.3 suites are all AEAD already and are
-# configured separately by OpenSSL (set_ciphers does not touch them).
+# TLS 1.2 suites: forward secrecy (ECDHE) and AEAD only, i.e. Mozilla intermediate's ECDHE
+# suites; ECDSA first (our certs are P-256), RSA kept for operators who bring RSA certificates.
+# TLS 1.3 suites are all AEAD already and are configured separately by OpenSSL (set_ciphers
+# does not touch them); OpenSSL's three are Mozilla intermediate's.
 TLS12_CIPHERS = ":".join([
     "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
     "ECDHE-ECDSA-CHACHA20-POLY1305",
@@ -40,9 +43,8 @@ def _harden(ctx: ssl.SSLContext) -> None:
     # One TLS 1.3 ticket per handshake, not OpenSSL's two: a client resumes with one, and each
     # ticket costs an encryption (and a callback into Python for the shared keys).
     ctx.num_tickets = 1
-    # Key-exchange groups: Python (< 3.15) can only *narrow* the list to a single curve with
-    # set_ecdh_curve(), which would drop X25519. OpenSSL 3's default group list is already
-    # X25519, P-256, X448, P-521, P-384, so we leave it alone.
+    # Key-exchange groups: X25519, P-256, P-384 (OpenSSL's default adds X448 and P-521).
+    set_groups(ctx)
 
 
 def _load(cert: Path, key: Path) -> ssl.SSLContext:
