@@ -1,41 +1,37 @@
 """The array's configuration: one TOML file, validated whole before anything uses it.
 
-Every problem is reported as a ConfigError naming the file, the key (dotted path, with the
-index of array-of-tables entries) and the reason, so an operator can fix it from one line.
+Every problem is a ConfigError naming the file, the key (dotted path, with the index of
+array-of-tables entries) and the reason; a bad file raises ConfigErrors listing all of them,
+one line each. Files the config names (secret, token, certificates) are checked only where the
+node runs (`check_files`): a copy being pushed from elsewhere need not have them.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import math
-import re
 import tomllib
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
 
-T = TypeVar("T")
+from dlba.config_reader import (
+    ConfigError,
+    ConfigErrors,
+    HostPort,
+    Problems,
+    Reader,
+    addr,
+    check_files,
+    ipv4,
+    networks,
+    parse_host_port,
+    unique,
+)
+
+__all__ = [
+    "Config", "ConfigError", "ConfigErrors", "HostPort", "collect_config", "load_config",
+    "parse_config", "parse_host_port",
+]
 
 POLICIES = ("least_conn", "weighted_rr", "response_time", "url_hash", "p2c")
-_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
-
-
-class ConfigError(Exception):
-    def __init__(self, file: str, key: str, reason: str) -> None:
-        super().__init__(f"{file}: {key}: {reason}")
-        self.file = file
-        self.key = key
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class HostPort:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -180,6 +176,14 @@ class Config:
     def read_admin_token(self) -> str:
         return _read_file_value(self, "admin.token_file", self.admin.token_file)
 
+    def files(self) -> list[tuple[str, Path]]:
+        """Every file the config names, with its key: they live on the nodes."""
+        out = [("cluster.secret_file", self.cluster.secret_file), ("tls.cert", self.tls.cert),
+               ("tls.key", self.tls.key), ("admin.token_file", self.admin.token_file)]
+        for i, s in enumerate(self.tls.sni):
+            out += [(f"tls.sni[{i}].cert", s.cert), (f"tls.sni[{i}].key", s.key)]
+        return [(k, p) for k, p in out if p is not None]
+
 
 def _read_file_value(cfg: Config, key: str, path: Path | None) -> str:
     if path is None:
@@ -193,156 +197,91 @@ def _read_file_value(cfg: Config, key: str, path: Path | None) -> str:
     return value
 
 
-class _Reader:
-    """Walks one table, taking keys by type; whatever is left over is an unknown key."""
 
-    def __init__(self, file: str, prefix: str, table: Mapping[str, Any]) -> None:
-        self.file = file
-        self.prefix = prefix
-        self.table = dict(table)
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}.{name}" if self.prefix else name
-
-    def fail(self, name: str, reason: str) -> ConfigError:
-        return ConfigError(self.file, self.key(name), reason)
-
-    def take(self, name: str, kind: type[T], default: T | None = None, required: bool = False) -> T:
-        if name not in self.table:
-            if required or default is None:
-                raise self.fail(name, "missing")
-            return default
-        value = self.table.pop(name)
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise self.fail(name, f"expected {kind.__name__}, got {type(value).__name__}")
-        return value
-
-    def take_list(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
-        if name not in self.table:
-            return default
-        value = self.table.pop(name)
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise self.fail(name, "expected a list of strings")
-        return tuple(value)
-
-    def take_path(self, name: str, base: Path, must_exist: bool) -> Path | None:
-        raw = self.take(name, str, "")
-        if not raw:
-            return None
-        p = Path(raw)
-        p = p if p.is_absolute() else base / p
-        if must_exist and not p.is_file():
-            raise self.fail(name, f"file not found: {p}")
-        return p
-
-    def positive(self, name: str, kind: type[T], default: T) -> T:
-        value = self.take(name, kind, default)
-        if not 0 < value < math.inf:  # type: ignore[operator]  # nan and inf too
-            raise self.fail(name, "must be > 0 and finite")
-        return value
-
-    def done(self) -> None:
-        for name in self.table:
-            raise self.fail(name, "unknown key")
-
-
-def parse_host_port(text: str, *, default_host: str = "0.0.0.0") -> HostPort:
-    """`host:port`, `[v6]:port` or `:port`; raises ValueError with the reason."""
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-        if not sep:
-            raise ValueError(f"{text!r} is not [host]:port")
-    else:
-        host, sep, port = text.rpartition(":")
-        if not sep:
-            raise ValueError(f"{text!r} is not host:port")
-    host = host or default_host
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"bad port in {text!r}")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        # A DNS name (RFC 1123): ASCII labels, no empty ones, and not a mistyped IPv4 address.
-        labels = host.split(".")
-        if (len(host) > 253 or labels[-1].isdigit()
-                or not all(_HOST_LABEL.fullmatch(label) for label in labels)):
-            raise ValueError(f"bad host in {text!r}") from None
-    return HostPort(host, int(port))
-
-
-def _ipv4(r: _Reader, name: str, value: str) -> str:
-    try:
-        return str(ipaddress.IPv4Address(value))
-    except ValueError:
-        raise r.fail(name, f"not an IPv4 address: {value!r}") from None
-
-
-def _addr(r: _Reader, name: str, value: str, default_host: str = "0.0.0.0") -> HostPort:
-    try:
-        return parse_host_port(value, default_host=default_host)
-    except ValueError as e:
-        raise r.fail(name, str(e)) from None
-
-
-def _tables(root: _Reader, name: str) -> list[tuple[str, Mapping[str, Any]]]:
-    if name not in root.table:
-        return []
-    value = root.table.pop(name)
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise root.fail(name, "expected an array of tables ([[" + name + "]])")
-    return [(f"{name}[{i}]", v) for i, v in enumerate(value)]
-
-
-def _section(root: _Reader, name: str) -> _Reader:
-    value = root.table.pop(name, {})
-    if not isinstance(value, dict):
-        raise root.fail(name, "expected a table")
-    return _Reader(root.file, name, value)
-
-
-def _each(root: _Reader, name: str, build: Callable[[_Reader], T]) -> tuple[T, ...]:
-    out = []
-    for key, table in _tables(root, name):
-        r = _Reader(root.file, key, table)
-        out.append(build(r))
-        r.done()
-    return tuple(out)
-
-
-def load_config(path: str | Path) -> Config:
+def load_config(path: str | Path, *, check_files: bool = True) -> Config:
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as e:
         raise ConfigError(str(path), "-", f"cannot read: {e.strerror}") from e
-    return parse_config(text, path)
+    return parse_config(text, path, check_files=check_files)
 
 
-def parse_config(text: str, path: Path) -> Config:
-    file = str(path)
+def parse_config(text: str, path: Path, *, check_files: bool = True) -> Config:
+    """The config, or ConfigErrors with every problem. `check_files`: the files it names must
+    be here (the node's view); a pusher leaves them to the nodes."""
+    cfg, problems = collect_config(text, path, check_files=check_files)
+    if problems or cfg is None:
+        raise ConfigErrors(problems)
+    return cfg
+
+
+def collect_config(text: str, path: Path, *, check_files: bool = True
+                   ) -> tuple[Config | None, list[ConfigError]]:
+    """Every problem of the file, and the config read with defaults in place of bad values
+    (None when the text is not TOML): callers add their own checks to the same list."""
+    problems = Problems(str(path))
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(file, "-", f"not valid TOML: {e}") from e
+        problems.add("-", f"not valid TOML: {e}")
+        return None, problems.items
     base = path.parent
-    root = _Reader(file, "", data)
+    root = Reader(problems, "", data)
+    cluster = _cluster(root.section("cluster"), base)
+    ports, _ = root.each("ports", _port_rule)
+    nodes, n_nodes = root.each("nodes", lambda r: _node(r, cluster))
+    if not n_nodes and not problems.has("nodes"):
+        problems.add("nodes", "at least one [[nodes]] entry is needed")
+    unique(problems, "nodes", [(i, n.name) for i, n in nodes], "name")
+    unique(problems, "nodes", [(i, n.address) for i, n in nodes], "address")
+    if len(nodes) == n_nodes:  # a bad [[nodes]] entry is left out: no "no node named" then
+        names = {n.name for _, n in nodes}
+        for i, rule in ports:
+            if rule.pinned_node is not None and rule.pinned_node not in names:
+                problems.add(f"ports[{i}].rule", f"no node named {rule.pinned_node!r}")
+        if cluster.default_node and cluster.default_node not in names:
+            problems.add("cluster.default_node", f"no node named {cluster.default_node!r}")
+    unique(problems, "ports", [(i, str(rule.port)) for i, rule in ports], "port")
+    tls = _tls(root.section("tls"), base)
+    if (any(n.listen_tls for _, n in nodes) and (tls.cert is None or tls.key is None)
+            and not problems.has("tls")):
+        problems.add("tls.cert" if tls.cert is None else "tls.key", "needed for listen_tls")
+    persistence = _persistence(root.section("persistence"))
+    scheduling = _scheduling(root.section("scheduling"))
+    backends, n_backends = root.each("backends", _backend)
+    if not n_backends and not problems.has("backends"):
+        problems.add("backends", "at least one [[backends]] entry is needed")
+    unique(problems, "backends", [(i, str(b.id)) for i, b in backends], "id")
+    admin = _admin(root.section("admin"), base)
+    proxy = _proxy(root.section("proxy"))
+    root.done()
+    cfg = Config(
+        path, cluster, tuple(p for _, p in ports), tuple(n for _, n in nodes), tls,
+        persistence, scheduling, tuple(b for _, b in backends), admin, proxy, text,
+    )
+    if check_files:
+        _check_files_of(problems, cfg)
+    return cfg, problems.items
 
-    c = _section(root, "cluster")
-    vip = c.take("vip", str, "")
+
+def _check_files_of(problems: Problems, cfg: Config) -> None:
+    check_files(problems, [(k, p) for k, p in cfg.files() if not problems.has(k)])
+
+
+def _cluster(c: Reader, base: Path) -> ClusterConfig:
+    vip = ipv4(c, "vip", c.take("vip", str, "") or None)
     deny = c.take_list("deny")
-    for cidr in deny:
-        try:
-            ipaddress.IPv4Network(cidr, strict=False)
-        except ValueError:
-            raise c.fail("deny", f"not an IPv4 network: {cidr!r}") from None
+    networks(c, "deny", deny, v4_only=True)
+    redis = c.take("redis", str, "")
+    if redis and not redis.startswith(("redis://", "rediss://", "unix://")):
+        c.report("redis", f"not a redis URL: {redis!r}")
     cluster = ClusterConfig(
-        vip=_ipv4(c, "vip", vip) if vip else None,
+        vip=vip,
         buckets=c.positive("buckets", int, 4096),
         bucket_idle_s=c.positive("bucket_idle_s", float, 300.0),
-        redis=c.take("redis", str, ""),
-        secret_file=c.take_path("secret_file", base, must_exist=True),
+        redis=redis,
+        secret_file=c.take_path("secret_file", base),
         deny=deny,
         default_node=c.take("default_node", str, ""),
         ping_interval_s=c.positive("ping_interval_s", float, 0.1),
@@ -350,126 +289,123 @@ def parse_config(text: str, path: Path) -> Config:
         sweep_interval_s=c.positive("sweep_interval_s", float, 1.0),
         sweep_retries=c.positive("sweep_retries", int, 3),
     )
-    if cluster.redis and not cluster.redis.startswith(("redis://", "rediss://", "unix://")):
-        raise c.fail("redis", f"not a redis URL: {cluster.redis!r}")
     c.done()
+    return cluster
 
-    def build_port(r: _Reader) -> PortRule:
-        port = r.take("port", int, required=True)
-        if not 0 < port < 65536:
-            raise r.fail("port", f"not a port: {port}")
-        rule = r.take("rule", str, "balanced")
-        if rule != "balanced" and not (rule.startswith("node:") and len(rule) > 5):
-            raise r.fail("rule", f"expected 'balanced' or 'node:NAME', got {rule!r}")
-        return PortRule(port, rule)
 
-    ports = _each(root, "ports", build_port)
+def _port_rule(r: Reader) -> PortRule:
+    port = r.require("port", int)
+    if port is not None and not 0 < port < 65536:
+        r.report("port", f"not a port: {port}")
+    rule = r.take("rule", str, "balanced")
+    if rule != "balanced" and not (rule.startswith("node:") and len(rule) > 5):
+        r.report("rule", f"expected 'balanced' or 'node:NAME', got {rule!r}")
+    return PortRule(port or 0, rule)
 
+
+def _node(r: Reader, cluster: ClusterConfig) -> NodeConfig:
+    name = r.require("name", str)
+    address = ipv4(r, "address", r.require("address", str))
+    weight = r.positive("weight", int, 100)
+    # Absent listen keys default to the VIP's ports 80/443; an explicit [] turns one off.
     vip_host = cluster.vip or "127.0.0.1"
+    has_listen, has_tls = "listen" in r.table, "listen_tls" in r.table
+    listen = _addrs(r, "listen", vip_host)
+    listen_tls = _addrs(r, "listen_tls", vip_host)
+    if not has_listen and cluster.vip:
+        listen = (HostPort(cluster.vip, 80),)
+    if not has_tls and cluster.vip:
+        listen_tls = (HostPort(cluster.vip, 443),)
+    admin = r.take("admin", str, "")
+    return NodeConfig(
+        name or "", address or "", weight, listen, listen_tls,
+        addr(r, "admin", admin, address or "0.0.0.0") if admin else None,
+    )
 
-    def build_node(r: _Reader) -> NodeConfig:
-        name = r.take("name", str, required=True)
-        address = _ipv4(r, "address", r.take("address", str, required=True))
-        weight = r.positive("weight", int, 100)
-        # Absent listen keys default to the VIP's ports 80/443; an explicit [] turns one off.
-        has_listen, has_tls = "listen" in r.table, "listen_tls" in r.table
-        listen = tuple(_addr(r, "listen", a, vip_host) for a in r.take_list("listen"))
-        listen_tls = tuple(_addr(r, "listen_tls", a, vip_host) for a in r.take_list("listen_tls"))
-        if not has_listen and cluster.vip:
-            listen = (HostPort(cluster.vip, 80),)
-        if not has_tls and cluster.vip:
-            listen_tls = (HostPort(cluster.vip, 443),)
-        admin = r.take("admin", str, "")
-        return NodeConfig(
-            name, address, weight, listen, listen_tls,
-            _addr(r, "admin", admin, address) if admin else None,
-        )
 
-    nodes = _each(root, "nodes", build_node)
-    if not nodes:
-        raise ConfigError(file, "nodes", "at least one [[nodes]] entry is needed")
-    _unique(file, "nodes", [n.name for n in nodes], "name")
-    _unique(file, "nodes", [n.address for n in nodes], "address")
-    names = {n.name for n in nodes}
-    for i, rule in enumerate(ports):
-        if rule.pinned_node is not None and rule.pinned_node not in names:
-            raise ConfigError(file, f"ports[{i}].rule", f"no node named {rule.pinned_node!r}")
-    _unique(file, "ports", [str(rule.port) for rule in ports], "port")
-    if cluster.default_node and cluster.default_node not in names:
-        raise ConfigError(file, "cluster.default_node", f"no node named {cluster.default_node!r}")
+def _addrs(r: Reader, name: str, default_host: str) -> tuple[HostPort, ...]:
+    out = (addr(r, name, a, default_host) for a in r.take_list(name))
+    return tuple(a for a in out if a is not None)
 
-    t = _section(root, "tls")
-    cert = t.take_path("cert", base, must_exist=True)
-    key = t.take_path("key", base, must_exist=True)
 
-    def build_sni(r: _Reader) -> SniCert:
-        names_ = r.take_list("names")
-        if not names_:
-            raise r.fail("names", "missing")
-        c_ = r.take_path("cert", base, must_exist=True)
-        k_ = r.take_path("key", base, must_exist=True)
-        if c_ is None or k_ is None:
-            raise r.fail("cert" if c_ is None else "key", "missing")
-        return SniCert(names_, c_, k_)
+def _tls(t: Reader, base: Path) -> TlsConfig:
+    cert = t.take_path("cert", base)
+    key = t.take_path("key", base)
 
-    sni = _each(t, "sni", build_sni)
+    def build_sni(r: Reader) -> SniCert:
+        names = r.take_list("names")
+        if not names and not r.problems.has(r.key("names")):
+            r.report("names", "missing")
+        c, k = r.take_path("cert", base), r.take_path("key", base)
+        for missing in [n for n, v in (("cert", c), ("key", k)) if v is None]:
+            if not r.problems.has(r.key(missing)):
+                r.report(missing, "missing")
+        return SniCert(names, c or base, k or base)
+
+    sni, _ = t.each("sni", build_sni)
     hsts = t.take("hsts", bool, True)
     hsts_max_age_s = t.take("hsts_max_age_s", int, TlsConfig.hsts_max_age_s)
     if hsts_max_age_s < 0:
-        raise t.fail("hsts_max_age_s", "must be >= 0")
+        t.report("hsts_max_age_s", "must be >= 0")
     t.done()
-    if any(n.listen_tls for n in nodes) and (cert is None or key is None):
-        raise ConfigError(file, "tls.cert" if cert is None else "tls.key", "needed for listen_tls")
-    tls = TlsConfig(cert, key, sni, hsts, hsts_max_age_s)
+    return TlsConfig(cert, key, tuple(s for _, s in sni), hsts, hsts_max_age_s)
 
-    p = _section(root, "persistence")
+
+def _persistence(p: Reader) -> PersistenceConfig:
+    d = PersistenceConfig()
+    cookie = p.take("cookie", str, d.cookie)
+    if not cookie or not cookie.replace("_", "").isalnum():
+        p.report("cookie", f"not a cookie name: {cookie!r}")
+    same_site = p.take("same_site", str, d.same_site)
+    if same_site not in ("Strict", "Lax", "None"):
+        p.report("same_site", f"expected Strict, Lax or None, got {same_site!r}")
     persistence = PersistenceConfig(
-        cookie=p.take("cookie", str, "DLBASERVER"),
-        session_cookies=p.take_list("session_cookies", PersistenceConfig.session_cookies),
-        url_session_params=p.take_list("url_session_params", PersistenceConfig.url_session_params),
-        same_site=p.take("same_site", str, PersistenceConfig.same_site),
-        learned_ttl_s=p.positive("learned_ttl_s", float, PersistenceConfig.learned_ttl_s),
-        learned_max=p.positive("learned_max", int, PersistenceConfig.learned_max),
+        cookie=cookie,
+        session_cookies=p.take_list("session_cookies", d.session_cookies),
+        url_session_params=p.take_list("url_session_params", d.url_session_params),
+        same_site=same_site,
+        learned_ttl_s=p.positive("learned_ttl_s", float, d.learned_ttl_s),
+        learned_max=p.positive("learned_max", int, d.learned_max),
     )
-    if persistence.same_site not in ("Strict", "Lax", "None"):
-        raise p.fail("same_site", f"expected Strict, Lax or None, got {persistence.same_site!r}")
-    if not persistence.cookie or not persistence.cookie.replace("_", "").isalnum():
-        raise p.fail("cookie", f"not a cookie name: {persistence.cookie!r}")
     p.done()
+    return persistence
 
-    s = _section(root, "scheduling")
+
+def _scheduling(s: Reader) -> SchedulingConfig:
     policy = s.take("policy", str, "least_conn")
     if policy not in POLICIES:
-        raise s.fail("policy", f"expected one of {', '.join(POLICIES)}, got {policy!r}")
+        s.report("policy", f"expected one of {', '.join(POLICIES)}, got {policy!r}")
     scheduling = SchedulingConfig(policy, s.take_list("url_hash_paths"))
     s.done()
+    return scheduling
 
-    def build_backend(r: _Reader) -> BackendConfig:
-        bid = r.take("id", int, required=True)
-        if not 0 < bid < 2**31:
-            raise r.fail("id", "must be a positive integer")
-        address = _addr(r, "address", r.take("address", str, required=True), "127.0.0.1")
-        agent = r.take("agent", str, "")
-        health = r.take("health", str, "")
-        if health and not health.startswith("/"):
-            raise r.fail("health", f"expected a path starting with '/', got {health!r}")
-        return BackendConfig(
-            bid, address, r.positive("weight", int, 100), r.take("enabled", bool, True),
-            _addr(r, "agent", agent, address.host) if agent else None, health,
-        )
 
-    backends = _each(root, "backends", build_backend)
-    if not backends:
-        raise ConfigError(file, "backends", "at least one [[backends]] entry is needed")
-    _unique(file, "backends", [str(b.id) for b in backends], "id")
+def _backend(r: Reader) -> BackendConfig:
+    bid = r.require("id", int)
+    if bid is not None and not 0 < bid < 2**31:
+        r.report("id", "must be a positive integer")
+    address = addr(r, "address", r.require("address", str), "127.0.0.1")
+    agent = r.take("agent", str, "")
+    health = r.take("health", str, "")
+    if health and not health.startswith("/"):
+        r.report("health", f"expected a path starting with '/', got {health!r}")
+    return BackendConfig(
+        bid or 0, address or HostPort("127.0.0.1", 1), r.positive("weight", int, 100),
+        r.take("enabled", bool, True),
+        addr(r, "agent", agent, address.host if address else "127.0.0.1") if agent else None,
+        health,
+    )
 
-    a = _section(root, "admin")
-    admin_listen = a.take("listen", str, ":9000")
-    _addr(a, "listen", admin_listen)
-    admin = AdminConfig(admin_listen, a.take_path("token_file", base, must_exist=True))
+
+def _admin(a: Reader, base: Path) -> AdminConfig:
+    listen = a.take("listen", str, ":9000")
+    addr(a, "listen", listen)
+    admin = AdminConfig(listen, a.take_path("token_file", base))
     a.done()
+    return admin
 
-    x = _section(root, "proxy")
+
+def _proxy(x: Reader) -> ProxyConfig:
     d = ProxyConfig()
     proxy = ProxyConfig(
         header_timeout_s=x.positive("header_timeout_s", float, d.header_timeout_s),
@@ -488,19 +424,12 @@ def parse_config(text: str, path: Path) -> Config:
         workers=x.positive("workers", int, d.workers),
         redirect_https=_redirect_https(x),
     )
-    for cidr in proxy.trusted_proxies:
-        try:
-            ipaddress.ip_network(cidr, strict=False)
-        except ValueError:
-            raise x.fail("trusted_proxies", f"not a network: {cidr!r}") from None
+    networks(x, "trusted_proxies", proxy.trusted_proxies, v4_only=False)
     x.done()
-    root.done()
-    return Config(
-        path, cluster, ports, nodes, tls, persistence, scheduling, backends, admin, proxy, text
-    )
+    return proxy
 
 
-def _redirect_https(x: _Reader) -> tuple[str, ...]:
+def _redirect_https(x: Reader) -> tuple[str, ...]:
     """`true` (every plain listener), `false`, or a list of plain listeners ("host:port")."""
     raw = x.table.get("redirect_https", False)
     if isinstance(raw, bool):
@@ -509,13 +438,5 @@ def _redirect_https(x: _Reader) -> tuple[str, ...]:
     listeners = x.take_list("redirect_https")
     for text in listeners:
         if text != "*":
-            _addr(x, "redirect_https", text)
+            addr(x, "redirect_https", text)
     return listeners
-
-
-def _unique(file: str, table: str, values: list[str], key: str) -> None:
-    seen: set[str] = set()
-    for i, v in enumerate(values):
-        if v in seen:
-            raise ConfigError(file, f"{table}[{i}].{key}", f"duplicate value {v!r}")
-        seen.add(v)

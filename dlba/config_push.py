@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -26,7 +25,6 @@ from typing import Any, TypeVar
 from dlba.config import Config, ConfigError, load_config
 from dlba.config_reload import text_digest
 from dlba.listeners import admin_address
-from dlba.sockets import tls_context
 
 T = TypeVar("T")
 TIMEOUT_S = 10.0
@@ -34,7 +32,12 @@ PROG = "dlba config push"
 
 
 class PushFailed(Exception):
-    """One line for the operator: which node, what happened, what state the array is in."""
+    """One line for the operator: which node, what happened, what state the array is in;
+    `problems`: the refusing nodes' config problems, one line each (a config error, exit 2)."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
 
 
 def request(url: str, token: str, method: str = "GET", body: bytes | None = None,
@@ -45,26 +48,23 @@ def request(url: str, token: str, method: str = "GET", body: bytes | None = None
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read() or b"null")
     except urllib.error.HTTPError as e:
-        # The node's refusal carries its file/key/reason line in "error".
+        # A node's refusal lists its problems: file/key/reason each.
         try:
-            reason = json.loads(e.read()).get("error", e.reason)
-        except (ValueError, AttributeError):
-            reason = e.reason
-        raise PushFailed(str(reason)) from e
+            answer = json.loads(e.read())
+            reason = str(answer.get("error", e.reason))
+            problems = [f"{p['file']}: {p['key']}: {p['reason']}"
+                        for p in answer.get("problems", [])]
+        except (ValueError, AttributeError, KeyError, TypeError):
+            reason, problems = str(e.reason), []
+        raise PushFailed(reason.splitlines()[0] if reason else str(e.reason), problems) from e
     except (OSError, ValueError) as e:
         raise PushFailed(f"unreachable: {getattr(e, 'reason', None) or e}") from e
 
 
 def validate(path: Path) -> Config:
-    """The node's own validator, plus what a node checks before staging (TLS loadable)."""
-    cfg = load_config(path)
-    cfg.read_secret()
-    cfg.read_admin_token()
-    try:
-        tls_context(cfg)
-    except (ssl.SSLError, OSError) as e:
-        raise ConfigError(str(path), "tls.cert", f"cannot load: {e}") from e
-    return cfg
+    """Everything that does not depend on the machine: the files the config names live on the
+    nodes (relative to each node's own config), and each node checks them when it stages."""
+    return load_config(path, check_files=False)
 
 
 def urls_from_file(cfg: Config) -> list[str]:
@@ -89,18 +89,23 @@ def push_direct(urls: list[str], token: str, text: str) -> tuple[int, list[str]]
         versions.append(int(st.get("config_version") or 0))
     version = max(versions) + 1
     staged: list[str] = []
+    refused: list[tuple[str, PushFailed]] = []
     for url in urls:
+        # Stage everywhere even after a refusal: the operator learns every node's problems.
         try:
             request(f"{url}/config?stage=1&version={version}", token, "PUT", text.encode())
             staged.append(url)
         except PushFailed as e:
-            for u in [*staged, url]:
-                # A node that is down holds no stage worth keeping anyway.
-                with contextlib.suppress(PushFailed):
-                    request(u + "/config/stage", token, "DELETE")
-            raise PushFailed(
-                f"node {names[url]} ({url}) cannot stage version {version}: {e}; aborted, "
-                "every node keeps its running version") from e
+            refused.append((url, e))
+    if refused:
+        for u in urls:
+            # A node that is down holds no stage worth keeping anyway.
+            with contextlib.suppress(PushFailed):
+                request(u + "/config/stage", token, "DELETE")
+        who = "; ".join(f"node {names[u]} ({u}): {e}" for u, e in refused)
+        raise PushFailed(
+            f"version {version} not staged ({who}); aborted, every node keeps its running "
+            "version", [f"node {names[u]}: {line}" for u, e in refused for line in e.problems])
     done: list[str] = []
     failed: list[str] = []
     body = json.dumps({"version": version, "digest": text_digest(text)}).encode()
@@ -127,9 +132,12 @@ def push_bus(url: str, text: str, nodes: list[str], deadline_s: float) -> tuple[
     except (RedisError, OSError, BusBusy) as e:
         raise PushFailed(f"config bus {url}: {e}; nothing changed") from e
     if result.failed:
-        who = "; ".join(f"node {n}: {r}" for n, r in sorted(result.failed.items()))
+        # A refusal is the node's problems, one line each; anything else is one line too.
+        who = "; ".join(f"node {n}: {r.splitlines()[0]}" for n, r in sorted(result.failed.items()))
+        problems = [f"node {n}: {line}" for n, r in sorted(result.failed.items())
+                    if not r.startswith("no answer") for line in r.splitlines()]
         raise PushFailed(f"version {result.version} not staged ({who}); aborted, every node "
-                         "keeps its running version")
+                         "keeps its running version", problems)
     return result.version, nodes
 
 
@@ -153,36 +161,21 @@ def push_main(argv: list[str]) -> int:
     p.add_argument("--deadline", type=float, default=10.0,
                    help="seconds every node has to stage over the config bus")
     args = p.parse_args(argv)
-    path = Path(args.file)
     try:
-        cfg = validate(path)
+        cfg = validate(Path(args.file))
     except ConfigError as e:
-        print(f"{PROG}: config error: {e}", file=sys.stderr)
+        for line in e.lines():  # every problem, one line each
+            print(f"{PROG}: config error: {line}", file=sys.stderr)
         return 2
-    text = cfg.text
-    netns: str | None = None
-    redis_netns: str | None = None
+    use_bus = bool(cfg.cluster.redis) and not args.direct
     try:
-        token = args.token or cfg.read_admin_token()
-        if args.admin:
-            urls = [u.rstrip("/") for u in args.admin]
-        elif args.state:
-            from dlba.status_cli import admin_urls_from_state
-
-            urls, state_token, netns = admin_urls_from_state(Path(args.state))
-            token = args.token or state_token
-            info_file = Path(args.state) / "array.json"
-            info = json.loads(info_file.read_text()) if info_file.exists() else {}
-            if info.get("redis") and info.get("prefix") is not None:
-                # The bus address (198.18.1.2) exists only inside the array's namespaces.
-                redis_netns = f"{info['prefix']}redis"
-        else:
-            urls = urls_from_file(cfg)
+        urls, token, netns, redis_netns = _find_array(args, cfg, need_token=not use_bus)
     except (ConfigError, OSError, ValueError, KeyError) as e:
         print(f"{PROG}: cannot find the array: {e}", file=sys.stderr)
         return 2
+    text = cfg.text
     try:
-        if cfg.cluster.redis and not args.direct:
+        if use_bus:
             names = [n.name for n in cfg.nodes]
             version, done = _in_netns(
                 redis_netns, lambda: push_bus(cfg.cluster.redis, text, names, args.deadline))
@@ -190,6 +183,37 @@ def push_main(argv: list[str]) -> int:
             version, done = _in_netns(netns, lambda: push_direct(urls, token, text))
     except PushFailed as e:
         print(f"{PROG}: {e}", file=sys.stderr)
-        return 1
+        for line in e.problems:
+            print(f"{PROG}: config error: {line}", file=sys.stderr)
+        return 2 if e.problems else 1
     print(f"config version {version} committed on {', '.join(done)}")
     return 0
+
+
+def _find_array(args: argparse.Namespace, cfg: Config, need_token: bool
+                ) -> tuple[list[str], str, str | None, str | None]:
+    """Admin URLs, token, the namespace to reach them from, and the config bus's namespace."""
+    netns: str | None = None
+    redis_netns: str | None = None
+    token: str = args.token or ""
+    if args.admin:
+        urls = [u.rstrip("/") for u in args.admin]
+    elif args.state:
+        from dlba.status_cli import admin_urls_from_state
+
+        urls, state_token, netns = admin_urls_from_state(Path(args.state))
+        token = token or state_token
+        info_file = Path(args.state) / "array.json"
+        info = json.loads(info_file.read_text()) if info_file.exists() else {}
+        if info.get("redis") and info.get("prefix") is not None:
+            # The bus address (198.18.1.2) exists only inside the array's namespaces.
+            redis_netns = f"{info['prefix']}redis"
+    else:
+        urls = urls_from_file(cfg)
+    if need_token and not token:
+        try:
+            token = cfg.read_admin_token()
+        except ConfigError as e:
+            # The token file may live only on the nodes (a copy pushed from elsewhere).
+            raise ConfigError(e.file, e.key, f"{e.reason} (give --token or --state)") from e
+    return urls, token, netns, redis_netns

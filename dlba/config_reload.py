@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import web
 
 from dlba.backend_checks import BackendChecks
-from dlba.config import Config, ConfigError, HostPort, parse_config
+from dlba.config import Config, ConfigError, ConfigErrors, HostPort, collect_config
+from dlba.config_node import node_problems
 from dlba.listeners import Listeners
 from dlba.proxy_context import ProxyContext
 from dlba.sockets import tls_context
@@ -38,17 +39,17 @@ if TYPE_CHECKING:
 events = logging.getLogger("dlba.event")
 
 
-class StageError(Exception):
-    """Why a candidate cannot run here: the same file/key/reason triple as ConfigError."""
+class StageError(ConfigErrors):
+    """Why a candidate cannot run here: every file/key/reason problem, one line each."""
 
-    def __init__(self, file: str, key: str, reason: str) -> None:
-        super().__init__(f"{file}: {key}: {reason}")
-        self.file = file
-        self.key = key
-        self.reason = reason
+    @classmethod
+    def one(cls, file: str, key: str, reason: str) -> StageError:
+        return cls([ConfigError(file, key, reason)])
 
-    def to_json(self) -> dict[str, str]:
-        return {"error": str(self), "file": self.file, "key": self.key, "reason": self.reason}
+    def to_json(self) -> dict[str, Any]:  # type: ignore[override]
+        first = self.problems[0]
+        return {"error": str(self), "file": first.file, "key": first.key,
+                "reason": first.reason, "problems": super().to_json()}
 
 
 class ReloadableNode(Protocol):
@@ -98,40 +99,51 @@ def _probe_bind(addr: HostPort) -> None:
 
 
 def validate_candidate(text: str, node_name: str, base: Config, workers: bool = False) -> Staged:
-    """Everything that can fail before the commit; raises StageError. `base` gives the path
-    that relative file names resolve against (this node's config file)."""
+    """Everything that can fail before the commit, all of it reported at once; raises
+    StageError. `base` gives the path that relative file names resolve against (this node's
+    config file): the files a config names are checked here, on the node."""
     file = str(base.path)
-    try:
-        new = parse_config(text, base.path)
-        new.node(node_name)  # this node must stay a member: it cannot remove itself
-        new.read_secret()
-        new.read_admin_token()
-    except ConfigError as e:
-        raise StageError(e.file, e.key, e.reason) from e
-    if new.read_secret() != base.read_secret():
-        # Cookies signed with the old secret are still out there; changing it is a restart.
-        raise StageError(file, "cluster.secret_file", "the cluster secret cannot change live")
-    if [(n.name, n.address) for n in new.nodes] != [(n.name, n.address) for n in base.nodes]:
-        # Node numbers index the client table and the kernel's maps in every node.
-        raise StageError(file, "nodes", "the array's members cannot change live (restart); "
-                         "their weights can")
-    if new.cluster.vip != base.cluster.vip or new.cluster.buckets != base.cluster.buckets:
-        raise StageError(file, "cluster.vip" if new.cluster.vip != base.cluster.vip
-                         else "cluster.buckets", "cannot change while running (restart)")
-    try:
-        ssl_ctx = tls_context(new)
-    except (ssl.SSLError, OSError) as e:
-        raise StageError(file, "tls.cert", f"cannot load: {e}") from e
+    new, problems = collect_config(text, base.path, check_files=True)
+    if new is None:
+        raise StageError(problems)
+    problems += node_problems(new, node_name, problems)
+    problems += _live_change_problems(new, base, problems)
     old_listeners = Listeners.wanted(base, node_name)
-    for kind, addr in Listeners.wanted(new, node_name):
-        if (kind, addr) in old_listeners:
-            continue
-        try:
-            _probe_bind(addr)
-        except OSError as e:
-            key = {"http": "listen", "https": "listen_tls", "admin": "admin"}[kind]
-            raise StageError(file, f"nodes.{key}", f"cannot bind {addr}: {e.strerror}") from e
-    return Staged(0, new, ssl_ctx, tls_fingerprint(new))
+    if not problems:
+        for kind, addr in Listeners.wanted(new, node_name):
+            if (kind, addr) in old_listeners:
+                continue
+            try:
+                _probe_bind(addr)
+            except OSError as e:
+                key = {"http": "listen", "https": "listen_tls", "admin": "admin"}[kind]
+                problems.append(ConfigError(file, f"nodes.{key}",
+                                            f"cannot bind {addr}: {e.strerror}"))
+    if problems:
+        raise StageError(problems)
+    return Staged(0, new, tls_context(new), tls_fingerprint(new))
+
+
+def _live_change_problems(new: Config, base: Config, earlier: list[ConfigError]
+                          ) -> list[ConfigError]:
+    """What a running array cannot take without a restart."""
+    file = str(base.path)
+    out: list[ConfigError] = []
+    if not any(p.key == "cluster.secret_file" for p in earlier) and (
+            new.read_secret() != base.read_secret()):
+        # Cookies signed with the old secret are still out there; changing it is a restart.
+        out.append(ConfigError(file, "cluster.secret_file",
+                               "the cluster secret cannot change live"))
+    if not any(p.key.startswith("nodes") for p in earlier) and (
+            [(n.name, n.address) for n in new.nodes] != [(n.name, n.address) for n in base.nodes]):
+        # Node numbers index the client table and the kernel's maps in every node.
+        out.append(ConfigError(file, "nodes", "the array's members cannot change live "
+                               "(restart); their weights can"))
+    for key, a, b in (("cluster.vip", new.cluster.vip, base.cluster.vip),
+                      ("cluster.buckets", new.cluster.buckets, base.cluster.buckets)):
+        if a != b and not any(p.key == key for p in earlier):
+            out.append(ConfigError(file, key, "cannot change while running (restart)"))
+    return out
 
 
 class ConfigReloader:
@@ -169,7 +181,7 @@ class ConfigReloader:
 
     def stage(self, text: str, version: int) -> Staged:
         if version <= self.node.config_version:
-            raise StageError(str(self.node.config.path), "version",
+            raise StageError.one(str(self.node.config.path), "version",
                              f"{version} is not newer than {self.node.config_version}")
         workers = getattr(self.node, "workers", None) is not None
         staged = validate_candidate(text, self.node.name, self.node.config, workers)
@@ -189,11 +201,11 @@ class ConfigReloader:
         staged = self.staged
         if staged is None or staged.version != version:
             have = staged.version if staged else "nothing"
-            raise StageError(str(self.node.config.path), "version",
+            raise StageError.one(str(self.node.config.path), "version",
                              f"version {version} is not staged here (staged: {have})")
         if digest is not None and digest != text_digest(staged.config.text):
             # Two pushes raced for the same version: commit only the text this pusher staged.
-            raise StageError(str(self.node.config.path), "version",
+            raise StageError.one(str(self.node.config.path), "version",
                              f"version {version} staged here is another push's text")
         self.staged = None
         node = self.node
@@ -211,7 +223,7 @@ class ConfigReloader:
             # The probe bind passed, so this is a race with another process: keep the old.
             node.ctx.apply(old)
             node.config = old
-            raise StageError(str(old.path), "nodes.listen", f"cannot listen: {e}") from e
+            raise StageError.one(str(old.path), "nodes.listen", f"cannot listen: {e}") from e
         # NodeRuntime.stop closes what is in `servers`: keep it the live set.
         node.servers[:] = list(listeners.servers.values())
         tls_changed = staged.tls_print != self.tls_print

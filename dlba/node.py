@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import ssl
 import sys
 from typing import Any
 
@@ -16,7 +15,8 @@ import dlba
 from dlba.admin_api import make_admin_app, own_node_row
 from dlba.backend_checks import BackendChecks
 from dlba.client_connection import client_protocols
-from dlba.config import Config, ConfigError, load_config
+from dlba.config import Config, ConfigError
+from dlba.config_node import load_node_config
 from dlba.config_reload import ConfigReloader
 from dlba.dashboard import register_dashboard
 from dlba.listeners import admin_address
@@ -172,16 +172,10 @@ def node_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     setup_logging(args.log_level)
     try:
-        config = load_config(args.config)
-        config.node(args.name)
-        config.read_secret()
-        config.read_admin_token()
-        tls_context(config)
+        config = load_node_config(args.config, args.name)
     except ConfigError as e:
-        print(f"dlba: config error: {e}", file=sys.stderr)
-        return 2
-    except (ssl.SSLError, OSError) as e:
-        print(f"dlba: config error: {args.config}: tls: {e}", file=sys.stderr)
+        for line in e.lines():  # every problem, one line each
+            print(f"dlba: config error: {line}", file=sys.stderr)
         return 2
     try:
         import uvloop

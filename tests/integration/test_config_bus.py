@@ -132,7 +132,7 @@ async def test_a_node_that_cannot_stage_aborts_the_bus_push(
         arr.add_file("certs2/node.key", arr.certs.node_key, ["n1", "n3"])
         text = arr.render([arr.backend(3, "b3")], tls_cert="certs2/node.pem",
                           tls_key="certs2/node.key")
-        assert await push(arr.push_file(text)) == 1
+        assert await push(arr.push_file(text)) == 2  # refused for its content
         err = capsys.readouterr().err
         assert "node n2" in err and "tls.cert" in err and "aborted" in err
         await asyncio.sleep(1.5)  # three polls: nobody picks anything up later either
@@ -140,6 +140,36 @@ async def test_a_node_that_cannot_stage_aborts_the_bus_push(
             "n1": 1, "n2": 1, "n3": 1}
         assert all(node.reloader.staged is None for node in arr.nodes.values())
         assert redis_server.client().get(config_bus.VERSION_KEY) is None
+
+
+async def test_a_bus_refusal_lists_every_problem_of_the_node(
+    tmp_path: Path, redis_server: RedisServer, capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with config_array(tmp_path, redis=redis_server.url) as arr:
+        assert await bus_up(arr)
+        for name in ("n1", "n3"):  # n2 lacks the SNI pair; so does the pusher's own folder
+            for ext, src in (("pem", arr.certs.node_cert), ("key", arr.certs.node_key)):
+                shutil.copy(src, arr.node_dir(name) / "certs" / f"shop.{ext}")
+        sni = ('[[tls.sni]]\nnames = ["shop.test"]\ncert = "certs/shop.pem"\n'
+               'key = "certs/shop.key"\n')
+        text = arr.render([arr.backend(3, "b3")]).replace("[persistence]", sni + "[persistence]")
+        copy = tmp_path / "elsewhere" / "cluster.toml"
+        copy.parent.mkdir()
+        copy.write_text(text)
+        assert await push(copy) == 2
+        err = capsys.readouterr().err
+        n2 = arr.node_dir("n2")
+        problems = [line for line in err.splitlines() if "config error" in line]
+        assert problems == [
+            f"dlba config push: config error: node n2: {n2 / 'cluster.toml'}: {key}: "
+            f"file not found: {n2 / 'certs' / f}"
+            for key, f in (("tls.sni[0].cert", "shop.pem"), ("tls.sni[0].key", "shop.key"))
+        ], err
+        assert "aborted" in err
+        await asyncio.sleep(1.5)  # three polls: nobody commits it later either
+        assert {n: node.config_version for n, node in arr.nodes.items()} == {
+            "n1": 1, "n2": 1, "n3": 1}
+        assert all(node.reloader.staged is None for node in arr.nodes.values())
 
 
 async def test_a_missed_message_is_picked_up_by_polling(

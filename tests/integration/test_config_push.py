@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -77,12 +78,103 @@ async def test_one_node_cannot_stage_so_nobody_commits(
         path = arr.push_file(text)
         code = await push(path)
         err = capsys.readouterr().err
-        assert code == 1
+        assert code == 2  # refused for what the config says: a config error
         assert "node n3" in err and "tls.cert" in err and "aborted" in err
         assert await arr.versions() == {"n1": 1, "n2": 1, "n3": 1}
         for name in arr.names:
             assert arr.nodes[name].reloader.staged is None, name  # aborted everywhere
             assert await arr.whoami(name) <= {"b1", "b2"}
+
+
+def elsewhere(root: Path, text: str) -> Path:
+    """An operator's copy in a folder of its own, without the files the config names."""
+    d = root / "elsewhere" / "edits"
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / "my-cluster.toml"
+    path.write_text(text)
+    return path
+
+
+SNI = ('[[tls.sni]]\nnames = ["shop.test"]\ncert = "certs/shop.pem"\n'
+       'key = "certs/shop.key"\n')
+
+
+async def test_a_copy_elsewhere_pushes_when_the_nodes_have_the_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with config_array(tmp_path) as arr:
+        copy = elsewhere(tmp_path, arr.render([arr.backend(3, "b3")]))
+        assert not (copy.parent / "certs").exists()
+        # the token file lives on the nodes too: the pusher says how to give it
+        assert await push(copy) == 2
+        err = capsys.readouterr().err
+        assert "admin.token_file" in err and "--token" in err and "secret_file" not in err
+        assert await push(copy, "--token", arr.token) == 0, capsys.readouterr().err
+        assert await arr.versions() == {"n1": 2, "n2": 2, "n3": 2}
+        for name in arr.names:
+            assert await arr.whoami(name) == {"b3"}
+
+
+async def test_a_file_one_node_lacks_is_refused_by_that_node_at_stage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with config_array(tmp_path) as arr:
+        for name in ("n1", "n2"):  # n3 lacks the SNI certificate; so does the pusher's folder
+            for ext, src in (("pem", arr.certs.node_cert), ("key", arr.certs.node_key)):
+                shutil.copy(src, arr.node_dir(name) / "certs" / f"shop.{ext}")
+        text = arr.render([arr.backend(3, "b3")]).replace("[persistence]", SNI + "[persistence]")
+        code = await push(elsewhere(tmp_path, text), "--token", arr.token)
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert "node n3" in err and "aborted" in err
+        n3 = arr.node_dir("n3")
+        # resolved where n3 runs, each named by file and key
+        problems = [line for line in err.splitlines() if "config error" in line]
+        assert problems == [
+            f"dlba config push: config error: node n3: {n3 / 'cluster.toml'}: tls.sni[0].cert: "
+            f"file not found: {n3 / 'certs' / 'shop.pem'}",
+            f"dlba config push: config error: node n3: {n3 / 'cluster.toml'}: tls.sni[0].key: "
+            f"file not found: {n3 / 'certs' / 'shop.key'}",
+        ], err
+        assert await arr.versions() == {"n1": 1, "n2": 1, "n3": 1}
+        for name in arr.names:
+            assert arr.nodes[name].reloader.staged is None, name  # aborted everywhere
+            assert await arr.whoami(name) <= {"b1", "b2"}
+        # once n3 has the files too, the same copy goes through
+        for ext, src in (("pem", arr.certs.node_cert), ("key", arr.certs.node_key)):
+            shutil.copy(src, n3 / "certs" / f"shop.{ext}")
+        assert await push(elsewhere(tmp_path, text), "--token", arr.token) == 0
+        assert await arr.versions() == {"n1": 2, "n2": 2, "n3": 2}
+
+
+async def test_a_refused_config_lists_every_problem(tmp_path: Path) -> None:
+    async with config_array(tmp_path) as arr:
+        good = arr.render([arr.backend(3, "b3")])
+        # three problems the pusher sees itself
+        bad = elsewhere(tmp_path, good.replace('policy = "least_conn"', 'policy = "fastest"')
+                        .replace("id = 3", "id = 0") + "\n[bogus]\nx = 1\n")
+        proc = await asyncio.create_subprocess_exec(
+            *DLBA, "config", "push", str(bad), "--token", arr.token,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 2, err
+        lines = err.decode().strip().splitlines()
+        assert [line.split(": ")[3] for line in lines] == [
+            "scheduling.policy", "backends[0].id", "bogus"], lines
+        assert all(line.startswith(f"dlba config push: config error: {bad}: ") for line in lines)
+        # two only the nodes can see: each node's stage answer lists both
+        text = good.replace('cert = "certs/node.pem"', 'cert = "certs/gone.pem"').replace(
+            'token_file = "certs/admin.token"', 'token_file = "certs/gone.token"')
+        answer = await arr.admin("n2", "/config?stage=1&version=2", "PUT", text)
+        n2 = arr.node_dir("n2") / "cluster.toml"
+        assert [(p["file"], p["key"]) for p in answer["problems"]] == [
+            (str(n2), "tls.cert"), (str(n2), "admin.token_file")], answer
+        assert all("file not found" in p["reason"] for p in answer["problems"])
+        assert answer["error"].splitlines() == [
+            f"{p['file']}: {p['key']}: {p['reason']}" for p in answer["problems"]]
+        assert arr.nodes["n2"].reloader.staged is None
+        assert await arr.versions() == {"n1": 1, "n2": 1, "n3": 1}
 
 
 async def test_a_down_node_fails_the_push(tmp_path: Path,

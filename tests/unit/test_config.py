@@ -9,7 +9,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dlba.config import ConfigError, HostPort, parse_config, parse_host_port
+from dlba.config import (
+    Config,
+    ConfigError,
+    ConfigErrors,
+    HostPort,
+    load_config,
+    parse_config,
+    parse_host_port,
+)
+from dlba.node import node_main
 
 FILES = ("cluster.key", "node.pem", "node.key", "admin.token")
 
@@ -47,9 +56,11 @@ def error(folder: Path, text: str) -> ConfigError:
     with pytest.raises(ConfigError) as info:
         parse(folder, text)
     e = info.value
-    assert e.file == str(folder / "dlba.toml")
-    assert str(e) == f"{e.file}: {e.key}: {e.reason}"
-    assert "\n" not in str(e)
+    assert all(p.file == str(folder / "dlba.toml") for p in e.problems)
+    # one line per problem; the first one's fields are the error's own
+    assert str(e).splitlines() == [f"{p.file}: {p.key}: {p.reason}" for p in e.problems]
+    assert (e.file, e.key, e.reason) == (e.problems[0].file, e.problems[0].key,
+                                         e.problems[0].reason)
     return e
 
 
@@ -166,6 +177,104 @@ def test_bad_value_names_key_and_reason(
     e = error(folder, config_text(**{section: text}))
     assert e.key == key, str(e)
     assert reason in e.reason, str(e)
+
+
+# --- every problem at once ---------------------------------------------------------------------
+def test_three_problems_are_all_reported_with_file_key_and_reason(folder: Path) -> None:
+    text = config_text(
+        scheduling='[scheduling]\npolicy = "fastest"\n',
+        backends='[[backends]]\nid = 0\naddress = "10.0.1.101:8080"\n',
+        proxy="[proxy]\nheader_timeout_s = 5\nretries = 3\n",
+    )
+    with pytest.raises(ConfigErrors) as info:
+        parse(folder, text)
+    e = info.value
+    file = str(folder / "dlba.toml")
+    assert [(p.file, p.key) for p in e.problems] == [
+        (file, "scheduling.policy"), (file, "backends[0].id"), (file, "proxy.retries")]
+    assert [p.reason for p in e.problems] == [
+        "expected one of least_conn, weighted_rr, response_time, url_hash, p2c, got 'fastest'",
+        "must be a positive integer", "unknown key"]
+    # one line each, `file: key: reason`; the first one's fields for callers of ConfigError
+    assert str(e).splitlines() == e.lines() == [f"{file}: {p.key}: {p.reason}"
+                                                 for p in e.problems]
+    assert isinstance(e, ConfigError) and (e.key, e.reason) == ("scheduling.policy",
+                                                                e.problems[0].reason)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(picked=st.lists(st.sampled_from(BAD), min_size=1, max_size=6,
+                       unique_by=lambda b: b[0]))
+def test_any_set_of_bad_sections_reports_each_once(
+    folder: Path, picked: list[tuple[str, str, str, str]]
+) -> None:
+    e = error(folder, config_text(**{section: text for section, text, _, _ in picked}))
+    got = [(p.key, p.reason) for p in e.problems]
+    for _, _, key, reason in picked:
+        assert any(k == key and reason in r for k, r in got), (key, got)
+    # nothing reported twice, and no knock-on problem from a value already reported bad
+    assert len(got) == len(set(got)) == len(picked), got
+
+
+def test_a_bad_entry_does_not_cascade(folder: Path) -> None:
+    cluster = SECTIONS["cluster"] + 'default_node = "n1"\n'
+    nodes = '[[nodes]]\nname = "n1"\n[[nodes]]\nname = "n2"\naddress = "10.0.0.1"\n'
+    e = error(folder, config_text(cluster=cluster, nodes=nodes))
+    # n1 has no address: that only, not also "no node named n1" for default_node
+    assert [(p.key, p.reason) for p in e.problems] == [("nodes[0].address", "missing")]
+
+
+def test_files_are_the_nodes_business_when_asked(folder: Path, tmp_path_factory:
+                                                 pytest.TempPathFactory) -> None:
+    copy = tmp_path_factory.mktemp("elsewhere") / "dlba.toml"  # no certs/ next to it
+    text = config_text(tls='[tls]\ncert = "certs/node.pem"\nkey = "certs/node.key"\n'
+                       '[[tls.sni]]\nnames = ["a.test"]\ncert = "certs/a.pem"\n'
+                       'key = "certs/a.key"\n')
+    cfg = parse_config(text, copy, check_files=False)
+    assert cfg.tls.sni[0].cert == copy.parent / "certs" / "a.pem"
+    assert [k for k, _ in cfg.files()] == [
+        "cluster.secret_file", "tls.cert", "tls.key", "admin.token_file",
+        "tls.sni[0].cert", "tls.sni[0].key"]
+    with pytest.raises(ConfigErrors) as info:
+        parse_config(text, copy)
+    assert [p.key for p in info.value.problems] == [k for k, _ in cfg.files()]
+    assert all(p.reason.startswith("file not found: " + str(copy.parent))
+               for p in info.value.problems)
+    (folder / "certs" / "admin.token").write_text("  \n")
+    copy.write_text(text)
+    e = error(folder, text)
+    assert [(p.key, p.reason) for p in e.problems] == [
+        ("admin.token_file", f"{folder / 'certs' / 'admin.token'} is empty"),
+        ("tls.sni[0].cert", f"file not found: {folder / 'certs' / 'a.pem'}"),
+        ("tls.sni[0].key", f"file not found: {folder / 'certs' / 'a.key'}")]
+    assert isinstance(load_config(copy, check_files=False), Config)
+
+
+def test_a_node_refuses_to_start_listing_every_problem(
+    folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = folder / "dlba.toml"
+    path.write_text(config_text(
+        scheduling='[scheduling]\npolicy = "fastest"\n',
+        tls='[tls]\ncert = "certs/gone.pem"\nkey = "certs/node.key"\n',
+        proxy="[proxy]\nworkers = 0\n",
+    ))
+    assert node_main(["--config", str(path), "--name", "n1"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        f"dlba: config error: {path}: scheduling.policy: expected one of least_conn, "
+        "weighted_rr, response_time, url_hash, p2c, got 'fastest'",
+        f"dlba: config error: {path}: proxy.workers: must be > 0 and finite",
+        f"dlba: config error: {path}: tls.cert: file not found: {folder / 'certs' / 'gone.pem'}",
+    ]
+    # a name the config does not know is one more problem, not a different kind of exit
+    path.write_text(config_text(admin='[admin]\nlisten = ":9000"\n', tls=""))
+    assert node_main(["--config", str(path), "--name", "n9"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"dlba: config error: {path}: admin.token_file: not set",
+        f"dlba: config error: {path}: nodes: no node named 'n9'",
+    ]
 
 
 def test_not_toml(folder: Path) -> None:
