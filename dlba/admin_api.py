@@ -65,7 +65,24 @@ def status_json(view: NodeView) -> dict[str, Any]:
         "nodes": view.node_rows(),
         "backends": view.ctx.table.to_json(),
         "workers": workers.workers_json() if workers is not None else [],
+        "proxy": _proxy_json(view),
+        "learned_sessions": _learned_sessions(view),
     }
+
+
+def _learned_sessions(view: NodeView) -> int:
+    """Session ids whose issuing back end this node knows (dlba/learned_sessions.py)."""
+    selector = getattr(view.ctx, "selector", None)  # test doubles of a view may have none
+    return len(selector.learned) if selector is not None else 0
+
+
+def _proxy_json(view: NodeView) -> dict[str, Any]:
+    """The scheduler's sweep fails a node whose proxy does not serve, even if this answers."""
+    health = getattr(view, "proxy_health", None)  # test doubles of a view may have none
+    if health is None:
+        return {"healthy": True, "reason": ""}
+    h = health()
+    return {"healthy": h.healthy, "reason": h.reason}
 
 
 def bearer_ok(request: web.Request, token: str) -> bool:

@@ -23,6 +23,7 @@ from dlba.listeners import admin_address
 from dlba.metrics import NodeCollector
 from dlba.node_agent import NodeAgent
 from dlba.proxy_context import ProxyContext
+from dlba.proxy_health import ProxyHealth, listeners_health
 from dlba.sockets import (
     listen_socket,
     rotate_ticket_keys,
@@ -61,7 +62,8 @@ class NodeRuntime:
         self.background: list[asyncio.Future[None]] = []
         self.agent: NodeAgent | None = None
         if config.cluster.vip:
-            self.agent = NodeAgent(config, name, config.read_admin_token(), dataplane)
+            self.agent = NodeAgent(config, name, config.read_admin_token(), dataplane,
+                                   proxy_health=self.proxy_health)
             self.collector.extra.append(self.agent.metrics)
         # Staged/committed config pushes and the config bus (dlba/config_reload.py).
         self.reloader = ConfigReloader(self)
@@ -81,9 +83,19 @@ class NodeRuntime:
         row["mac"] = self.mac
         return [row]
 
+    def proxy_health(self) -> ProxyHealth:
+        """Whether this node's proxy serves: a node whose proxy does not is a failed node."""
+        if self.workers is not None:
+            return self.workers.health()
+        return listeners_health([s.is_serving() for s in self.servers])
+
     # --- life cycle -------------------------------------------------------------------------
     async def start(self) -> None:
         cfg = self.config
+        if self.agent is not None:
+            # Before serving: whatever a dead process of this node left on `front` (its tc
+            # program, the VIP) would re-forward the frames the live scheduler sends us.
+            await self.agent.clean_stale()
         if cfg.cluster.vip:
             # pyroute2's synchronous API runs its own event loop: keep it off ours.
             with contextlib.suppress(LookupError, OSError):

@@ -4,6 +4,10 @@ Runs in every node of an array (config with a VIP). It decides whether this node
 scheduler (the pure `Election` decides, this shell gathers its inputs), pings the scheduler,
 keeps a synced copy of the client table, and takes over when the pings stop.
 
+The ping is the service's, not the kernel's (scheduler/heartbeat.py): a UDP heartbeat answered
+by this process on the admin port's number, saying whether it holds the role and whether its
+proxy serves. A scheduler whose processes died, or whose proxy does not serve, stops passing.
+
 Sync is pushed: the scheduler sends every assignment change to its peers *before* writing it to
 its data plane, so a new scheduler's copy always holds every bucket a live flow may use, and no
 flow is reset by a takeover (issue 4, point 4; the alternative, GLB's "second chance", would
@@ -16,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -24,10 +28,12 @@ from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from dlba.config import Config, parse_host_port
+from dlba.proxy_health import ProxyHealth
 from scheduler.client_table import ClientTable, SyncError
-from scheduler.dataplane import DataPlane, make_dataplane
+from scheduler.dataplane import DataPlane, make_dataplane, remove_leftovers
 from scheduler.election import Decision, Election, PeerView, Role
-from scheduler.icmp_ping import Pinger
+from scheduler.heartbeat import heartbeat_key, scheduler_alive
+from scheduler.heartbeat_udp import Pinger, SelfState, serve_heartbeat
 from scheduler.scheduler_role import SchedulerRole
 from scheduler.vip_owner import arp_probe, interface_of, mac_text
 
@@ -45,14 +51,18 @@ SCHEDULER_ASK_S = 0.5  # how often a scheduler checks that no other one exists
 ARP_PROBE_S = 1.0  # how often a server checks who answers ARP for the VIP
 
 
-def admin_base(config: Config, index: int) -> str:
+def admin_port(config: Config, index: int) -> int:
     node = config.nodes[index]
-    port = (node.admin or parse_host_port(config.admin.listen, default_host=node.address)).port
-    return f"http://{node.address}:{port}"
+    return (node.admin or parse_host_port(config.admin.listen, default_host=node.address)).port
+
+
+def admin_base(config: Config, index: int) -> str:
+    return f"http://{config.nodes[index].address}:{admin_port(config, index)}"
 
 
 class NodeAgent:
-    def __init__(self, config: Config, name: str, token: str, dataplane: str = "ebpf") -> None:
+    def __init__(self, config: Config, name: str, token: str, dataplane: str = "ebpf",
+                 proxy_health: Callable[[], ProxyHealth] | None = None) -> None:
         self.config = config
         self.name = name
         self.token = token
@@ -67,6 +77,10 @@ class NodeAgent:
         self.table = ClientTable(config.cluster.buckets, [n.weight for n in config.nodes])
         self.role: SchedulerRole | None = None
         self.pinger: Pinger | None = None
+        self.key = heartbeat_key(config.read_secret())
+        self.proxy_health = proxy_health or (lambda: ProxyHealth(True))
+        self.heartbeat: asyncio.DatagramTransport | None = None
+        self.proxy_ok = True  # the last check, for the log's transitions
         self.session: aiohttp.ClientSession | None = None
         self.task: asyncio.Task[None] | None = None
         self.headers = {"Authorization": f"Bearer {token}"}
@@ -149,9 +163,31 @@ class NodeAgent:
         yield c
 
     # --- life cycle ---------------------------------------------------------------------------
+    async def clean_stale(self) -> None:
+        """Remove what a dead process of this node left on `front` before this one serves."""
+        vip = self.config.cluster.vip
+        assert vip is not None
+        try:
+            ifname, _ = await asyncio.to_thread(interface_of, self.address)
+            removed = await asyncio.to_thread(remove_leftovers, ifname, vip)
+        except (OSError, LookupError) as e:
+            events.warning("event=stale_check_failed node=%s reason=%r", self.name, str(e))
+            return
+        if removed:
+            events.warning("event=stale_dataplane_removed node=%s removed=%s", self.name,
+                           ",".join(removed))
+
+    def self_state(self) -> SelfState:
+        """What our heartbeat answer says, read when a ping arrives."""
+        return SelfState(self.name, self.election.view().term,
+                         self.election.role is Role.SCHEDULER and self.role is not None,
+                         self.proxy_health().healthy)
+
     async def start(self) -> None:
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0))
-        self.pinger = Pinger()
+        self.pinger = Pinger(self.key)
+        self.heartbeat = await serve_heartbeat(
+            self.address, admin_port(self.config, self.index), self.key, self.self_state)
         await self._prepare()
         self.task = asyncio.ensure_future(self._run())
 
@@ -181,6 +217,8 @@ class NodeAgent:
             self.prepared = None
         if self.pinger is not None:
             self.pinger.close()
+        if self.heartbeat is not None:
+            self.heartbeat.close()
         if self.session is not None:
             await self.session.close()
 
@@ -197,8 +235,21 @@ class NodeAgent:
             # A fixed period: a ping that timed out already waited its share of it.
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - t0)))
 
+    async def _check_own_proxy(self, now: float) -> None:
+        health = self.proxy_health()
+        if health.healthy != self.proxy_ok:
+            self.proxy_ok = health.healthy
+            if health.healthy:
+                events.warning("event=proxy_healthy node=%s", self.name)
+            else:
+                events.warning("event=proxy_unhealthy node=%s reason=%r", self.name,
+                               health.reason)
+        if self.election.on_service_health(health.healthy, now) is Decision.STAND_DOWN:
+            await self._stand_down()
+
     async def _step(self, started: float) -> None:
         now = time.monotonic()
+        await self._check_own_proxy(now)
         role = self.election.role
         if role is Role.SCHEDULER:
             # Two schedulers can only meet after a partition heals: ask, the older term yields.
@@ -234,7 +285,13 @@ class NodeAgent:
         scheduler = self.election.scheduler
         assert scheduler is not None
         assert self.pinger is not None
-        ok = await self.pinger.ping(scheduler, self.config.cluster.ping_interval_s)
+        target = self.by_address.get(scheduler, "")
+        answer = None
+        if target in self.names:
+            answer = await self.pinger.ping(
+                scheduler, admin_port(self.config, self.names.index(target)),
+                self.config.cluster.ping_interval_s)
+        ok = scheduler_alive(answer, target)
         if self.election.on_ping_result(ok, time.monotonic()) is Decision.ELECT:
             events.warning(
                 "event=scheduler_unreachable node=%s scheduler=%s pings_failed=%d", self.name,
@@ -349,6 +406,9 @@ class NodeAgent:
         if self.role is not None:
             return {"ok": False, "reason": "this node is the scheduler"}
         epoch = int(body["epoch"])
+        if epoch < self.election.term:
+            # A scheduler of an older term that has not yet seen it was replaced.
+            return {"ok": False, "reason": f"term {epoch} is older than {self.election.term}"}
         try:
             if body.get("assignments") is not None:
                 self.table.apply_snapshot(int(body["version"]), body["assignments"], epoch=epoch)
@@ -369,6 +429,10 @@ class NodeAgent:
                     self.table.node_joined(i, now)
                 elif not up and self.table.is_live(i):
                     self.table.node_failed(i, now)
+        if "panic" in body:  # after the liveness: a node's failure clears a pin to it
+            pin = body["panic"]
+            self.table.panic_scheduler = (
+                pin if isinstance(pin, int) and 0 <= pin < self.table.node_count else None)
         return {"ok": True, "version": self.table.version}
 
     def _pull_soon(self) -> None:
@@ -389,7 +453,8 @@ class NodeAgent:
                 if r.status == 200:
                     d = await r.json()
                     self.apply_sync({"epoch": d["epoch"], "version": d["version"],
-                                     "assignments": d["indexes"], "live": d.get("live")})
+                                     "assignments": d["indexes"], "live": d.get("live"),
+                                     "panic": d.get("panic")})
 
     # --- admin routes -------------------------------------------------------------------------
     def routes(self, app: web.Application) -> None:
@@ -416,6 +481,7 @@ class NodeAgent:
                 t = self.role.table
                 d["indexes"] = t.assignments()
                 d["live"] = [t.is_live(i) for i in range(t.node_count)]
+                d["panic"] = t.panic_scheduler
             return web.json_response(d)
 
         async def summary(_: web.Request) -> web.Response:

@@ -22,12 +22,14 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 from typing import Any
 
 from dlba.agent_check import AgentReport
 from dlba.config import Config
 from dlba.node_stats import BackendCounters, LatencyHistogram, NodeStats
+from dlba.proxy_health import ProxyHealth, WorkerView, workers_health
 from dlba.web_server_status_table import AdminAction, WebServerStatusTable
 
 events = logging.getLogger("dlba.event")
@@ -106,6 +108,8 @@ class WorkerPool:
         # replaced.
         self.reports: dict[int, dict[str, Any]] = {}
         self.retiring: list[subprocess.Popen[bytes]] = []
+        self.spawned_at = [0.0] * count
+        self.last_report: dict[int, float] = {}  # pid -> monotonic time of its last report
         self.tasks: list[asyncio.Task[None]] = []
         self.stopping = False
         table.pool = self
@@ -123,6 +127,7 @@ class WorkerPool:
         proc = subprocess.Popen(argv, pass_fds=[child.fileno()])
         child.close()
         self.procs[i] = proc
+        self.spawned_at[i] = time.monotonic()
         reader, writer = await asyncio.open_connection(sock=parent)
         self.writers[i] = writer
         if self.config.text:
@@ -154,12 +159,20 @@ class WorkerPool:
         ] + [{"index": None, "pid": p.pid, "ready": False, "retiring": True}
              for p in self.retiring]
 
+    def health(self) -> ProxyHealth:
+        """Whether the workers serve (see dlba/proxy_health.py)."""
+        return workers_health([
+            WorkerView(p.poll() is None, self.spawned_at[i], self.last_report.get(p.pid))
+            for i, p in enumerate(self.procs) if p is not None
+        ], time.monotonic())
+
     async def _read(self, pid: int, reader: asyncio.StreamReader) -> None:
         while line := await reader.readline():
             with contextlib.suppress(ValueError, KeyError):
                 msg = json.loads(line)
                 if msg.get("op") == "stats":
                     self.reports[pid] = msg
+                    self.last_report[pid] = time.monotonic()
                     self._merge()
 
     def _exited(self, pid: int) -> None:

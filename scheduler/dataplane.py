@@ -23,7 +23,7 @@ import ipaddress
 import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from scheduler.frame_decision import MAX_NODES
 
@@ -134,3 +134,54 @@ def make_dataplane(ifname: str, vip: str, buckets: int, prefer: str = "ebpf") ->
         except OSError as exc:
             log.warning("eBPF data plane unavailable (%s); using AF_PACKET fallback", exc)
     return AfPacketDataPlane(ifname, vip, buckets)
+
+
+TC_INGRESS = 0xFFFFFFF2  # clsact's ingress hook
+
+
+def _our_filter(msg: Any, bpf_prio: int, u32_prio: int) -> int | None:
+    """The priority of a filter (a pyroute2 tcmsg) one of our data planes installs, or None."""
+    kind, prio = msg.get_attr("TCA_KIND"), int(msg["info"]) >> 16
+    if kind == "bpf" and prio == bpf_prio:
+        options = msg.get_attr("TCA_OPTIONS")
+        name = options.get_attr("TCA_BPF_NAME") if options is not None else None
+        return prio if name is None or "dlba" in str(name) else None
+    if kind == "u32" and prio == u32_prio:
+        return prio
+    return None
+
+
+def remove_leftovers(ifname: str, vip: str) -> list[str]:
+    """Remove what a dead scheduler process of this node left on `ifname`: its tc filter
+    (eBPF or AF_PACKET steal) and the VIP an older version put there. Call before serving:
+    a stale program would re-forward the frames the live scheduler sends this node by a stale
+    table, and a VIP on `front` would make this kernel answer ARP for it. Returns what it
+    removed (for the log)."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    from scheduler.dataplane_afpacket import TC_PRIO as U32_PRIO
+    from scheduler.dataplane_ebpf import TC_PRIORITY as BPF_PRIO
+    from scheduler.vip_owner import remove_from_interface
+
+    removed: list[str] = []
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            return removed
+        index = int(found[0])
+        try:
+            filters = list(ipr.get_filters(index=index, parent=TC_INGRESS))
+        except NetlinkError:  # no clsact qdisc: nothing of ours
+            filters = []
+        prios = {p for m in filters if (p := _our_filter(m, BPF_PRIO, U32_PRIO)) is not None}
+        for prio in sorted(prios):
+            try:
+                # prio alone (protocol 0, no handle) removes every filter at that priority
+                ipr.tc("del-filter", index=index, parent=TC_INGRESS, prio=prio)
+                removed.append(f"tc_filter_prio_{prio}")
+            except NetlinkError as e:
+                log.warning("could not remove a stale tc filter (prio %d): %s", prio, e)
+    if remove_from_interface(ifname, vip):
+        removed.append("vip_on_interface")
+    return removed

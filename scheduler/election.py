@@ -13,6 +13,12 @@ ARP.  The rules, and why:
 * Two schedulers can only coexist after a partition heals.  Each takeover starts a new ``term``
   (one above the highest seen); the older term stands down, so the returning old scheduler yields
   to the one elected while it was away.  Equal terms fall back to the IP rule.
+* Liveness is the service, not the kernel: the ping is answered by the node process and says
+  whether it still holds the role and whether its proxy serves (scheduler/heartbeat.py).  A node
+  whose own proxy does not serve is unfit: it is no candidate, and a scheduler that stays unfit
+  for ``threshold`` checks stands down (its peers' pings fail at the same pace).
+* A (re)starting node joins a running array as a server: once a peer shows a term above 0 it is
+  no candidate while any peer is; the running array elects among its members and it follows.
 """
 
 from __future__ import annotations
@@ -98,12 +104,20 @@ class Election:
         self.failures = 0
         self.status_channel_ok = True
         self.last_change = 0.0
+        self.fit = True  # this node's own proxy serves
+        self.unfit_checks = 0
+
+    def _joining(self) -> bool:
+        """Starting inside an array that already had a scheduler (a restart, a return)."""
+        return self.role is Role.STARTING and self.term > 0
 
     def view(self) -> PeerView:
         """What this node answers when a peer asks (the other half of ``on_peer_views``)."""
         return PeerView(
             address=self.address,
-            candidate=self.role in (Role.SUSPECTING, Role.STARTING),
+            candidate=self.fit and (
+                self.role is Role.SUSPECTING or (self.role is Role.STARTING and self.term == 0)
+            ),
             scheduler_alive=self.role is Role.SERVER,
             is_scheduler=self.role is Role.SCHEDULER,
             term=self._term_held if self.role is Role.SCHEDULER else self.term,
@@ -133,6 +147,23 @@ class Election:
         # Every failure past the threshold asks again, so a winner that died mid-election is
         # replaced on the next round without a separate timer.
         return Decision.ELECT
+
+    def on_service_health(self, ok: bool, now: float) -> Decision:
+        """This node's own proxy check, once per round."""
+        if ok:
+            self.fit = True
+            self.unfit_checks = 0
+            return Decision.KEEP
+        self.unfit_checks += 1
+        if self.unfit_checks < self.threshold:
+            return Decision.KEEP
+        self.fit = False
+        if self.role is Role.SCHEDULER:
+            # Our peers see the same in our ping answers and elect another; keep no ARP
+            # answerer of ours beside theirs.
+            self._become(Role.STARTING, None, now)
+            return Decision.STAND_DOWN
+        return Decision.KEEP
 
     def on_status_channel(self, ok: bool, now: float) -> Decision:
         # Recorded for the dashboard only: see the module docstring.
@@ -175,6 +206,10 @@ class Election:
             # Someone still reaches the scheduler: the fault is on our side; taking the VIP now
             # would start an ARP war.
             return Decision.STAY_SERVER
+        if not self.fit:
+            return Decision.STAY_SERVER  # our proxy does not serve: no scheduler of ours
+        if self._joining() and any(v.candidate for v in peers):
+            return Decision.STAY_SERVER  # the running array elects; we follow its choice
         winner = max([self._key, *(ip_key(v.address) for v in peers if v.candidate)])
         if winner == self._key:
             self.term += 1

@@ -20,7 +20,13 @@ from dlba.config import Config, parse_host_port
 from scheduler.client_table import ClientTable
 from scheduler.dataplane import DataPlane, make_dataplane
 from scheduler.server_status_table import ServerStatusTable
-from scheduler.status_sweep import NodeFailed, NodeRecovered, StatusSweep, SweepEvent
+from scheduler.status_sweep import (
+    NodeFailed,
+    NodeRecovered,
+    StatusSweep,
+    SweepEvent,
+    proxy_serves,
+)
 from scheduler.status_sweep_http import StatusFetcher, run_sweep
 from scheduler.vip_owner import VipOwner, interface_of, mac_text
 
@@ -70,6 +76,9 @@ class SchedulerRole:
         # scheduler); waiting for a first sweep would add its timeouts to the outage.
         self.takeover = synced is not None and synced.version > 0
         self.known_failed = list(failed or [])
+        # Panic mode pins the scheduler box (patent 003): it travels with the synced table, and
+        # a takeover keeps it, pinned to the new box, until an operator clears it.
+        self.panic_kept = synced is not None and synced.panic_scheduler is not None
         self.table = synced or ClientTable(size, self.status.table_weights(), live=[
             i == self.index for i in range(len(self.names))
         ])
@@ -88,6 +97,7 @@ class SchedulerRole:
         self.push_lock = asyncio.Lock()
         self.pending_push: asyncio.Future[None] | None = None
         self.pushed_version = -1
+        self.pushed_panic: int | None = None
         self.pushed_macs: dict[int, str] = {}
         self.pushed_assignment: list[int] = []
         self.moves_total = 0  # buckets that changed owner in the kernel's table
@@ -117,6 +127,10 @@ class SchedulerRole:
         else:
             await self._first_visit(fetch, now)
         self.table.begin_term(self.epoch, now, takeover=self.takeover)
+        if self.panic_kept:
+            self.table.panic_scheduler = self.index
+            self.status.panic()
+            events.warning("event=panic_kept node=%s", self.self_name)
         dp.install()
         self.dataplane = dp
         dp.set_self(self.index, self.mac)
@@ -124,7 +138,8 @@ class SchedulerRole:
         dp.set_port_rules(balanced, pinned, default)
         dp.set_deny(list(self.config.cluster.deny))
         await self.push_now()
-        await asyncio.to_thread(self.vip_owner.take, self.mac)
+        self.vip_owner.take(self.mac, asyncio.get_running_loop())
+        await asyncio.to_thread(self.vip_owner.announce, self.mac)
         self.tasks = [
             asyncio.ensure_future(run_sweep(
                 self.sweep, self.status, fetch, stop=self.stop_event, on_event=self._on_sweep,
@@ -145,7 +160,7 @@ class SchedulerRole:
             if doc is not None:
                 with contextlib.suppress(ValueError):
                     self.status.apply_status(i, doc, time.time())
-                    ok = True
+                    ok = proxy_serves(doc)
             live = ok or i == self.index
             if live and not self.table.is_live(i):
                 self.table.node_joined(i, now)
@@ -157,7 +172,7 @@ class SchedulerRole:
     async def stop(self) -> None:
         """Stand down: stop answering ARP first, then remove the data plane."""
         if self.vip_owner is not None:
-            await asyncio.to_thread(self.vip_owner.release)
+            self.vip_owner.release()
         self.stop_event.set()
         for t in self.tasks:
             t.cancel()
@@ -178,18 +193,22 @@ class SchedulerRole:
             else None
         )
         live = [t.is_live(i) for i in range(t.node_count)]
+        panic = t.panic_scheduler
         if changes is None:
             return {"epoch": t.epoch, "version": t.version, "assignments": t.assignments(),
-                    "live": live}
+                    "live": live, "panic": panic}
         return {"epoch": t.epoch, "from_version": self.pushed_version, "version": t.version,
-                "changes": changes, "live": live}
+                "changes": changes, "live": live, "panic": panic}
 
     async def push_now(self) -> None:
         """Peers first, then the kernel: a bucket is never used before every live peer has it,
         so a takeover finds every flow's owner in its synced table."""
         async with self.push_lock:
-            if self.push is not None and self.table.version != self.pushed_version:
+            panic = self.table.panic_scheduler
+            if self.push is not None and (self.table.version != self.pushed_version
+                                          or panic != self.pushed_panic):
                 await self.push(self._sync_body())
+                self.pushed_panic = panic
             self._push()
 
     def _push(self) -> None:

@@ -18,7 +18,9 @@ status sweep."  This module decides what to do next and when; the shell that fet
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,14 @@ class SweepFinished:
 
 
 SweepEvent = NodeAnswered | NodeFailed | NodeRecovered | SweepFinished
+
+
+def proxy_serves(doc: Mapping[str, Any]) -> bool:
+    """Whether a node's ``/status`` says its proxy serves. A node whose admin API answers but
+    whose proxy does not is a failed node: the visit counts as a miss. (A node of an older
+    version says nothing: it is judged by its answer alone.)"""
+    proxy = doc.get("proxy")
+    return not isinstance(proxy, Mapping) or proxy.get("healthy") is not False
 
 
 class StatusSweep:

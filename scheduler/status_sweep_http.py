@@ -19,7 +19,14 @@ from typing import Any
 import aiohttp
 
 from scheduler.server_status_table import ServerStatusTable, StatusError
-from scheduler.status_sweep import NodeFailed, StatusSweep, SweepEvent, SweepFinished, Visit
+from scheduler.status_sweep import (
+    NodeFailed,
+    StatusSweep,
+    SweepEvent,
+    SweepFinished,
+    Visit,
+    proxy_serves,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +100,7 @@ async def run_sweep(
         if doc is not None:
             try:
                 table.apply_status(action.node, doc, wall())
-                ok = True
+                ok = proxy_serves(doc)
             except StatusError as exc:
                 log.warning("node %s: bad /status: %s", table.rows[action.node].name, exc)
         if not ok:

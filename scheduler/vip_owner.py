@@ -1,21 +1,25 @@
 """VIP ownership on the front network: answering ARP for the VIP, and gratuitous ARP.
 
-Every node has the VIP on `lo` with arp_ignore=1, so no node answers ARP for it. The scheduler
-also puts the VIP (/32) on its `front` interface: with arp_ignore=1 the kernel answers ARP for
-an address configured on the interface the request arrived on, so exactly the scheduler
-answers. Taking the role adds it and announces it with gratuitous ARP; standing down removes it
-at once. The ARP frame is built by hand: it is 42 bytes and no library makes it simpler.
+Every node has the VIP on `lo` with arp_ignore=1, so no node's *kernel* answers ARP for it. The
+scheduler's process answers ARP requests for the VIP itself, on an AF_PACKET socket read by its
+event loop (`ArpResponder`). ARP answering therefore dies with the process: after a crash or a
+`kill -9` the dead node's kernel stays silent, and the node elected in its place is the only
+answerer once its gratuitous ARP is out. (The VIP used to sit on `front` as well, which made
+the kernel answer: it kept answering for a dead scheduler.) Taking the role starts the
+responder and announces the VIP with gratuitous ARP; standing down closes the socket at once.
+The ARP frame is built by hand: it is 42 bytes and no library makes it simpler.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import errno
 import ipaddress
 import logging
 import socket
 import struct
 import time
+from collections.abc import Collection
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -23,6 +27,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 events = logging.getLogger("dlba.event")
 ETH_P_ARP = 0x0806
 BROADCAST = b"\xff" * 6
+PACKET_OUTGOING = 4
+_ARP_HEAD = b"\x08\x06\x00\x01\x08\x00\x06\x04"  # ethertype, Ethernet, IPv4, 6, 4
 
 
 def interface_of(address: str) -> tuple[str, bytes]:
@@ -84,48 +90,112 @@ def arp_probe(ifname: str, src_ip: str, target: str, wait_s: float = 0.2) -> set
         return found
 
 
+def arp_reply(frame: bytes, vips: Collection[bytes], mac: bytes) -> bytes | None:
+    """The answer to an ARP request for one of `vips` (packed IPv4), or None.
+
+    Gratuitous announcements (sender IP == target IP) and our own frames get no answer."""
+    if len(frame) < 42 or frame[12:20] != _ARP_HEAD or frame[20:22] != b"\x00\x01":
+        return None
+    sender_mac, sender_ip = frame[22:28], frame[28:32]
+    target_ip = frame[38:42]
+    if target_ip not in vips or sender_ip == target_ip or sender_mac == mac:
+        return None
+    return arp_frame(2, mac, str(ipaddress.IPv4Address(target_ip)), sender_mac,
+                     str(ipaddress.IPv4Address(sender_ip)), dst=sender_mac)
+
+
+class ArpResponder:
+    """Answers ARP requests for the VIPs on one interface, from this process's event loop."""
+
+    def __init__(self, ifname: str, vips: Collection[str], mac: bytes) -> None:
+        self.ifname = ifname
+        self.vips = frozenset(ipaddress.IPv4Address(v).packed for v in vips)
+        self.mac = mac
+        self.sock: socket.socket | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.answered = 0
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+        try:
+            sock.bind((self.ifname, ETH_P_ARP))
+            sock.setblocking(False)
+            loop.add_reader(sock.fileno(), self._on_readable)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock, self.loop = sock, loop
+
+    def _on_readable(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        for _ in range(64):
+            try:
+                frame, addr = sock.recvfrom(128)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if addr[2] == PACKET_OUTGOING:
+                continue
+            reply = arp_reply(frame, self.vips, self.mac)
+            if reply is not None:
+                with contextlib.suppress(OSError):
+                    sock.send(reply)
+                    self.answered += 1
+
+    def stop(self) -> None:
+        if self.sock is not None:
+            if self.loop is not None and not self.loop.is_closed():
+                self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+        self.sock = None
+        self.loop = None
+
+
+def remove_from_interface(ifname: str, address: str) -> bool:
+    """Remove `address`/32 from `ifname` (what an older scheduler left there); True if it was."""
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            return False
+        try:
+            ipr.addr("del", index=int(found[0]), address=address, prefixlen=32)
+        except NetlinkError:
+            return False
+        return True
+
+
 class VipOwner:
     def __init__(self, ifname: str, vip: str) -> None:
         self.ifname = ifname
         self.vip = vip
-        self.held = False
+        self.responder: ArpResponder | None = None
 
-    def _index(self, ipr: IPRoute) -> int:
-        found = ipr.link_lookup(ifname=self.ifname)
-        if not found:
-            raise LookupError(f"no interface {self.ifname}")
-        return int(found[0])
+    @property
+    def held(self) -> bool:
+        return self.responder is not None
 
-    def take(self, mac: bytes, announcements: int = 3) -> None:
-        with IPRoute() as ipr:
-            try:
-                ipr.addr("add", index=self._index(ipr), address=self.vip, prefixlen=32)
-            except NetlinkError as e:
-                if e.code != errno.EEXIST:
-                    raise
-        self.held = True
+    def take(self, mac: bytes, loop: asyncio.AbstractEventLoop) -> None:
+        """Answer ARP for the VIP from now on (call from the loop's thread), then announce()."""
+        if self.responder is None:
+            responder = ArpResponder(self.ifname, [self.vip], mac)
+            responder.start(loop)
+            self.responder = responder
+
+    def announce(self, mac: bytes, announcements: int = 3) -> None:
+        """Gratuitous ARP (blocking: from a thread). A VIP on `front` left by an older version
+        would make the kernel answer for it beyond this process's life: removed first."""
+        with contextlib.suppress(OSError, NetlinkError):
+            remove_from_interface(self.ifname, self.vip)
         gratuitous_arp(self.ifname, self.vip, mac, announcements)
         events.warning("event=vip_taken vip=%s interface=%s mac=%s", self.vip, self.ifname,
                        mac_text(mac))
 
-    def announce(self, mac: bytes) -> None:
-        gratuitous_arp(self.ifname, self.vip, mac, 1)
-
     def release(self) -> None:
-        with IPRoute() as ipr, contextlib.suppress(NetlinkError, LookupError):
-            ipr.addr("del", index=self._index(ipr), address=self.vip, prefixlen=32)
-        if self.held:
+        """Stop answering at once (call from the loop's thread)."""
+        if self.responder is not None:
+            self.responder.stop()
+            self.responder = None
             events.warning("event=vip_released vip=%s interface=%s", self.vip, self.ifname)
-        self.held = False
-
-    def answering(self) -> bool:
-        """Whether this host has the VIP on front now (the ground truth, not our flag)."""
-        with IPRoute() as ipr:
-            try:
-                index = self._index(ipr)
-            except LookupError:
-                return False
-            return any(
-                m.get_attr("IFA_ADDRESS") == self.vip
-                for m in ipr.get_addr(family=socket.AF_INET, index=index)
-            )
