@@ -100,3 +100,20 @@ def render(collector: Collector) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     return generate_latest(registry)
+
+
+def learned_session_metrics(node: str, entries: int, learned: int, selections: int
+                            ) -> Iterator[Metric]:
+    """Learned session ids (dlba/learned_sessions.py): table size, learns, selections."""
+    g = GaugeMetricFamily("dlba_learned_sessions", "Session ids this node knows the issuer of",
+                          labels=["node"])
+    g.add_metric([node], entries)
+    yield g
+    for name, doc, value in (
+        ("sessions_learned", "Session ids learned from this node's back-end responses", learned),
+        ("learned_session_selections", "Requests sent to the back end that issued their "
+         "session id", selections),
+    ):
+        c = CounterMetricFamily(f"dlba_{name}", doc, labels=["node"])
+        c.add_metric([node], value)
+        yield c

@@ -24,6 +24,7 @@ from dlba.metrics import NodeCollector
 from dlba.node_agent import NodeAgent
 from dlba.proxy_context import ProxyContext
 from dlba.proxy_health import ProxyHealth, listeners_health
+from dlba.session_sync import SessionSync
 from dlba.sockets import (
     listen_socket,
     rotate_ticket_keys,
@@ -61,6 +62,7 @@ class NodeRuntime:
         self._janitor: asyncio.Task[None] | None = None
         self.background: list[asyncio.Future[None]] = []
         self.agent: NodeAgent | None = None
+        self.sessions: SessionSync | None = None
         if config.cluster.vip:
             self.agent = NodeAgent(config, name, config.read_admin_token(), dataplane,
                                    proxy_health=self.proxy_health)
@@ -108,6 +110,7 @@ class NodeRuntime:
             assert isinstance(self.ctx.table, BroadcastingTable)
             self.workers = WorkerPool(cfg, self.name, self.ctx.stats, self.ctx.table,
                                       cfg.proxy.workers)
+            self.workers.learned = self.ctx.selector.learned
             await self.workers.start()
         else:
             listeners = [(listen_socket(a), False) for a in node.listen]
@@ -125,11 +128,17 @@ class NodeRuntime:
         app = make_admin_app(self, token, self.reloader.with_routes(
             self.agent.routes if self.agent is not None else None))
         register_dashboard(app, self, token)
+        # Learned session ids, shared with the peers (dlba/session_sync.py).
+        self.sessions = SessionSync(cfg, self.name, token, self.ctx.selector.learned,
+                                    self.workers, self.loop)
+        self.sessions.routes(app)
+        self.collector.extra.append(self.sessions.metrics)
         self.admin_runner = web.AppRunner(app, access_log=None)
         await self.admin_runner.setup()
         await web.SockSite(self.admin_runner, listen_socket(admin_addr)).start()
         self.checks.start()
         self.reloader.start()
+        self.sessions.start()
         if self.agent is not None:
             await self.agent.start()
         self._janitor = asyncio.ensure_future(self.ctx.janitor())
@@ -142,6 +151,8 @@ class NodeRuntime:
 
     async def stop(self) -> None:
         await self.reloader.stop()
+        if self.sessions is not None:
+            await self.sessions.stop()
         if self.agent is not None:
             await self.agent.stop()
         self.checks.stop()

@@ -16,6 +16,7 @@ from typing import Any
 from dlba.agent_check import AgentReport
 from dlba.client_connection import client_protocols
 from dlba.config import ConfigError, load_config, parse_config
+from dlba.learned_sessions import from_wire, to_wire
 from dlba.proxy_context import ProxyContext
 from dlba.sockets import (
     listen_socket,
@@ -24,7 +25,7 @@ from dlba.sockets import (
     shared_ticket_keys,
     tls_context,
 )
-from dlba.worker_pool import STATS_S, stats_json
+from dlba.worker_pool import SESSIONS_BATCH, SESSIONS_S, STATS_S, stats_json
 
 events = logging.getLogger("dlba.event")
 DRAIN_S = 30.0  # how long a stopping worker lets its open connections finish
@@ -43,6 +44,9 @@ class Worker:
             table.set_health(int(msg["id"]), bool(msg["ok"]), self.ctx.loop.time())
         elif op == "agent":
             table.apply_agent(int(msg["id"]), AgentReport(**msg["report"]))
+        elif op == "sessions":
+            now = self.ctx.loop.time()
+            self.ctx.selector.learned.merge(from_wire(msg["items"], now, SESSIONS_BATCH), now)
         elif op == "config":
             try:
                 config = parse_config(msg["text"], self.ctx.config.path)
@@ -62,9 +66,21 @@ class Worker:
 
     async def report(self) -> None:
         while True:
-            self.writer.write(json.dumps(stats_json(self.ctx.stats, self.ctx.table)).encode()
-                              + b"\n")
+            self.writer.write(json.dumps(stats_json(
+                self.ctx.stats, self.ctx.table, self.ctx.selector.learned)).encode() + b"\n")
             await asyncio.sleep(STATS_S)
+
+    async def share_sessions(self) -> None:
+        """The session ids this worker learned go to the node process, in batches."""
+        while True:
+            await asyncio.sleep(SESSIONS_S)
+            learned = self.ctx.selector.learned
+            now = self.ctx.loop.time()
+            learned.expire(now)
+            while learned.has_changes:
+                items = to_wire(learned.take_changes(SESSIONS_BATCH), now)
+                self.writer.write(json.dumps({"op": "sessions", "items": items}).encode()
+                                  + b"\n")
 
 
 async def run_worker(args: argparse.Namespace) -> None:
@@ -92,6 +108,7 @@ async def run_worker(args: argparse.Namespace) -> None:
     worker = Worker(ctx, writer)
     tasks = [asyncio.ensure_future(worker.read_commands(reader, stop)),
              asyncio.ensure_future(worker.report()), asyncio.ensure_future(ctx.janitor()),
+             asyncio.ensure_future(worker.share_sessions()),
              asyncio.ensure_future(rotate_ticket_keys(ring, ctx.secret))]
     await stop.wait()
     for s in servers:

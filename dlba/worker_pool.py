@@ -28,12 +28,15 @@ from typing import Any
 
 from dlba.agent_check import AgentReport
 from dlba.config import Config
+from dlba.learned_sessions import Learned, LearnedSessions, from_wire, to_wire
 from dlba.node_stats import BackendCounters, LatencyHistogram, NodeStats
 from dlba.proxy_health import ProxyHealth, WorkerView, workers_health
 from dlba.web_server_status_table import AdminAction, WebServerStatusTable
 
 events = logging.getLogger("dlba.event")
 STATS_S = 0.5
+SESSIONS_S = 0.05  # a worker sends the session ids it learned this often
+SESSIONS_BATCH = 1000  # learned session records per control-channel line
 SUMMED_ROW_FIELDS = ("hits", "open_connections", "unable_to_connect", "cookie_groups",
                      "bytes_out", "reroutes")
 NODE_COUNTERS = ("requests", "errors", "bad_requests", "bytes_out", "reroutes",
@@ -67,10 +70,13 @@ def histogram_json(h: LatencyHistogram) -> dict[str, Any]:
     return {"counts": h.counts, "total": h.total, "count": h.count}
 
 
-def stats_json(stats: NodeStats, table: WebServerStatusTable) -> dict[str, Any]:
+def stats_json(stats: NodeStats, table: WebServerStatusTable,
+               learned: LearnedSessions | None = None) -> dict[str, Any]:
     """What a worker reports: its counters and its view of each back end."""
     return {
         "op": "stats",
+        "learned": {"learned": learned.learned_total if learned else 0,
+                    "selections": learned.selections if learned else 0},
         "node": {k: getattr(stats, k) for k in NODE_COUNTERS},
         "latency": histogram_json(stats.latency),
         "backends": {
@@ -112,6 +118,9 @@ class WorkerPool:
         self.last_report: dict[int, float] = {}  # pid -> monotonic time of its last report
         self.tasks: list[asyncio.Task[None]] = []
         self.stopping = False
+        # The node's learned session ids: what one worker learns goes to the others (and, by
+        # dlba/session_sync.py, to the peers); a new worker starts from all of it.
+        self.learned: LearnedSessions | None = None
         table.pool = self
 
     async def start(self) -> None:
@@ -133,6 +142,7 @@ class WorkerPool:
         if self.config.text:
             self._write(i, {"op": "config", "text": self.config.text})
         self._replay_state(i)
+        self._replay_sessions(i)
         self.tasks.append(asyncio.ensure_future(self._read(proc.pid, reader)))
         events.info("event=worker_started node=%s worker=%d pid=%d", self.name, i, proc.pid)
 
@@ -170,10 +180,45 @@ class WorkerPool:
         while line := await reader.readline():
             with contextlib.suppress(ValueError, KeyError):
                 msg = json.loads(line)
-                if msg.get("op") == "stats":
+                if msg.get("op") == "sessions":
+                    self._worker_learned(pid, msg["items"])
+                elif msg.get("op") == "stats":
                     self.reports[pid] = msg
                     self.last_report[pid] = time.monotonic()
                     self._merge()
+
+    # --- learned session ids ------------------------------------------------------------------
+    def _replay_sessions(self, i: int) -> None:
+        if self.learned is None:
+            return
+        now = asyncio.get_running_loop().time()
+        records = self.learned.snapshot(self.learned.max_entries)
+        for k in range(0, len(records), SESSIONS_BATCH):
+            self._write(i, {"op": "sessions",
+                            "items": to_wire(records[k:k + SESSIONS_BATCH], now)})
+
+    def _worker_learned(self, pid: int, items: object) -> None:
+        if self.learned is None:
+            return
+        now = asyncio.get_running_loop().time()
+        changed = self.learned.merge(from_wire(items, now, SESSIONS_BATCH), now, share=True)
+        if changed:
+            self.send_sessions(changed, skip_pid=pid)
+
+    def send_sessions(self, records: list[Learned], skip_pid: int | None = None) -> None:
+        """Hand learned session ids to the workers (but the one they came from)."""
+        now = asyncio.get_running_loop().time()
+        for k in range(0, len(records), SESSIONS_BATCH):
+            msg = {"op": "sessions", "items": to_wire(records[k:k + SESSIONS_BATCH], now)}
+            for i, p in enumerate(self.procs):
+                if p is not None and p.pid != skip_pid:
+                    self._write(i, msg)
+
+    def learned_counts(self) -> tuple[int, int]:
+        """Session ids the workers learned and requests they sent by one, summed."""
+        learned = [rep.get("learned", {}) for rep in self.reports.values()]
+        return (sum(d.get("learned", 0) for d in learned),
+                sum(d.get("selections", 0) for d in learned))
 
     def _exited(self, pid: int) -> None:
         """Keep an exited worker's counters, drop what was open in it."""

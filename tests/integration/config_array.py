@@ -132,7 +132,7 @@ async def config_array(
     initial: Sequence[int] = (1, 2), redis: str = "", start: Sequence[str] | None = None,
 ) -> AsyncIterator[ConfigArray]:
     """Nodes n1..nN; back ends b1.. get ids 1..; `initial` lists the ids in the first config.
-    `start` names the nodes to start (default: all)."""
+    `start` names the nodes to start (default: all; [] starts none)."""
     ips = [f"127.0.0.{k}" for k in range(1, n_nodes + 1)]
     certs = init_certs(tmp / "certs", ["localhost", "dlba.test"], ips)
     names = [f"n{k}" for k in range(1, n_nodes + 1)]
@@ -148,7 +148,7 @@ async def config_array(
             d = arr.node_dir(name)
             shutil.copytree(tmp / "certs", d / "certs")
             (d / "cluster.toml").write_text(text)
-        for name in start or names:
+        for name in names if start is None else start:
             node = NodeRuntime(load_config(arr.node_dir(name) / "cluster.toml"), name)
             await node.start()
             arr.nodes[name] = node
