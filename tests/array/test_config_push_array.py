@@ -14,8 +14,9 @@ from tests.array.array_harness import Array, dlba, running_array, wait_until
 pytestmark = pytest.mark.array
 
 
-def without_backend(arr: Array, backend_id: int) -> Path:
-    """The array's own config minus one [[backends]] entry, next to it (same relative paths)."""
+def without_backend(arr: Array, backend_id: int, folder: Path | None = None) -> Path:
+    """The array's own config minus one [[backends]] entry, next to it (same relative paths)
+    or in an operator's `folder`, where those relative paths name nothing."""
     lines = (arr.state / "cluster.toml").read_text().splitlines(keepends=True)
     # a table runs from its header to the next header
     starts = [i for i, line in enumerate(lines) if line.startswith("[")] + [len(lines)]
@@ -28,7 +29,8 @@ def without_backend(arr: Array, backend_id: int) -> Path:
             kept += block
     assert len(kept) < len(lines) - 1, "backend entry not found"
     kept = lines[:starts[0]] + kept
-    path = arr.state / "pushed.toml"
+    path = (folder or arr.state) / "pushed.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(kept))
     return path
 
@@ -62,10 +64,41 @@ def test_push_through_the_admin_api(tmp_path: Path) -> None:
         assert '"config_skew": false' in st.stdout
 
 
+def test_an_edited_copy_pushes_from_anywhere_and_nodes_check_the_files(tmp_path: Path) -> None:
+    with running_array(tmp_path, nodes=3, backends=2) as arr:
+        ops = tmp_path / "operator"  # no certs/ or admin.token here: they live with the nodes
+        copy = without_backend(arr, 1, ops)
+        r = dlba("config", "push", str(copy), "--state", str(arr.state))
+        assert r.returncode == 0, r.stderr
+        assert versions(arr) == {1: 2, 2: 2, 3: 2}
+        assert served_by(arr) == {"b2"}
+        # files the nodes do not have: each node refuses at stage, listing every problem
+        text = (arr.state / "cluster.toml").read_text().replace(
+            'cert = "certs/node.pem"', 'cert = "certs/gone.pem"').replace(
+            'token_file = "admin.token"', 'token_file = "gone.token"')
+        bad = ops / "bad.toml"
+        bad.write_text(text)
+        r = dlba("config", "push", str(bad), "--state", str(arr.state))
+        assert r.returncode == 2, r.stderr
+        assert "aborted, every node keeps its running version" in r.stderr
+        node_file = arr.state / "cluster.toml"  # where the nodes resolve relative names
+        problems = [line for line in r.stderr.splitlines() if "config error" in line]
+        assert problems == [
+            f"dlba config push: config error: node n{k}: {node_file}: {key}: file not found: "
+            f"{arr.state / name}"
+            for k in (1, 2, 3)
+            for key, name in (("tls.cert", "certs/gone.pem"), ("admin.token_file", "gone.token"))
+        ], r.stderr
+        assert versions(arr) == {1: 2, 2: 2, 3: 2}  # aborted everywhere, the running one kept
+        assert served_by(arr) == {"b2"}
+
+
 def test_push_through_the_redis_bus(tmp_path: Path) -> None:
     with running_array(tmp_path, nodes=3, backends=2, redis=True) as arr:
         assert served_by(arr) == {"b1", "b2"}
-        r = dlba("config", "push", str(without_backend(arr, 2)), "--state", str(arr.state))
+        # from an operator's folder: the bus needs no token, the nodes have the files
+        copy = without_backend(arr, 2, tmp_path / "operator")
+        r = dlba("config", "push", str(copy), "--state", str(arr.state))
         assert r.returncode == 0, r.stderr
         wait_until(lambda: versions(arr) == {1: 2, 2: 2, 3: 2}, 10, "version 2 everywhere")
         assert served_by(arr) == {"b1"}
