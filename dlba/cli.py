@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 USAGE = """usage: dlba COMMAND [ARGS]
 
@@ -55,9 +57,40 @@ def _config(argv: list[str]) -> int:
     if not argv or argv[0] != "push":
         print("usage: dlba config push FILE", file=sys.stderr)
         return 2
+    no_array = _no_array_at_state(argv[1:])
+    if no_array:
+        print(f"dlba config push: {no_array}", file=sys.stderr)
+        return 1
     from dlba.config_push import push_main
 
     return int(push_main(argv[1:]))
+
+
+def _no_array_at_state(argv: list[str]) -> str:
+    """Why `--state DIR` (without `--admin`) names no running array, or "" when it does.
+
+    Checked before anything is sent: the array's addresses exist only inside its namespaces,
+    and with no array they would route out through the host's default route."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--state")
+    pre.add_argument("--admin", action="append")
+    known, _ = pre.parse_known_args(argv)
+    if known.state is None or known.admin:
+        return ""
+    from dlba.local_array.running import NoArrayRunning, running_record
+
+    try:
+        running_record(Path(known.state))
+    except NoArrayRunning as e:
+        return str(e)
+    return ""
+
+
+def _supervise(argv: list[str]) -> int:
+    # Hidden: the process `dlba up --detach` leaves behind to restart dead nodes.
+    from dlba.local_array.supervisor import supervise_main
+
+    return supervise_main(argv)
 
 
 def _demo_backend(argv: list[str]) -> int:
@@ -74,6 +107,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "certs": _certs,
     "config": _config,
     "demo-backend": _demo_backend,
+    "_supervise": _supervise,
 }
 
 

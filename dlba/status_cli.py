@@ -14,7 +14,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from dlba.config import ConfigError, load_config, parse_host_port
+from dlba.config import ConfigError
+from dlba.local_array.running import NoArrayRunning, running_record
 
 TIMEOUT_S = 2.0
 
@@ -27,22 +28,13 @@ def fetch(url: str, token: str) -> Any:
 
 def admin_urls_from_state(state: Path) -> tuple[list[str], str, str | None]:
     """Every node's admin base URL, the token, and the namespace to ask from, from the folder
-    `dlba up` keeps. The array's addresses exist only inside its namespaces."""
-    array_file = state / "array.json"
-    if array_file.exists():
-        info = json.loads(array_file.read_text())
-        if info.get("mode") == "netns":
-            token = Path(info["token_file"]).read_text().strip()
-            return list(info["admin"]), token, str(info["client_netns"])
-    cfg = load_config(state / "cluster.toml")
-    urls = []
-    for n in cfg.nodes:
-        port = (n.admin or parse_host_port(cfg.admin.listen, default_host=n.address)).port
-        host = n.address if cfg.cluster.vip or not n.listen else n.listen[0].host
-        urls.append(f"http://{host}:{port}")
-    token_file = state / "admin.token"
-    token = token_file.read_text().strip() if token_file.exists() else cfg.read_admin_token()
-    return urls, token, None
+    `dlba up` keeps. The array's addresses exist only inside its namespaces. Raises
+    NoArrayRunning (an OSError) when the folder records no running array: then nothing may
+    be sent, since those addresses would route out through the host's default route."""
+    info = running_record(state)
+    token = Path(info["token_file"]).read_text().strip()
+    netns = info.get("client_netns")
+    return list(info["admin"]), token, netns if isinstance(netns, str) else None
 
 
 def gather(urls: list[str], token: str) -> dict[str, Any]:
@@ -155,7 +147,10 @@ def status_main(argv: list[str]) -> int:
             urls, token, found_ns = admin_urls_from_state(Path(args.state))
             token = args.token or token
             netns = netns or found_ns
-    except (ConfigError, OSError) as e:
+    except NoArrayRunning as e:
+        print(f"dlba status: {e}", file=sys.stderr)
+        return 1
+    except (ConfigError, OSError, KeyError) as e:
         print(f"dlba status: cannot find the array: {e}", file=sys.stderr)
         return 2
     console = Console()

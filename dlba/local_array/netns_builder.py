@@ -92,12 +92,17 @@ def _configure_inside(ns: Namespace, vip: str) -> None:
             ipr.route("add", dst="0.0.0.0/0", oif=_index(ipr, ns.default_dev))
 
 
-def build(plan: Plan) -> None:
+OWNER_TAG = "dlba-state:"
+
+
+def build(plan: Plan, owner: str | None = None) -> None:
     """Create the plan's namespaces, bridges, veth pairs, addresses, routes and sysctls.
 
     All or nothing: on any error the partial topology is torn down before re-raising.
     Raises FileExistsError when something with the plan's prefix already exists, so a
     running array is never half-overwritten (run `teardown` / `dlba down` first).
+    `owner` (the state folder) is written as the front bridge's alias, so `dlba down` and
+    `dlba up` of another state folder can tell the array is not theirs.
     """
     found = leftovers(plan.prefix)
     if found:
@@ -110,6 +115,9 @@ def build(plan: Plan) -> None:
                 plan.front_bridge: _add_bridge(ipr, plan.front_bridge, plan.host_address, 24),
                 plan.back_bridge: _add_bridge(ipr, plan.back_bridge, None, 24),
             }
+            if owner is not None:
+                ipr.link("set", index=bridges[plan.front_bridge],
+                         ifalias=(OWNER_TAG + owner)[:255])
             for ns in plan.namespaces:
                 for ep in ns.endpoints:
                     _add_veth(ipr, ep, bridges)
@@ -132,6 +140,23 @@ def _our_links(prefix: str) -> list[str]:
     with IPRoute() as ipr:
         names = [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()]
     return sorted(n for n in names if isinstance(n, str) and n.startswith(prefix))
+
+
+def owner(prefix: str) -> str | None:
+    """The state folder recorded on the prefix's front bridge (None: no bridge or no tag)."""
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=f"{prefix}sw")
+        if not found:
+            return None
+        alias = ipr.get_links(found[0])[0].get_attr("IFLA_IFALIAS")
+    if isinstance(alias, str) and alias.startswith(OWNER_TAG):
+        return alias[len(OWNER_TAG):]
+    return None
+
+
+def pids_in(netns_name: str) -> list[int]:
+    """PIDs of the processes living in one namespace (found by its inode, not by name)."""
+    return _pids_in([netns_name]) if netns_name in netns.listnetns() else []
 
 
 def _pids_in(names: list[str]) -> list[int]:

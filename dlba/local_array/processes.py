@@ -17,7 +17,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -188,10 +188,15 @@ def recorded(state_dir: Path) -> list[tuple[str, int, str]]:
     return out
 
 
-def stop_recorded(state_dir: Path, deadline_s: float = 5.0, order: Sequence[str] = ()) -> list[str]:
-    """Stop every process with a pid file in `state_dir` (names in `order` first), remove the
-    pid files, and return the names that were running."""
-    entries = recorded(state_dir)
+def stop_recorded(
+    state_dir: Path,
+    deadline_s: float = 5.0,
+    order: Sequence[str] = (),
+    only: Collection[str] | None = None,
+) -> list[str]:
+    """Stop every process with a pid file in `state_dir` (names in `order` first; only those
+    in `only` when given), remove the pid files, and return the names that were running."""
+    entries = [e for e in recorded(state_dir) if only is None or e[0] in only]
     rank = {n: i for i, n in enumerate(order)}
     entries.sort(key=lambda e: rank.get(e[0], len(rank)))
     stopped = []

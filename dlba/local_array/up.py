@@ -21,8 +21,9 @@ import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
-from dlba.local_array import config_gen, netns_builder, processes
+from dlba.local_array import config_gen, netns_builder, processes, running, supervisor
 from dlba.local_array.config_gen import BackendEntry, NodeEntry, StatePaths
+from dlba.local_array.down import down_main, stop_processes
 from dlba.local_array.topology import (
     ADMIN_PORT,
     BACKEND_PORT,
@@ -33,9 +34,6 @@ from dlba.local_array.topology import (
 )
 
 START_DEADLINE_S = 30.0
-# Stop order: nodes before back ends, so no node sees its back ends vanish and marks them
-# failed (noise in the logs of a clean shutdown).
-NODE_FIRST = [f"n{k}" for k in range(1, 100)]
 
 
 def node_command(config: Path, name: str) -> list[str]:
@@ -108,19 +106,53 @@ def _wait_healthz(host: str, netns: str | None, watch: list[processes.Started]) 
 
 
 def _live_recorded(state: StatePaths) -> list[str]:
-    return [n for n, pid, st in processes.recorded(state.root) if processes.alive(pid, st)]
+    return running.live_processes(state.root)
 
 
 def _stop_all(state: StatePaths, prefix: str | None) -> netns_builder.Removed:
-    processes.stop_recorded(state.root, order=NODE_FIRST)
+    stop_processes(state)
     return netns_builder.teardown(prefix) if prefix else netns_builder.Removed()
 
 
-def _wait_for_signal() -> None:
-    """Sleep until SIGINT/SIGTERM/SIGHUP (turned into KeyboardInterrupt by _signals())."""
+def _supervise_until_signal(state: StatePaths) -> None:
+    """Restart dead nodes until SIGINT/SIGTERM/SIGHUP (a KeyboardInterrupt from _signals()),
+    or until `dlba down` from elsewhere removed the array."""
+    supervisor.setup_logging()
+    sup = supervisor.for_state(state.root)
     with contextlib.suppress(KeyboardInterrupt):
         while True:
-            time.sleep(3600)
+            time.sleep(supervisor.POLL_S)
+            try:
+                if not sup.step():
+                    return
+            except Exception:  # supervision must not end the array
+                supervisor.events.exception("event=supervisor_error")
+
+
+def _keep_running(detach: bool, state: StatePaths) -> None:
+    """Detached: leave a supervisor process behind (recorded, so `dlba down` stops it first);
+    otherwise supervise the nodes from here until a signal."""
+    if detach:
+        processes.start(supervisor.SUPERVISOR, supervisor.command(state.root), state.root)
+    else:
+        _supervise_until_signal(state)
+
+
+def _node_commands(
+    config: Path, names: list[str], netns: list[str | None]
+) -> list[supervisor.Supervised]:
+    """What `up` starts each node with, recorded so the supervisor restarts it the same way."""
+    return [supervisor.Supervised(n, tuple(node_command(config, n)), ns)
+            for n, ns in zip(names, netns, strict=True)]  # fmt: skip
+
+
+def _foreign_owner(state: StatePaths, prefix: str) -> str | None:
+    """The other state folder whose array runs under `prefix`, if any (never ours to remove)."""
+    found = netns_builder.leftovers(prefix)
+    owner = netns_builder.owner(prefix)
+    if found.processes and owner is not None and owner != str(state.root):
+        return owner
+    return None
 
 
 def _count(n: int, what: str) -> str:
@@ -162,6 +194,11 @@ def _up_netns(args: argparse.Namespace, state: StatePaths) -> int:
     if _live_recorded(state):
         print(f"dlba up: an array is already running from {state.root}; run dlba down first")
         return 2
+    foreign = _foreign_owner(state, args.prefix)
+    if foreign:
+        print(f"dlba up: an array with prefix {args.prefix} is running from {foreign}; "
+              f"run dlba down --state {foreign} first")
+        return 2
     found = netns_builder.leftovers(args.prefix)
     if found:
         print(f"dlba up: removing what an earlier run left ({found.summary()})")
@@ -179,6 +216,8 @@ def _up_netns(args: argparse.Namespace, state: StatePaths) -> int:
         config = state.config
     cert_names, cert_ips = config_gen.cert_subjects(plan)
     config_gen.write_state(state, config_gen.config_for_plan(plan), cert_names, cert_ips)
+    node_ns: list[str | None] = [plan.node_ns(k) for k in range(1, len(names) + 1)]
+    commands = _node_commands(config, names, node_ns)
     state.array_file.write_text(json.dumps({
         "mode": "netns", "prefix": plan.prefix, "nodes": names, "backends": plan.backends,
         "redis": plan.redis, "config": str(config),
@@ -187,9 +226,10 @@ def _up_netns(args: argparse.Namespace, state: StatePaths) -> int:
         # this one (processes.netns_socket), not from the host.
         "client_netns": plan.client_ns,
         "token_file": str(user_token or state.token),
+        "node_commands": [supervisor.record_of(c) for c in commands],
     }) + "\n")  # fmt: skip
 
-    netns_builder.build(plan)
+    netns_builder.build(plan, owner=str(state.root))
     detached = False
     try:
         started: list[processes.Started] = []
@@ -205,9 +245,8 @@ def _up_netns(args: argparse.Namespace, state: StatePaths) -> int:
             # Checked from node 1's namespace: proves the back-end network, not just the server.
             processes.wait_for_port(plan.backend_address(j), BACKEND_PORT, plan.node_ns(1),
                                     START_DEADLINE_S, started)  # fmt: skip
-        for k, name in enumerate(names, start=1):
-            cmd = node_command(config, name)
-            started.append(processes.start(name, cmd, state.root, plan.node_ns(k)))
+        for node in commands:
+            started.append(processes.start(node.name, node.argv, state.root, node.netns))
         for k in range(1, plan.nodes + 1):
             _wait_healthz(plan.node_front(k), plan.client_ns, started)
 
@@ -225,10 +264,10 @@ def _up_netns(args: argparse.Namespace, state: StatePaths) -> int:
             f"  logs       {state.logs}/",
             "dlba down stops it." if args.detach else "Ctrl-C stops and removes the array.",
         ])  # fmt: skip
+        _keep_running(args.detach, state)
         if args.detach:
             detached = True
             return 0
-        _wait_for_signal()
         print("dlba up: stopping", flush=True)
         return 0
     finally:
@@ -262,10 +301,12 @@ def _up_loopback(args: argparse.Namespace, state: StatePaths) -> int:
                                     admin_listen=f"127.0.0.1:{admin}")  # fmt: skip
     config_gen.write_state(state, text, *config_gen.cert_subjects(None))
     config = Path(args.config).resolve() if args.config else state.config
+    commands = _node_commands(config, ["n1"], [None])
     state.array_file.write_text(json.dumps({
         "mode": "loopback", "prefix": None, "nodes": ["n1"], "backends": len(ports),
         "config": str(config), "admin": [f"http://127.0.0.1:{admin}"],
         "client_netns": None, "token_file": str(state.token),
+        "node_commands": [supervisor.record_of(c) for c in commands],
     }) + "\n")  # fmt: skip
     detached = False
     try:
@@ -275,7 +316,7 @@ def _up_loopback(args: argparse.Namespace, state: StatePaths) -> int:
         ]
         for p in ports:
             processes.wait_for_port("127.0.0.1", p, None, START_DEADLINE_S, started)
-        started.append(processes.start("n1", node_command(config, "n1"), state.root))
+        started.append(processes.start("n1", commands[0].argv, state.root))
         _wait_healthz("127.0.0.1", None, started)
         token = config_gen.read_token(state)
         _banner([
@@ -286,10 +327,10 @@ def _up_loopback(args: argparse.Namespace, state: StatePaths) -> int:
             f"  try        curl -s http://127.0.0.1:{http}/whoami",
             "dlba down stops it." if args.detach else "Ctrl-C stops it.",
         ])  # fmt: skip
+        _keep_running(args.detach, state)
         if args.detach:
             detached = True
             return 0
-        _wait_for_signal()
         return 0
     finally:
         if not detached:
@@ -316,39 +357,4 @@ def up_main(argv: list[str]) -> int:
         return 1
 
 
-def down_main(argv: list[str]) -> int:
-    """Stop what `dlba up` recorded in the state folder and remove every `<prefix>*`
-    namespace and bridge, whether or not the state folder still exists."""
-    args = _parser("dlba down").parse_args(argv)
-    state = StatePaths(Path(args.state).resolve())
-    # An explicit --prefix (tests) names the only array to touch; otherwise the contract's
-    # `dlba-` plus whatever prefix the state folder says its array used.
-    prefixes = [args.prefix] if args.prefix else [DEFAULT_PREFIX]
-    if not args.prefix:
-        try:
-            recorded_prefix = json.loads(state.array_file.read_text()).get("prefix")
-        except (OSError, ValueError):
-            recorded_prefix = None
-        if isinstance(recorded_prefix, str) and recorded_prefix not in prefixes:
-            prefixes.append(recorded_prefix)
-    if os.geteuid() != 0:
-        # Without root only the loopback mode's processes can be ours to stop.
-        stopped = processes.stop_recorded(state.root)
-        print(f"dlba down: stopped {len(stopped)} processes")
-        if any(netns_builder.leftovers(p).namespaces for p in prefixes):
-            print("dlba down: array namespaces exist; removing them needs root")
-            return 1
-        return 0
-    stopped = processes.stop_recorded(state.root, order=NODE_FIRST)
-    removed = netns_builder.Removed()
-    for prefix in prefixes:
-        r = netns_builder.teardown(prefix)
-        removed.processes += r.processes
-        removed.namespaces += r.namespaces
-        removed.links += r.links
-    state.array_file.unlink(missing_ok=True)
-    if stopped or removed:
-        print(f"dlba down: stopped {len(stopped)} recorded processes; removed {removed.summary()}")
-    else:
-        print("dlba down: nothing to remove")
-    return 0
+__all__ = ["down_main", "up_main"]

@@ -273,7 +273,7 @@ def test_up_detach_then_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         assert (state / "cluster.toml").exists() and (state / "certs" / "ca.pem").exists()
         assert json.loads((state / "array.json").read_text())["prefix"] == prefix
         pids = {f.stem for f in (state / "pids").glob("*.pid")}
-        assert pids == {"n1", "n2", "b1", "b2"}
+        assert pids == {"n1", "n2", "b1", "b2", "_supervisor"}
         assert processes.http_status("198.18.0.12", 9000, "/healthz", f"{prefix}client") == 200
         # A second `up` on a running array refuses instead of tearing it down.
         assert up.up_main(args) == 2
