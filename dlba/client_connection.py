@@ -11,7 +11,7 @@ import logging
 import ssl
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
@@ -27,22 +27,22 @@ events = logging.getLogger("dlba.event")
 MAX_HEAD_BYTES = 64 * 1024
 MAX_QUEUED = 16  # pipelined requests read ahead of the one being answered
 LINGER_S = 2.0  # how long input is drained after an error answer (nginx: lingering_time)
+# What the next bytes of the client's stream are (see ClientConnection._parse).
+LINE: Final = 0  # a request line (or the empty lines allowed before one)
+HEAD: Final = 1  # header lines, up to the blank line
+LENGTH: Final = 2  # a body of body_left more bytes
+CHUNKED: Final = 3  # a chunked body, which ends with a blank line
 
-
-class Reject(Exception):
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
+Reject = http_head.BadRequest
 
 
 class ClientConnection(asyncio.Protocol):
     # Slots: one of these lives per open client connection, idle keepalive ones included.
     __slots__ = (
-        "closing", "ctx", "deadline", "fields_bytes", "forwarding", "head_bytes", "headers",
-        "http11", "in_head", "parser", "parsing", "paused", "peer", "peer_ip", "queue",
-        "scheme", "timer_kind", "transport", "tunnel", "tunnel_pending", "upgraded", "url",
-        "watched", "writable",
+        "body_left", "closing", "ctx", "deadline", "fields_bytes", "forwarding", "head_bytes",
+        "headers", "held_in", "http11", "in_head", "method", "parser", "parsing", "paused",
+        "peer", "peer_ip", "phase", "queue", "redirect", "scheme", "tail", "timer_kind",
+        "transport", "tunnel", "tunnel_pending", "upgraded", "url", "watched", "writable",
     )
 
     def __init__(self, ctx: ProxyContext, scheme: bytes) -> None:
@@ -65,6 +65,12 @@ class ClientConnection(asyncio.Protocol):
         self.head_bytes = 0
         self.fields_bytes = 0
         self.url = b""
+        self.method = b""
+        self.phase = LINE
+        self.body_left = 0
+        self.held_in = b""  # the start of a request line that the next read completes
+        self.tail = b""  # the last bytes fed in HEAD/CHUNKED: a blank line may span two reads
+        self.redirect = False  # a plain listener that answers 308 to https:// (ProxyContext)
         self.headers: list[tuple[bytes, bytes]] = []
         self.watched: list[tuple[bytes, bytes]] = []  # (lower-case name, value)
         self.forwarding = b""
@@ -85,6 +91,8 @@ class ClientConnection(asyncio.Protocol):
             self.peer_ip = str(peer[0])
             self.peer = f"{peer[0]}:{peer[1]}"
         self.forwarding = http_head.forwarding_lines(self.peer_ip, self.scheme)
+        if self.scheme == b"http" and self.ctx.redirect_listeners:
+            self.redirect = self.ctx.redirects(transport.get_extra_info("sockname"))
         self.ctx.stats.connections_open += 1
         self.ctx.stats.connections_total += 1
         self.ctx.connections.add(self)
@@ -96,18 +104,20 @@ class ClientConnection(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel.tunnel_from_client(data)
             return
-        if self.upgraded:
-            self.tunnel_pending.append(data)
-            return
         if self.closing or self.parser is None:
             return
+        if self.upgraded:
+            # Bytes after an Upgrade request's head, before the back end's 101: a back end that
+            # refuses the upgrade would read them as a request of its own (smuggling).
+            self.reject(400, "data after an upgrade request, before its 101")
+            return
+        if self.held_in:
+            data = self.held_in + data
+            self.held_in = b""
         try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as e:
-            self.upgraded = True
-            rest = data[int(e.args[0]) :]
-            if rest:
-                self.tunnel_pending.append(rest)
+            self._parse(data)
+        except Reject as e:
+            self.reject(e.status, e.reason)
             return
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
@@ -124,6 +134,97 @@ class ClientConnection(asyncio.Protocol):
             self.head_bytes += len(data)
             if self.head_bytes > MAX_HEAD_BYTES:
                 self.reject(431, "request head too large")
+
+    # --- the request stream, one message part at a time ---------------------------------------
+    def _parse(self, data: bytes) -> None:
+        """Give the parser (llhttp) one part of one message at a time: a request line read here
+        first (llhttp knows a fixed list of methods and takes RTSP/1.0 for HTTP/1.0), the head
+        up to its blank line, then the body (a length, or chunks up to a blank line). So the
+        parser never sees the next request's line, and each one is checked here."""
+        pos = 0
+        n = len(data)
+        while pos < n and not self.closing and not self.upgraded:
+            phase = self.phase
+            if phase == LINE:
+                pos = self._request_line(data, pos)
+                continue
+            if phase == LENGTH:
+                end = min(n, pos + self.body_left)
+                self.body_left -= end - pos
+                self._feed(data[pos:end] if pos or end < n else data, n - end)
+                pos = end
+                continue
+            end = self._blank_line_end(data, pos)
+            self._feed(data[pos:end] if pos or end < n else data, n - end)
+            if self.phase != phase:
+                self.tail = b""
+            elif end - pos >= 3:  # a blank line may still begin in these bytes
+                self.tail = data[end - 3 : end]
+            else:
+                self.tail = (self.tail + data[pos:end])[-3:]
+            pos = end
+
+    def _request_line(self, data: bytes, pos: int) -> int:
+        """Check the request line at data[pos:] and feed it with what follows of its head;
+        where the unread bytes start (len(data) when the line is incomplete: held)."""
+        n = len(data)
+        while pos < n and (data[pos] == 13 or data[pos] == 10):
+            pos += 1  # empty lines before a request line are ignored (RFC 9112 §2.2)
+        if pos == n:
+            return n
+        eol = data.find(b"\n", pos)
+        limit = self.ctx.limits.max_header_line
+        if eol < 0 or eol - pos > limit:
+            if n - pos > limit:
+                raise Reject(414, "request line too long")
+            sp = data.find(b" ", pos)
+            if data[pos : n if sp < 0 else sp].translate(None, http_head.TCHAR):
+                raise Reject(400, "method is not a token")  # binary, TLS on the plain port
+            self.held_in = data[pos:]
+            self.in_head = True
+            if self.timer_kind != "header":
+                self._arm("header", self.ctx.limits.header_timeout_s)
+            return n
+        if data[eol - 1] != 13:
+            raise Reject(400, "request line without CRLF")
+        method, target, http11 = http_head.parse_request_line(data, pos, eol - 1)
+        self.method = method
+        self.url = target
+        self.http11 = http11
+        self.phase = HEAD
+        blank = data.find(b"\r\n\r\n", eol - 1)
+        end = n if blank < 0 else blank + 4
+        if method in http_head.PARSER_METHODS:
+            self._feed(data[pos:end] if pos or end < n else data, n - end)
+        else:
+            self._feed(b"GET " + target + (b" HTTP/1.1\r\n" if http11 else b" HTTP/1.0\r\n"), 1)
+            if self.phase == HEAD and end > eol + 1:
+                self._feed(data[eol + 1 : end], n - end)
+        if self.phase == HEAD:
+            self.tail = data[max(pos, end - 3) : end]
+        return end
+
+    def _blank_line_end(self, data: bytes, pos: int) -> int:
+        """Where the first CRLF CRLF at or after pos ends (it may have begun in the bytes fed
+        before, self.tail), or len(data)."""
+        tail = self.tail
+        if tail:
+            i = (tail + data[pos : pos + 3]).find(b"\r\n\r\n")
+            if i >= 0:
+                return pos + i + 4 - len(tail)
+        i = data.find(b"\r\n\r\n", pos)
+        return len(data) if i < 0 else i + 4
+
+    def _feed(self, piece: bytes, after: int) -> None:
+        """`after`: bytes of this read that follow the piece."""
+        if self.parser is None:
+            return
+        try:
+            self.parser.feed_data(piece)
+        except httptools.HttpParserUpgrade as e:
+            self.upgraded = True
+            if after or int(e.args[0]) < len(piece):
+                raise Reject(400, "data after an upgrade request, before its 101") from None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -156,16 +257,10 @@ class ClientConnection(asyncio.Protocol):
         self.in_head = True
         self.head_bytes = 0
         self.fields_bytes = 0
-        self.url = b""
         self.headers = []
         self.watched = []
         if self.timer_kind != "header":
             self._arm("header", self.ctx.limits.header_timeout_s)
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-        if len(self.url) > self.ctx.limits.max_header_line:
-            raise Reject(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         limits = self.ctx.limits
@@ -188,15 +283,17 @@ class ClientConnection(asyncio.Protocol):
         if self.closing or parser is None:
             return
         self._disarm()
-        method = parser.get_method()
-        self.http11 = parser.get_http_version() == "1.1"
+        method = self.method
         chunked = False
         host = 0
+        host_value = b""
+        length = 0
         plain = True  # nothing for request_head to drop, merge or re-frame
         cookies = []
         for low, value in self.watched:
             if low == b"host":
                 host += 1
+                host_value = value
             elif low == b"cookie":
                 cookies.append(value)
             elif low == b"transfer-encoding":
@@ -204,18 +301,35 @@ class ClientConnection(asyncio.Protocol):
                     raise Reject(400, "unsupported transfer-encoding")
                 chunked = True
                 plain = False
-            elif low != b"content-length":
+            elif low == b"content-length":
+                length = int(value)  # llhttp allows digits only, and one value
+            else:
                 plain = False
         if host > 1 or (host == 0 and self.http11):
             raise Reject(400, "exactly one Host header is required")
-        absolute = self.url.startswith((b"http://", b"https://"))
-        if not self.url.startswith(b"/") and method != b"OPTIONS" and not absolute:
-            raise Reject(400, "bad request target")
+        if not http_head.valid_host(host_value):
+            raise Reject(400, "bad byte in Host")
+        if method == b"CONNECT":
+            raise Reject(400, "CONNECT is for forward proxies")
+        if not self.url.startswith(b"/"):
+            authority = self._origin_form(method)
+            if authority:
+                host_value = authority
+                host = 1
+        self.phase = CHUNKED if chunked else LENGTH if length else LINE
+        self.body_left = length
+        keep_alive = parser.should_keep_alive()
         ex = Exchange(
-            self, method, self.url, self.headers, parser.should_keep_alive(),
-            parser.should_upgrade(), chunked,
+            self, method, self.url, self.headers, keep_alive, parser.should_upgrade(), chunked,
             b"; ".join(cookies).decode("latin-1") if cookies else None, plain, host == 0,
         )
+        ex.http11 = self.http11
+        if self.redirect:
+            # Answered at once; a request body is read and dropped, then the connection closes.
+            ex.client_keep_alive = keep_alive and not chunked and not length
+            ex.local = http_head.https_redirect(
+                host_value or self._local_host(), self.url, self.ctx.https_port,
+                keep_alive=ex.client_keep_alive)
         self.parsing = ex
         self.queue.append(ex)
         if len(self.queue) == 1:
@@ -223,11 +337,37 @@ class ClientConnection(asyncio.Protocol):
         elif len(self.queue) >= MAX_QUEUED:
             self.pause_reading()
 
+    def _origin_form(self, method: bytes) -> bytes:
+        """An absolute-form target (`http://host/path`) becomes origin-form, its authority the
+        Host (RFC 9112 §3.2.2), which is returned; `*` is only for OPTIONS (b""); anything
+        else is refused."""
+        absolute = http_head.absolute_target(self.url)
+        if absolute is None:
+            if self.url == b"*" and method == b"OPTIONS":
+                return b""
+            raise Reject(400, "bad request target")
+        authority, self.url = absolute
+        headers = [(n, authority if len(n) == 4 and n.lower() == b"host" else v)
+                   for n, v in self.headers]
+        if not any(len(n) == 4 and n.lower() == b"host" for n, _ in headers):
+            headers.append((b"Host", authority))
+        self.headers = headers
+        return authority
+
+    def _local_host(self) -> bytes:
+        """The address the client dialled, for a redirect of a request without a Host."""
+        sock = self.transport.get_extra_info("sockname") if self.transport else None
+        if not sock:
+            return b"localhost"
+        ip = str(sock[0])
+        return f"[{ip}]".encode() if ":" in ip else ip.encode()
+
     def on_body(self, body: bytes) -> None:
         if self.parsing is not None:
             self.parsing.feed_body(body)
 
     def on_message_complete(self) -> None:
+        self.phase = LINE
         if self.parsing is not None:
             self.parsing.body_complete()
             self.parsing = None
@@ -290,7 +430,7 @@ class ClientConnection(asyncio.Protocol):
         for ex in self.queue:
             ex.client_gone()
         self.queue.clear()
-        self.write(http_head.error_response(status, reason))
+        self.write(http_head.error_response(status, reason, extra=self.ctx.hsts_for(self.scheme)))
         self._linger()
 
     def _linger(self) -> None:

@@ -120,8 +120,12 @@ def format_set_cookie(name: str, value: str, attrs: dict[str, str]) -> str:
 
 
 def injected_set_cookies(set_cookie_values: Iterable[str], session_cookies: Collection[str],
-                         cookie_name: str, value: str) -> list[str]:
+                         cookie_name: str, value: str, *, secure: bool = False,
+                         same_site: str = "") -> list[str]:
     """Return the Set-Cookie values to ADD to a back-end response (possibly none).
+
+    ``secure`` (the response goes out over HTTPS) adds ``Secure``; ``same_site`` (Strict, Lax
+    or None) replaces the session cookie's SameSite (see ``persistence_attributes``).
 
     ``value`` is the injected cookie's value, normally ``cookie_codec.encode(backend_id,
     secret)`` computed once per back end. One line is returned per distinct attribute set of the
@@ -145,10 +149,28 @@ def injected_set_cookies(set_cookie_values: Iterable[str], session_cookies: Coll
                 return []
             # Cookie names are case-sensitive (RFC 6265): JSESSIONID is not jsessionid.
             if name in session_cookies:
+                if secure or same_site:
+                    attrs = persistence_attributes(attrs, secure=secure, same_site=same_site)
                 out = format_set_cookie(cookie_name, value, attrs)
                 if out not in lines:
                     lines.append(out)
     return lines
+
+
+def persistence_attributes(attrs: dict[str, str], *, secure: bool, same_site: str
+                           ) -> dict[str, str]:
+    """The session cookie's attributes as the persistence cookie's: ``Secure`` over HTTPS, and
+    the configured SameSite. Browsers drop a ``SameSite=None`` cookie that is not ``Secure``
+    (and the persistence with it), so over plain HTTP "None" leaves SameSite out: the browser's
+    default (Lax) applies and the cookie is kept."""
+    out = dict(attrs)
+    if secure:
+        out["Secure"] = ""
+    if same_site == "None" and "Secure" not in out:
+        out.pop("SameSite", None)
+    elif same_site:
+        out["SameSite"] = same_site
+    return out
 
 
 def inject_for_backend(set_cookie_values: Iterable[str], session_cookies: Collection[str],

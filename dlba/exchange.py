@@ -46,7 +46,9 @@ class Exchange:
         "finished",
         "headers",
         "held",
+        "http11",
         "last_activity",
+        "local",
         "method",
         "no_host",
         "out_chunked",
@@ -102,12 +104,25 @@ class Exchange:
         self.tunnel = False
         self.t0 = 0.0
         self.last_activity = 0.0
+        self.http11 = True  # this request's version (a pipelined one may differ from the next)
+        self.local: bytes | None = None  # an answer the node gives itself (redirect to HTTPS)
 
     # --- request side -------------------------------------------------------------------------
     def start(self) -> None:
         self.t0 = time.perf_counter()  # uvloop's loop.time() only has millisecond resolution
         self.last_activity = self.ctx.loop.time()
+        if self.local is not None:
+            self._answer_locally(self.local)
+            return
         self._schedule()
+
+    def _answer_locally(self, response: bytes) -> None:
+        """No back end: the body, if any, is read and dropped (pending and retained gone)."""
+        self.status = int(response[9:12])
+        self.reason = "local"
+        self.pending = self.retained = None
+        self.client.write(response)
+        self._end(True, counted=False)
 
     def _schedule(self) -> None:
         ctx = self.ctx
@@ -217,7 +232,7 @@ class Exchange:
         client = self.client
         self.last_activity = self.ctx.loop.time()
         if status < 200 and status != 101:
-            if client.http11:
+            if self.http11:
                 client.write(http_head.response_head(
                     status, reason, headers, (), chunked=False, keep_alive=True, upgrade=False
                 ))
@@ -229,7 +244,7 @@ class Exchange:
         no_body = self.method == b"HEAD" or status in (204, 304) or upgrade
         if no_body or (has_length and not chunked):
             self.out_chunked = False
-        elif client.http11:
+        elif self.http11:
             self.out_chunked = True
         else:
             self.out_close_delimited = True
@@ -241,10 +256,12 @@ class Exchange:
             self.client_keep_alive = False  # the client's parser already switched protocols
         # Session ids this back end issues are its own, on every node (learned sessions).
         self.ctx.selector.learn(headers, self.backend_id, self.last_activity)
-        extra = self.ctx.inject_cookies(headers, self.backend_id) if status < 400 else ()
+        https = client.scheme == b"https"
+        extra = self.ctx.inject_cookies(headers, self.backend_id, https) if status < 400 else ()
         self.held.append(http_head.response_head(
             status, reason, headers, extra, chunked=self.out_chunked,
             keep_alive=self.client_keep_alive and not client.closing, upgrade=upgrade,
+            keep_alive_header=not self.http11, hsts=self.ctx.hsts if https else b"",
         ))
         if upgrade:
             self.flush()
@@ -347,7 +364,8 @@ class Exchange:
     def _fail(self, status: int, message: str) -> None:
         self.status = status
         self.client_keep_alive = False
-        self.client.write(http_head.error_response(status, message))
+        self.client.write(http_head.error_response(
+            status, message, extra=self.ctx.hsts_for(self.client.scheme)))
         self.ctx.stats.errors += 1
         self._end(False, counted=False)
 

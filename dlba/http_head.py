@@ -37,6 +37,7 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"
 
 _REASONS = {
     200: b"OK",
+    308: b"Permanent Redirect",
     400: b"Bad Request",
     403: b"Forbidden",
     404: b"Not Found",
@@ -48,6 +49,7 @@ _REASONS = {
     502: b"Bad Gateway",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
 }
 
 
@@ -180,8 +182,14 @@ def response_head(
     chunked: bool,
     keep_alive: bool,
     upgrade: bool,
+    keep_alive_header: bool = False,
+    hsts: bytes = b"",
 ) -> bytes:
-    """The head sent to the client. `extra` carries injected headers (Set-Cookie)."""
+    """The head sent to the client. `extra` carries injected headers (Set-Cookie).
+
+    `keep_alive_header`: say `Connection: keep-alive` when keeping the connection (an HTTP/1.0
+    client closes, or waits for our close, without it). `hsts`: a Strict-Transport-Security
+    value added unless the back end sent its own."""
     drop = _dropped(headers, chunked)
     out = [b"HTTP/1.1 ", str(status).encode(), b" ", reason or _REASONS.get(status, b"-"), b"\r\n"]
     upgrade_value = None
@@ -191,21 +199,28 @@ def response_head(
             if low == b"upgrade":
                 upgrade_value = value
             continue
+        if hsts and low == b"strict-transport-security":
+            hsts = b""  # the back end's own policy wins, never two
         out += [name, b": ", value, b"\r\n"]
     for name, value in extra:
         out += [name, b": ", value, b"\r\n"]
+    if hsts:
+        out += [b"Strict-Transport-Security: ", hsts, b"\r\n"]
     if upgrade and upgrade_value is not None:
         out += [b"Connection: upgrade\r\nUpgrade: ", upgrade_value, b"\r\n"]
     elif not keep_alive:
         out.append(b"Connection: close\r\n")
+    elif keep_alive_header:
+        out.append(b"Connection: keep-alive\r\n")
     if chunked:
         out.append(b"Transfer-Encoding: chunked\r\n")
     out.append(b"\r\n")
     return b"".join(out)
 
 
-def error_response(status: int, message: str, *, close: bool = True) -> bytes:
-    """A complete small response the proxy makes itself (400, 408, 431, 502, 503...)."""
+def error_response(status: int, message: str, *, close: bool = True, extra: bytes = b"") -> bytes:
+    """A complete small response the proxy makes itself (400, 408, 431, 502, 503...);
+    `extra`: whole header lines to add (Strict-Transport-Security over TLS)."""
     body = f"{status} {_REASONS.get(status, b'-').decode()}: {message}\n".encode()
     head = [
         b"HTTP/1.1 ",
@@ -215,6 +230,7 @@ def error_response(status: int, message: str, *, close: bool = True) -> bytes:
         b"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ",
         str(len(body)).encode(),
         b"\r\nCache-Control: no-store\r\n",
+        extra,
         b"Connection: close\r\n" if close else b"",
         b"\r\n",
     ]
@@ -226,3 +242,98 @@ def chunk(data: bytes) -> bytes:
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+# --- the request line and the target (RFC 9112 §3, RFC 9110 §5.6.2 and §7.2) -------------------
+class BadRequest(Exception):
+    """A request the node answers itself with `status` and a close; no back end sees it."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+# tchar: a method is one or more of these, whatever its name (PURGE, MKCOL, FOO-BAR).
+TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# A Host value or an absolute target's authority: reg-name (unreserved, sub-delims,
+# pct-encoded), an IP literal ("[", "]", ":") and a port. Not "@" (userinfo), "/", spaces.
+HOST_CHARS = b"-._~!$&'()*+,;=%:[]0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# Methods the request parser (llhttp, a fixed list) is given as they are; any other token is
+# given to it as GET, which frames a request the same way (request framing never depends on the
+# method), and the real one is what the back end gets.
+PARSER_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"})
+
+
+def parse_request_line(data: bytes, start: int, end: int) -> tuple[bytes, bytes, bool]:
+    """(method, target, is HTTP/1.1) of the request line data[start:end], CRLF excluded.
+
+    Raises BadRequest: 400 for anything but `token SP target SP HTTP/1.x` (a protocol that
+    only looks like HTTP, RTSP/1.0, is refused, not rewritten), 505 for another HTTP
+    version, 400 for a `#fragment`, which is never part of a request target."""
+    sp1 = data.find(b" ", start, end)
+    sp2 = data.find(b" ", sp1 + 1, end) if sp1 > start else -1
+    if sp2 < 0 or sp2 == sp1 + 1 or data.find(b" ", sp2 + 1, end) >= 0:
+        raise BadRequest(400, "malformed request line")
+    method = data[start:sp1]
+    if method not in PARSER_METHODS and method.translate(None, TCHAR):
+        raise BadRequest(400, "method is not a token")
+    version = data[sp2 + 1 : end]
+    if version == b"HTTP/1.1":
+        http11 = True
+    elif version == b"HTTP/1.0":
+        http11 = False
+    elif (len(version) == 8 and version.startswith(b"HTTP/") and 48 <= version[5] <= 57
+          and version[6] == 46 and 48 <= version[7] <= 57):
+        raise BadRequest(505, "only HTTP/1.0 and HTTP/1.1")
+    else:
+        raise BadRequest(400, "not an HTTP/1.x request")
+    target = data[sp1 + 1 : sp2]
+    if 35 in target:  # '#' (an int in bytes: no hidden TypeError, unlike a bytes needle)
+        raise BadRequest(400, "fragment in request target")
+    return method, target, http11
+
+
+def valid_host(value: bytes) -> bool:
+    """Only the bytes a Host value may hold (an empty one is allowed, RFC 9112 §3.2)."""
+    return not value.translate(None, HOST_CHARS)
+
+
+def absolute_target(target: bytes) -> tuple[bytes, bytes] | None:
+    """(authority, origin-form target) of an absolute-form target (`http://host/path?q`),
+    None for any other form. RFC 9112 §3.2.2: the authority replaces the Host header.
+    Raises BadRequest for an empty or bad authority (userinfo included)."""
+    if target[:7].lower() == b"http://":
+        rest = target[7:]
+    elif target[:8].lower() == b"https://":
+        rest = target[8:]
+    else:
+        return None
+    end = len(rest)
+    for sep in (b"/", b"?"):
+        i = rest.find(sep, 0, end)
+        if i >= 0:
+            end = i
+    authority, path = rest[:end], rest[end:]
+    if not authority or not valid_host(authority):
+        raise BadRequest(400, "bad authority in absolute-form target")
+    if not path.startswith(b"/"):
+        path = b"/" + path
+    return authority, path
+
+
+def host_name(host: bytes) -> bytes:
+    """A Host value without its port ("[::1]" keeps its brackets)."""
+    if host.startswith(b"["):
+        close = host.find(b"]")
+        return host if close < 0 else host[: close + 1]
+    return host.partition(b":")[0]
+
+
+def https_redirect(host: bytes, target: bytes, port: int, *, keep_alive: bool) -> bytes:
+    """308 to the same host and target over HTTPS (port 443 left out of the URL)."""
+    authority = host_name(host) + (b"" if port == 443 else b":%d" % port)
+    return b"".join([
+        b"HTTP/1.1 308 Permanent Redirect\r\nLocation: https://", authority, target,
+        b"\r\nContent-Length: 0\r\n", b"" if keep_alive else b"Connection: close\r\n", b"\r\n",
+    ])

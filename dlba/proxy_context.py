@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from dlba import cookie_codec, http_head
 from dlba.backend_pool import BackendPool
 from dlba.backend_selection import BackendSelector
-from dlba.config import Config
+from dlba.config import Config, HostPort, parse_host_port
 from dlba.cookie_injection import injected_set_cookies
 from dlba.node_stats import NodeStats
 from dlba.web_server_status_table import WebServerStatusTable
@@ -59,6 +59,18 @@ class ProxyContext:
         self.trusted = http_head.TrustedProxies.parse(config.proxy.trusted_proxies)
         self.persistence = config.persistence
         self.session_cookies = frozenset(config.persistence.session_cookies)
+        tls = config.tls
+        self.hsts = b"max-age=%d" % tls.hsts_max_age_s if tls.hsts else b""
+        self.hsts_line = b"Strict-Transport-Security: " + self.hsts + b"\r\n" if tls.hsts else b""
+        redirect = config.proxy.redirect_https
+        self.redirect_listeners = bool(redirect)
+        self.redirect_all = "*" in redirect
+        self.redirect_addrs = frozenset(str(parse_host_port(a)) for a in redirect if a != "*")
+        tls_ports = [a.port for n in config.nodes if n.name == self.node_name
+                     for a in n.listen_tls]
+        # Where a redirect sends the client: 443 (left out of the URL) when this node listens
+        # there or has no TLS listener of its own, else its first TLS port.
+        self.https_port = 443 if not tls_ports or 443 in tls_ports else tls_ports[0]
         self.table.reconfigure(config.backends)
         self.selector.reconfigure(config.persistence, config.scheduling)
         self.cookie_values = {
@@ -78,9 +90,24 @@ class ProxyContext:
                     connect_timeout_s=config.proxy.connect_timeout_s,
                 )
 
+    def redirects(self, sockname: object) -> bool:
+        """Whether the plain listener a connection came in on answers 308 to https:// (the
+        listener as configured: its own address, or the wildcard it is bound to)."""
+        if self.redirect_all:
+            return True
+        if not isinstance(sockname, tuple) or len(sockname) < 2:
+            return False
+        port = int(sockname[1])
+        return any(str(HostPort(host, port)) in self.redirect_addrs
+                   for host in (str(sockname[0]), "0.0.0.0", "::"))
+
+    def hsts_for(self, scheme: bytes) -> bytes:
+        """The Strict-Transport-Security line for a node-made answer (TLS only)."""
+        return self.hsts_line if scheme == b"https" else b""
+
     # --- hooks called by exchanges --------------------------------------------------------
     def inject_cookies(
-        self, headers: Sequence[tuple[bytes, bytes]], backend_id: int
+        self, headers: Sequence[tuple[bytes, bytes]], backend_id: int, https: bool = False,
     ) -> list[tuple[bytes, bytes]]:
         values = [v.decode("latin-1") for n, v in headers if n.lower() == b"set-cookie"]
         if not values:
@@ -88,7 +115,8 @@ class ProxyContext:
         value = self.cookie_values.get(backend_id)
         if value is None:
             return []
-        lines = injected_set_cookies(values, self.session_cookies, self.persistence.cookie, value)
+        lines = injected_set_cookies(values, self.session_cookies, self.persistence.cookie, value,
+                                     secure=https, same_site=self.persistence.same_site)
         if lines:
             self.stats.cookie_injected += 1
             self.table.on_cookie_injected(backend_id)

@@ -162,3 +162,35 @@ def test_find_session_id_cookie_then_url() -> None:
     assert find_session_id("JSESSIONID=", "/x", SESSION, params) is None
     assert find_session_id(None, "/x?jsessionid=z", SESSION, []) is None
     assert find_session_id(None, "/x?side=1;sid=2", SESSION, params) is None
+
+
+# --- Secure over HTTPS, SameSite from the config ------------------------------------------------
+LOGIN = "JSESSIONID=abc123; Path=/; Max-Age=3600; HttpOnly"
+
+
+def test_https_adds_secure_and_the_configured_samesite() -> None:
+    (out,) = injected_set_cookies([LOGIN], SESSION, NAME, VALUE, secure=True, same_site="Lax")
+    assert out == f"DLBASERVER={VALUE}; Path=/; Max-Age=3600; SameSite=Lax; Secure; HttpOnly"
+
+
+def test_plain_http_gets_samesite_but_no_secure() -> None:
+    (out,) = injected_set_cookies([LOGIN + "; SameSite=None"], SESSION, NAME, VALUE,
+                                  same_site="Strict")
+    assert attrs_of(out) == {"Path": "/", "Max-Age": "3600", "SameSite": "Strict",
+                             "HttpOnly": ""}
+
+
+@given(secure=st.booleans(), backend_secure=st.booleans(),
+       backend_same_site=st.sampled_from(["", "; SameSite=Strict", "; SameSite=None"]))
+def test_samesite_none_only_ever_with_secure(
+    secure: bool, backend_secure: bool, backend_same_site: str
+) -> None:
+    """Browsers drop a SameSite=None cookie without Secure: over plain HTTP "None" leaves the
+    attribute out (browser default, Lax) rather than lose the persistence cookie."""
+    line = LOGIN + ("; Secure" if backend_secure else "") + backend_same_site
+    (out,) = injected_set_cookies([line], SESSION, NAME, VALUE, secure=secure, same_site="None")
+    attrs = attrs_of(out)
+    if secure or backend_secure:
+        assert attrs["SameSite"] == "None" and "Secure" in attrs
+    else:
+        assert "SameSite" not in attrs and "Secure" not in attrs

@@ -273,3 +273,105 @@ def test_plain_request_head_equals_the_general_one(
     fast = http_head.plain_request_head(b"GET", b"/p?q", plain,
                                         http_head.forwarding_lines(ip, scheme))
     assert fast == general
+
+
+# --- request line, Host, absolute-form, redirect, HSTS ----------------------------------------
+tchar_method = st.from_regex(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,12}", fullmatch=True)
+origin_target = st.from_regex(rb"/[!$&'()*+,;=:@/?A-Za-z0-9._~%-]{0,30}", fullmatch=True)
+
+
+@given(method=tchar_method, target=origin_target, http11=st.booleans())
+def test_request_line_of_any_token_method_is_read_back(
+    method: bytes, target: bytes, http11: bool
+) -> None:
+    line = method + b" " + target + (b" HTTP/1.1" if http11 else b" HTTP/1.0")
+    data = b"\r\n" + line + b"\r\nHost: x\r\n\r\n"
+    assert http_head.parse_request_line(data, 2, 2 + len(line)) == (method, target, http11)
+
+
+@given(line=st.binary(max_size=40))
+def test_request_line_is_either_refused_or_exactly_its_parts(line: bytes) -> None:
+    try:
+        method, target, http11 = http_head.parse_request_line(line, 0, len(line))
+    except http_head.BadRequest as e:
+        assert e.status in (400, 505)
+        return
+    assert line == method + b" " + target + (b" HTTP/1.1" if http11 else b" HTTP/1.0")
+    assert method and not method.translate(None, http_head.TCHAR)
+    assert target and b" " not in target and b"#" not in target
+
+
+@pytest.mark.parametrize(("line", "status"), [
+    (b"GET / RTSP/1.0", 400), (b"GET / ICE/1.0", 400), (b"GET / http/1.1", 400),
+    (b"GET / HTTP/2.0", 505), (b"GET / HTTP/0.9", 505), (b"GET / HTTP/1.2", 505),
+    (b"GET /a#frag HTTP/1.1", 400), (b"GET /a?b#c HTTP/1.1", 400),
+    (b"G{T / HTTP/1.1", 400), (b"GE\x00T / HTTP/1.1", 400), (b"GET  / HTTP/1.1", 400),
+    (b"GET / HTTP/1.1 ", 400), (b" GET / HTTP/1.1", 400), (b"GET /", 400), (b"", 400),
+])
+def test_bad_request_lines(line: bytes, status: int) -> None:
+    with pytest.raises(http_head.BadRequest) as e:
+        http_head.parse_request_line(line, 0, len(line))
+    assert e.value.status == status
+
+
+@pytest.mark.parametrize(("value", "ok"), [
+    (b"example.test", True), (b"example.test:8080", True), (b"[::1]:443", True),
+    (b"127.0.0.1", True), (b"", True), (b"xn--bcher-kva.test", True),
+    (b"a b", False), (b"a/b", False), (b"u@host", False), (b"\xffhost", False),
+    (b"host\t", False), (b'"host"', False), (b"ho<st", False), (b"host?x", False),
+])
+def test_valid_host(value: bytes, ok: bool) -> None:
+    assert http_head.valid_host(value) is ok
+
+
+@pytest.mark.parametrize(("target", "want"), [
+    (b"http://example.test/path?q=1", (b"example.test", b"/path?q=1")),
+    (b"HTTPS://Example.test:8443", (b"Example.test:8443", b"/")),
+    (b"http://example.test?q", (b"example.test", b"/?q")),
+    (b"http://[::1]:80/x", (b"[::1]:80", b"/x")),
+    (b"/plain", None), (b"*", None), (b"ftp://example.test/", None),
+])
+def test_absolute_target(target: bytes, want: tuple[bytes, bytes] | None) -> None:
+    assert http_head.absolute_target(target) == want
+
+
+@pytest.mark.parametrize("target", [b"http:///path", b"http://u:p@host/", b"http://a b/"])
+def test_absolute_target_with_a_bad_authority_is_refused(target: bytes) -> None:
+    with pytest.raises(http_head.BadRequest):
+        http_head.absolute_target(target)
+
+
+@pytest.mark.parametrize(("host", "port", "location"), [
+    (b"example.test", 443, b"https://example.test/a?b"),
+    (b"example.test:80", 443, b"https://example.test/a?b"),
+    (b"example.test:8080", 8443, b"https://example.test:8443/a?b"),
+    (b"[::1]:8080", 443, b"https://[::1]/a?b"),
+])
+def test_https_redirect(host: bytes, port: int, location: bytes) -> None:
+    for keep_alive in (True, False):
+        r = parse_response(http_head.https_redirect(host, b"/a?b", port, keep_alive=keep_alive))
+        assert r.status == 308 and r.complete and r.body == b""
+        assert values(r.headers, b"location") == [location]
+        assert values(r.headers, b"connection") == ([] if keep_alive else [b"close"])
+
+
+@given(headers=header_lists())
+def test_hsts_is_added_once_unless_the_backend_sent_its_own(headers: Headers) -> None:
+    head = response_head(200, b"", headers, (), chunked=False, keep_alive=True, upgrade=False,
+                         hsts=b"max-age=31536000")
+    r = parse_response(head)
+    own = values(headers, b"strict-transport-security")
+    got = values(r.headers, b"strict-transport-security")
+    assert got == (own if own else [b"max-age=31536000"])
+    backend_sts = [(b"Strict-Transport-Security", b"max-age=60")]
+    r = parse_response(response_head(200, b"", [*headers, *backend_sts], (), chunked=False,
+                                     keep_alive=True, upgrade=False, hsts=b"max-age=31536000"))
+    assert b"max-age=31536000" not in values(r.headers, b"strict-transport-security")
+
+
+@pytest.mark.parametrize(("keep_alive", "want"), [(True, [b"keep-alive"]), (False, [b"close"])])
+def test_keep_alive_header_for_http10_clients(keep_alive: bool, want: list[bytes]) -> None:
+    r = parse_response(response_head(200, b"", [(b"Connection", b"keep-alive")], (),
+                                     chunked=False, keep_alive=keep_alive, upgrade=False,
+                                     keep_alive_header=True))
+    assert values(r.headers, b"connection") == want
