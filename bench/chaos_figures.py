@@ -1,0 +1,163 @@
+"""The chaos soak's figures from its records: pure functions, no I/O.
+
+Inputs: the load generator's records (bench.chaos_load), the faults that happened (with the
+node or back end each hit and when it was repaired), the monitor's role changes, client-table
+snapshots and memory samples (bench.chaos_array.Monitor). What each figure counts is in
+bench/README.md ("Chaos soak").
+"""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+import itertools
+from typing import Any
+
+CLIENT_IP = int(ipaddress.IPv4Address("198.18.0.2"))
+IDEMPOTENT = ("keepalive_http", "keepalive_https", "newconn_http", "newconn_https", "session",
+              "download")
+NODE_FAULTS = ("kill_node", "kill_scheduler", "kill_worker", "scheduler_link")
+SLACK_S = 1.0  # a fault's effect on a connection may show a little after the fault
+BACKEND_GRACE_S = 6.0  # after a back end's restart, until the nodes' health checks see it
+
+
+def max_gap(ok_times: list[float], start: float, end: float) -> float:
+    """Longest stretch of [start, end] without a successful new connection."""
+    points = [start, *sorted(t for t in ok_times if start <= t <= end), end]
+    return max(b - a for a, b in itertools.pairwise(points))
+
+
+def owner_at(tables: list[dict[str, Any]], t: float, sport: int) -> str | None:
+    """The node owning the bucket of (client, sport) in the last table seen before `t`
+    (the first one when none was)."""
+    if not tables or sport <= 0:
+        return None
+    i = max(0, bisect.bisect_right([x["t"] for x in tables], t) - 1)
+    a = tables[i]["assignments"]
+    return a[(CLIENT_IP + sport) % len(a)] if a else None
+
+
+def _hits(fault: dict[str, Any], t0: float, t1: float) -> bool:
+    return t0 - SLACK_S <= fault["t"] <= t1 + SLACK_S or (
+        fault["t"] <= t0 and fault.get("repaired", fault["t"]) >= t0 - SLACK_S)
+
+
+def transfer_verdicts(transfers: list[dict[str, Any]], faults: list[dict[str, Any]],
+                      tables: list[dict[str, Any]]) -> dict[str, Any]:
+    """Failed transfers split into excused (their node or back end was hit while they ran)
+    and broken (neither was: the figure that must be 0)."""
+    out: dict[str, Any] = {"total": len(transfers), "ok": 0, "not_started": 0,
+                           "excused_node": 0, "excused_backend": 0, "broken": []}
+    for x in transfers:
+        if x["ok"]:
+            out["ok"] += 1
+            continue
+        if not x["backend"]:  # no response head / no upgrade: never a transfer in flight
+            out["not_started"] += 1
+            continue
+        node = owner_at(tables, x["t0"], x["sport"])
+        during = [f for f in faults if _hits(f, x["t0"], x["t1"])]
+        if any(f["kind"] in NODE_FAULTS and f.get("node") == node for f in during):
+            out["excused_node"] += 1
+        elif any(f["kind"] == "kill_backend" and f.get("backend") == x["backend"]
+                 for f in during):
+            out["excused_backend"] += 1
+        else:
+            out["broken"].append({**x, "node": node})
+    return out
+
+
+def backend_down(faults: list[dict[str, Any]]) -> dict[str, list[tuple[float, float]]]:
+    """Per back end, the windows from its kill to its restart plus the health grace."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for f in faults:
+        if f["kind"] == "kill_backend" and f.get("backend"):
+            end = f.get("repaired", f["t"] + 1e9) + BACKEND_GRACE_S
+            out.setdefault(f["backend"], []).append((f["t"], end))
+    return out
+
+
+def sessions_moved(obs: list[list[Any]], faults: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sessions that reached another back end although theirs was up all the while since
+    their previous answer. A move while the home back end was down (killed, not yet seen
+    healthy again) is a failover: the new back end becomes the session's home."""
+    down = backend_down(faults)
+    home: dict[int, tuple[str, float]] = {}
+    moved: dict[int, dict[str, Any]] = {}
+    failed_over = 0
+    for sid, t, backend, sport, scheme, login in sorted(obs, key=lambda o: (o[0], o[1])):
+        if login or sid not in home:
+            home[sid] = (backend, t)
+            continue
+        was, prev_t = home[sid]
+        if backend != was:
+            if any(a <= t and b >= prev_t for a, b in down.get(was, [])):
+                failed_over += 1
+            elif sid not in moved:
+                moved[sid] = {"session": sid, "t": t, "from": was, "to": backend,
+                              "sport": sport, "scheme": scheme, "previous_t": prev_t}
+        home[sid] = (backend, t)
+    return {"sessions": len(home), "moved": list(moved.values()),
+            "failed_over_with_backend": failed_over}
+
+
+def failovers(roles: list[dict[str, Any]]) -> tuple[int, float, list[dict[str, Any]]]:
+    """(scheduler changes, seconds with two nodes claiming the role, the changes)."""
+    changes: list[dict[str, Any]] = []
+    last: str | None = None
+    dual = 0.0
+    for i, r in enumerate(roles):
+        sched = [n for n, role in r["roles"].items() if role == "scheduler"]
+        if len(sched) > 1 and i + 1 < len(roles):
+            dual += roles[i + 1]["t"] - r["t"]
+        if len(sched) == 1 and sched[0] != last:
+            if last is not None:
+                changes.append({"t": r["t"], "from": last, "to": sched[0]})
+            last = sched[0]
+    return len(changes), round(dual, 3), changes
+
+
+def growth(samples: list[dict[str, Any]], after: float) -> dict[str, Any]:
+    """Per node whose main process lived through the whole run: last minus first sample
+    taken after `after` (the warm-up's end), of RSS (MB) and descriptors (node + workers)."""
+    per: dict[str, list[dict[str, Any]]] = {}
+    for s in samples:
+        per.setdefault(s["node"], []).append(s)
+    out: dict[str, Any] = {}
+    for node, ss in per.items():
+        if len({s["pid"] for s in ss}) != 1:
+            continue  # restarted: its figures start again from nothing
+        late = [s for s in ss if s["t"] >= after]
+        if len(late) >= 2:
+            out[node] = {"rss_mb": round((late[-1]["rss_kb"] - late[0]["rss_kb"]) / 1024, 1),
+                         "fds": late[-1]["fds"] - late[0]["fds"],
+                         "rss_first_mb": round(late[0]["rss_kb"] / 1024, 1),
+                         "fds_first": late[0]["fds"], "from_t": late[0]["t"],
+                         "to_t": late[-1]["t"]}
+    return out
+
+
+def figures(load: dict[str, Any], faults: list[dict[str, Any]], monitor: dict[str, Any],
+            duration: float, warmup: float) -> dict[str, Any]:
+    counts = load["counts"]
+    t = transfer_verdicts(load["transfers"], faults, monitor["tables"])
+    s = sessions_moved(load["sessions"], faults)
+    n_failovers, dual_s, changes = failovers(monitor["roles"])
+    g = growth(monitor["samples"], warmup)
+    return {
+        "requests": sum(c["requests"] for c in counts.values()),
+        "lost_idempotent": sum(counts.get(k, {}).get("lost", 0) for k in IDEMPOTENT),
+        "broken_transfers": len(t["broken"]),
+        "sessions_moved": len(s["moved"]),
+        "failovers": n_failovers,
+        "max_gap_s": round(max_gap(load["probes_ok"], warmup, duration), 3),
+        "rss_growth_mb": max((v["rss_mb"] for v in g.values()), default=None),
+        "fd_growth": max((v["fds"] for v in g.values()), default=None),
+        "dual_scheduler_s": dual_s,
+        "detail": {
+            "counts": counts, "transfers": {k: v for k, v in t.items() if k != "broken"},
+            "broken": t["broken"][:50], "sessions": s, "scheduler_changes": changes,
+            "growth_per_node": g, "probes_ok": len(load["probes_ok"]),
+            "probes_failed": load["probes_failed"], "failures": load["failures"][:100],
+        },
+    }
