@@ -156,7 +156,8 @@ def dlba(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 
 @contextmanager
 def running_array(
-    tmp: Path, nodes: int = 3, backends: int = 2, redis: bool = False
+    tmp: Path, nodes: int = 3, backends: int = 2, redis: bool = False,
+    up_args: tuple[str, ...] = (),
 ) -> Iterator[Array]:
     if os.geteuid() != 0:
         pytest.fail("array tests need root (network namespaces, BPF, raw sockets)")
@@ -165,7 +166,8 @@ def running_array(
     prefix = f"la{secrets.token_hex(2)}-"
     state = tmp / "state"
     up = dlba("up", "--detach", "--prefix", prefix, "--state", str(state), "--nodes",
-              str(nodes), "--backends", str(backends), *(["--redis"] if redis else []))
+              str(nodes), "--backends", str(backends), *(["--redis"] if redis else []),
+              *up_args)
     try:
         assert up.returncode == 0, f"dlba up failed:\n{up.stdout}\n{up.stderr}"
         arr = Array(prefix, state, nodes, (state / "admin.token").read_text().strip())
