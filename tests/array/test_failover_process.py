@@ -5,6 +5,7 @@ survives the failover. Whether `dlba up` restarts the dead node does not matter 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Iterator
@@ -37,10 +38,8 @@ def kill_node(arr: Array, name: str) -> None:
     """kill -9 every dlba process of one node: its main process and its workers, by PID."""
     pid = arr.pid(name)
     for p in [pid, *children(pid)]:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def owners(arr: Array, k: int) -> list[str]:
@@ -132,7 +131,5 @@ def test_a_scheduler_whose_proxy_is_stopped_is_a_failed_node(tmp_path: Path) -> 
             assert arr.admin(3, "/status")["role"] == "server"
         finally:
             for w in workers:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(w, signal.SIGCONT)
-                except ProcessLookupError:
-                    pass
