@@ -127,6 +127,10 @@ def decide(frame: bytes | bytearray | memoryview, rules: Rules) -> Verdict:
     if len(frame) < l4off + 4:
         return Verdict(Action.PASS, Reason.MALFORMED)
     sport, dport = _PORTS.unpack_from(frame, l4off)
+    table, buckets = rules.table, rules.buckets
+    if dport in rules.balanced and table is not None and buckets > 0:  # the common case, inline
+        bucket = (src + sport) % buckets
+        return _deliver(rules, table[bucket], bucket, False)
     return _by_port(rules, src, sport, dport)
 
 

@@ -367,7 +367,7 @@ def test_python_mirrors_the_header_layout() -> None:
     assert ebpf.CONFIG.size == 28 and ebpf.NODE.size == 8 and ebpf.LPM_KEY.size == 8
 
 
-def _nonlinear_child(ns: str, conn: Connection) -> None:
+def _nonlinear_child(ns: str, conn: Connection, icmp: bool) -> None:
     """In a throwaway namespace: a tap with IFF_NAPI_FRAGS builds skbs whose linear part is only
     the Ethernet header (the first iovec); the program must pull before it can read IPv4."""
     import fcntl
@@ -391,6 +391,8 @@ def _nonlinear_child(ns: str, conn: Connection) -> None:
         plane.set_self(0, OWN)
         plane.set_assignments(TABLE)
         frame = build_frame(CLIENT, VIP, sport_for(1), 80, proto=17, dst_mac=OWN, payload=b"q" * 64)
+        if icmp:  # the ICMP branch pulls the quoted headers itself
+            frame = frag_needed(sport_for(1)) + b"q" * 64
         os.writev(fd_tap, [frame[:14], frame[14:40], frame[40:]])
         out = b""
         deadline = time.monotonic() + 5
@@ -403,8 +405,9 @@ def _nonlinear_child(ns: str, conn: Connection) -> None:
         os.close(fd_tap)
 
 
+@pytest.mark.parametrize("icmp", [False, True], ids=["udp", "icmp-error"])
 def test_nonlinear_headers_are_pulled_then_forwarded(
-    netns_names: dict[str, str], bpf_object: Path
+    netns_names: dict[str, str], bpf_object: Path, icmp: bool
 ) -> None:
     import multiprocessing
     import subprocess
@@ -415,7 +418,7 @@ def test_nonlinear_headers_are_pulled_then_forwarded(
     subprocess.run(["ip", "netns", "add", ns], check=True, timeout=10)
     ctx = multiprocessing.get_context("fork")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_nonlinear_child, args=(ns, child), daemon=True)
+    proc = ctx.Process(target=_nonlinear_child, args=(ns, child, icmp), daemon=True)
     proc.start()
     try:
         assert parent.poll(20), "the tap child did not report"
@@ -425,6 +428,8 @@ def test_nonlinear_headers_are_pulled_then_forwarded(
         if proc.is_alive():
             proc.kill()
     assert counters[C_PULLED] >= 1, "the frame arrived linear: the pull path was not exercised"
+    if icmp:  # the first pull stops at the outer ports' offset; the quoted headers need another
+        assert counters[C_PULLED] >= 2 and counters[C_ICMP] == 1, counters[fd.MAX_NODES :]
     assert out == forwarded(frame, 1)
 
 
