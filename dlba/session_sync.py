@@ -89,6 +89,7 @@ class SessionSync:
 
     async def _send(self, peer: str) -> None:
         queue, wake = self.queues[peer], self.wake[peer]
+        failing = False
         while True:
             await wake.wait()
             wake.clear()
@@ -96,7 +97,14 @@ class SessionSync:
                 batch = [queue.popleft() for _ in range(min(BATCH, len(queue)))]
                 if await self._post(peer, batch):
                     self.sent += len(batch)
+                    if failing:
+                        failing = False
+                        events.info("event=sessions_peer_back node=%s peer=%s", self.name, peer)
                     continue
+                if not failing:  # once per outage, not once per batch
+                    failing = True
+                    events.warning("event=sessions_peer_unreachable node=%s peer=%s queued=%d",
+                                   self.name, peer, len(queue) + len(batch))
                 if len(queue) + len(batch) <= PEER_QUEUE:
                     queue.extendleft(reversed(batch))  # tried again, oldest first
                 await asyncio.sleep(RETRY_S)
