@@ -230,13 +230,13 @@ def collect_config(text: str, path: Path, *, check_files: bool = True
     root = Reader(problems, "", data)
     cluster = _cluster(root.section("cluster"), base)
     ports, _ = root.each("ports", _port_rule)
-    nodes, n_nodes = root.each("nodes", lambda r: _node(r, cluster))
-    if not n_nodes and not problems.has("nodes"):
+    nodes, all_nodes = root.each("nodes", lambda r: _node(r, cluster))
+    if not all_nodes and not problems.has("nodes"):
         problems.add("nodes", "at least one [[nodes]] entry is needed")
     unique(problems, "nodes", [(i, n.name) for i, n in nodes], "name")
     unique(problems, "nodes", [(i, n.address) for i, n in nodes], "address")
-    if len(nodes) == n_nodes:  # a bad [[nodes]] entry is left out: no "no node named" then
-        names = {n.name for _, n in nodes}
+    names = {n.name for _, n in all_nodes}
+    if "" not in names:  # an entry whose name is bad: "no node named" might not be true
         for i, rule in ports:
             if rule.pinned_node is not None and rule.pinned_node not in names:
                 problems.add(f"ports[{i}].rule", f"no node named {rule.pinned_node!r}")
@@ -249,8 +249,8 @@ def collect_config(text: str, path: Path, *, check_files: bool = True
         problems.add("tls.cert" if tls.cert is None else "tls.key", "needed for listen_tls")
     persistence = _persistence(root.section("persistence"))
     scheduling = _scheduling(root.section("scheduling"))
-    backends, n_backends = root.each("backends", _backend)
-    if not n_backends and not problems.has("backends"):
+    backends, all_backends = root.each("backends", _backend)
+    if not all_backends and not problems.has("backends"):
         problems.add("backends", "at least one [[backends]] entry is needed")
     unique(problems, "backends", [(i, str(b.id)) for i, b in backends], "id")
     admin = _admin(root.section("admin"), base)

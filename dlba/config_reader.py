@@ -158,25 +158,28 @@ class Reader:
             value = {}
         return Reader(self.problems, self.key(name), value)
 
-    def each(self, name: str, build: Callable[[Reader], T]) -> tuple[list[tuple[int, T]], int]:
-        """The entries of an array of tables that read without a problem, with their index,
-        and how many entries there were (a bad entry is left out, so that checks across
-        entries do not report it again)."""
+    def each(self, name: str, build: Callable[[Reader], T]
+             ) -> tuple[list[tuple[int, T]], list[tuple[int, T]]]:
+        """The entries of an array of tables that read without a problem, with their index
+        (checks across entries use these, so a bad entry is not reported twice), and every
+        entry as read, bad ones with defaults in place of their bad values."""
         if name not in self.table:
-            return [], 0
+            return [], []
         value = self.table.pop(name)
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
             self.report(name, "expected an array of tables ([[" + name + "]])")
-            return [], 0
-        out: list[tuple[int, T]] = []
+            return [], []
+        good: list[tuple[int, T]] = []
+        built: list[tuple[int, T]] = []
         for i, table in enumerate(value):
             before = len(self.problems.items)
             r = Reader(self.problems, f"{self.key(name)}[{i}]", table)
             entry = build(r)
             r.done()
+            built.append((i, entry))
             if len(self.problems.items) == before:
-                out.append((i, entry))
-        return out, len(value)
+                good.append((i, entry))
+        return good, built
 
     def done(self) -> None:
         for name in self.table:

@@ -326,15 +326,16 @@ KNOWN = {
                 "default_node", "ping_interval_s", "ping_failures", "sweep_interval_s",
                 "sweep_retries"},
     "nodes": {"name", "address", "weight", "listen", "listen_tls", "admin"},
-    "tls": {"cert", "key", "sni"},
-    "persistence": {"cookie", "session_cookies", "url_session_params"},
+    "tls": {"cert", "key", "sni", "hsts", "hsts_max_age_s"},
+    "persistence": {"cookie", "session_cookies", "url_session_params", "same_site",
+                    "learned_ttl_s", "learned_max"},
     "scheduling": {"policy", "url_hash_paths"},
     "backends": {"id", "address", "weight", "enabled", "agent", "health"},
     "admin": {"listen", "token_file"},
     "proxy": {"header_timeout_s", "keepalive_timeout_s", "connect_timeout_s",
               "backend_timeout_s", "max_header_line", "max_headers", "pool_size",
               "fail_threshold", "retry_backoff_s", "retry_backoff_max_s", "health_interval_s",
-              "agent_interval_s", "trusted_proxies", "workers"},
+              "agent_interval_s", "trusted_proxies", "workers", "redirect_https"},
 }
 junk_keys = st.from_regex(r"[A-Za-z_][A-Za-z0-9_-]{0,15}", fullmatch=True)
 junk_values = st.sampled_from(["1", '"x"', "true", "[]", "1.5", '["a"]', "{}"])
@@ -370,20 +371,26 @@ def test_every_known_key_is_accepted(folder: Path) -> None:
         "ping_interval_s = 1\nping_failures = 1\nsweep_interval_s = 1\nsweep_retries = 1\n",
         nodes='[[nodes]]\nname = "n1"\naddress = "10.0.0.11"\nweight = 5\nlisten = [":80"]\n'
         'listen_tls = [":443"]\nadmin = ":9001"\n',
-        tls='[tls]\ncert = "certs/node.pem"\nkey = "certs/node.key"\n[[tls.sni]]\n'
+        tls='[tls]\ncert = "certs/node.pem"\nkey = "certs/node.key"\nhsts = false\n'
+        'hsts_max_age_s = 60\n[[tls.sni]]\n'
         'names = ["a.test"]\ncert = "certs/node.pem"\nkey = "certs/node.key"\n',
         persistence='[persistence]\ncookie = "C"\nsession_cookies = ["S"]\n'
-        'url_session_params = ["sid"]\n',
+        'url_session_params = ["sid"]\nsame_site = "Strict"\nlearned_ttl_s = 60\n'
+        'learned_max = 10\n',
         scheduling='[scheduling]\npolicy = "url_hash"\nurl_hash_paths = ["/static/"]\n',
         backends='[[backends]]\nid = 1\naddress = "10.0.1.101:8080"\nweight = 5\n'
         'enabled = false\nagent = ":7777"\nhealth = "/health"\n',
         admin='[admin]\nlisten = ":9000"\ntoken_file = "certs/admin.token"\n',
         proxy="[proxy]\n" + "".join(
-            f"{k} = 1\n" for k in sorted(KNOWN["proxy"]) if k != "trusted_proxies"
-        ) + 'trusted_proxies = ["10.0.0.0/8"]\n',
+            f"{k} = 1\n" for k in sorted(KNOWN["proxy"])
+            if k not in ("trusted_proxies", "redirect_https")
+        ) + 'trusted_proxies = ["10.0.0.0/8"]\nredirect_https = ["127.0.0.1:80"]\n',
     )
     cfg = parse(folder, text)
     assert cfg.backends[0].agent == HostPort("10.0.1.101", 7777)
     assert cfg.node("n1").admin == HostPort("10.0.0.11", 9001)
     assert cfg.tls.sni[0].names == ("a.test",)
+    assert (cfg.tls.hsts, cfg.tls.hsts_max_age_s) == (False, 60)
+    assert (cfg.persistence.same_site, cfg.persistence.learned_max) == ("Strict", 10)
+    assert cfg.proxy.redirect_https == ("127.0.0.1:80",)
     assert re.fullmatch(r"[\d.]+", cfg.node("n1").address)
