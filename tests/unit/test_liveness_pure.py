@@ -41,7 +41,7 @@ def test_a_scheduler_whose_proxy_stays_down_stands_down_and_is_no_candidate() ->
     n2 = suspecting(N2, N3)
     assert n2.on_peer_views([e.view()], 2.0) is Decision.TAKE_OVER
     assert e.on_peer_views([n2.view()], 2.1) is Decision.STAY_SERVER
-    assert e.role is Role.SERVER and e.scheduler == N2
+    assert (e.role, e.scheduler) == (Role.SERVER, N2)
 
 
 def test_an_unfit_node_never_takes_over() -> None:
