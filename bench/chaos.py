@@ -246,6 +246,7 @@ def soak(a: argparse.Namespace, arr: ArrayControl) -> dict[str, Any]:
     monitor = {"roles": mon.roles, "tables": mon.tables, "samples": mon.samples}
     figs = chaos_figures.figures(load_rec, s.events, monitor, a.duration, warm)
     figs.update(
+        t0_wall=round(time.time() - (time.monotonic() - t0), 3),
         duration_s=a.duration, seed=a.seed, idle_connections=a.idle, warmup_s=warm,
         schedule=s.events, planned=[f.as_dict() for f in schedule], hostile=hostile_rec,
         log_problems=log_problems(arr.state / "logs"),

@@ -47,11 +47,14 @@ def transfer_verdicts(transfers: list[dict[str, Any]], faults: list[dict[str, An
     """Failed transfers split into excused (their node or back end was hit while they ran)
     and broken (neither was: the figure that must be 0)."""
     out: dict[str, Any] = {"total": len(transfers), "ok": 0, "not_started": 0,
-                           "excused_node": 0, "excused_backend": 0, "broken": []}
+                           "excused_node": 0, "excused_backend": 0, "broken": [],
+                           "failed_samples": []}
     for x in transfers:
         if x["ok"]:
             out["ok"] += 1
             continue
+        if len(out["failed_samples"]) < 30:
+            out["failed_samples"].append(x)
         if not x["backend"]:  # no response head / no upgrade: never a transfer in flight
             out["not_started"] += 1
             continue
@@ -78,27 +81,27 @@ def backend_down(faults: list[dict[str, Any]]) -> dict[str, list[tuple[float, fl
 
 
 def sessions_moved(obs: list[list[Any]], faults: list[dict[str, Any]]) -> dict[str, Any]:
-    """Sessions that reached another back end although theirs was up all the while since
-    their previous answer. A move while the home back end was down (killed, not yet seen
-    healthy again) is a failover: the new back end becomes the session's home."""
+    """Sessions answered by another back end than the one that logged them in (issued their
+    JSESSIONID) although that one was up all the while since the session's previous answer.
+    While their back end is down (killed, until its restart plus the health grace) a session
+    may be answered elsewhere (a failover, counted apart); it must come home afterwards."""
     down = backend_down(faults)
-    home: dict[int, tuple[str, float]] = {}
+    home: dict[int, str] = {}
+    prev: dict[int, float] = {}
     moved: dict[int, dict[str, Any]] = {}
     failed_over = 0
     for sid, t, backend, sport, scheme, login in sorted(obs, key=lambda o: (o[0], o[1])):
         if login or sid not in home:
-            home[sid] = (backend, t)
-            continue
-        was, prev_t = home[sid]
-        if backend != was:
-            if any(a <= t and b >= prev_t for a, b in down.get(was, [])):
+            home[sid] = backend
+        elif backend != home[sid]:
+            if any(a <= t and b >= prev[sid] for a, b in down.get(home[sid], [])):
                 failed_over += 1
             elif sid not in moved:
-                moved[sid] = {"session": sid, "t": t, "from": was, "to": backend,
-                              "sport": sport, "scheme": scheme, "previous_t": prev_t}
-        home[sid] = (backend, t)
+                moved[sid] = {"session": sid, "t": t, "home": home[sid], "to": backend,
+                              "sport": sport, "scheme": scheme, "previous_t": prev[sid]}
+        prev[sid] = t
     return {"sessions": len(home), "moved": list(moved.values()),
-            "failed_over_with_backend": failed_over}
+            "answered_elsewhere_while_home_down": failed_over}
 
 
 def failovers(roles: list[dict[str, Any]]) -> tuple[int, float, list[dict[str, Any]]]:
@@ -144,6 +147,14 @@ def figures(load: dict[str, Any], faults: list[dict[str, Any]], monitor: dict[st
     s = sessions_moved(load["sessions"], faults)
     n_failovers, dual_s, changes = failovers(monitor["roles"])
     g = growth(monitor["samples"], warmup)
+    failures = []
+    for f in load["failures"][:100]:  # each attempt's node, from its source port
+        nodes = []
+        for a in f["attempts"]:
+            t, _, rest = a.partition(" ")
+            sport = int(rest.split()[0].removeprefix("sport=")) if rest.startswith("sport=") else 0
+            nodes.append(owner_at(monitor["tables"], float(t), sport))
+        failures.append({**f, "nodes": nodes})
     return {
         "requests": sum(c["requests"] for c in counts.values()),
         "lost_idempotent": sum(counts.get(k, {}).get("lost", 0) for k in IDEMPOTENT),
@@ -158,6 +169,6 @@ def figures(load: dict[str, Any], faults: list[dict[str, Any]], monitor: dict[st
             "counts": counts, "transfers": {k: v for k, v in t.items() if k != "broken"},
             "broken": t["broken"][:50], "sessions": s, "scheduler_changes": changes,
             "growth_per_node": g, "probes_ok": len(load["probes_ok"]),
-            "probes_failed": load["probes_failed"], "failures": load["failures"][:100],
+            "probes_failed": load["probes_failed"], "failures": failures,
         },
     }

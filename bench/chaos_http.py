@@ -146,6 +146,7 @@ async def exchange(conn: Conn, method: str, path: str, headers: dict[str, str] |
     """One request and its whole response on `conn`; ExchangeError on any connection failure."""
     conn.used += 1
     w = conn.writer
+    send_error = ""
     try:
         w.write(request_head(method, path, headers or {}, None if body is None else len(body)))
         if body:
@@ -160,14 +161,18 @@ async def exchange(conn: Conn, method: str, path: str, headers: dict[str, str] |
                         await asyncio.sleep(ahead)
         await asyncio.wait_for(w.drain(), timeout)
     except (OSError, TimeoutError, ssl.SSLError, RuntimeError) as exc:
-        # RuntimeError: uvloop's write on a transport the peer has already closed.
-        raise ExchangeError("send", type(exc).__name__) from None
+        # A server may answer and close before our last drain() returns (asyncio then raises
+        # "Connection lost"; uvloop a RuntimeError on a closed transport): the answer, if any,
+        # is in the reader's buffer and decides.
+        send_error = type(exc).__name__
     try:
         raw = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), timeout)
     except asyncio.IncompleteReadError as exc:
-        raise ExchangeError("head", f"EOF after {len(exc.partial)} bytes") from None
+        raise ExchangeError("send" if send_error else "head",
+                            send_error or f"EOF after {len(exc.partial)} bytes") from None
     except (OSError, TimeoutError, ssl.SSLError, asyncio.LimitOverrunError) as exc:
-        raise ExchangeError("head", type(exc).__name__) from None
+        raise ExchangeError("send" if send_error else "head",
+                            send_error or type(exc).__name__) from None
     resp = parse_head(raw[:-4])
     try:
         await _read_body(conn, resp, keep_body, rate, timeout, method)
