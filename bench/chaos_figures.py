@@ -151,9 +151,9 @@ def figures(load: dict[str, Any], faults: list[dict[str, Any]], monitor: dict[st
     for f in load["failures"][:100]:  # each attempt's node, from its source port
         nodes = []
         for a in f["attempts"]:
-            t, _, rest = a.partition(" ")
+            when, _, rest = a.partition(" ")
             sport = int(rest.split()[0].removeprefix("sport=")) if rest.startswith("sport=") else 0
-            nodes.append(owner_at(monitor["tables"], float(t), sport))
+            nodes.append(owner_at(monitor["tables"], float(when), sport))
         failures.append({**f, "nodes": nodes})
     return {
         "requests": sum(c["requests"] for c in counts.values()),

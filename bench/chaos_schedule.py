@@ -96,12 +96,12 @@ def make_schedule(duration: float, seed: int) -> list[Fault]:
         if kinds and need + cost > end - start:
             break
         if not kinds and cost > end - start:
-            # A short run: as many faults of the first round as fit, node faults first so a
-            # 60 s run still sees a failover.
-            order = sorted(order, key=lambda k: k not in NODE_KINDS)
+            # A short run: as many faults of the first round as fit, in its order, never two
+            # node faults in a row.
             for k in order:
                 c = REPAIR_S[k] + SETTLE_S[k]
-                if need + c <= end - start:
+                back_to_back = k in NODE_KINDS and bool(kinds) and kinds[-1] in NODE_KINDS
+                if need + c <= end - start and not back_to_back:
                     kinds.append(k)
                     need += c
             break
