@@ -17,6 +17,7 @@ import httptools
 
 from dlba import http_head
 from dlba.exchange import Exchange
+from dlba.http_head import BadRequest as Reject
 from dlba.tls_transport import TLSTransport, tls_server
 
 if TYPE_CHECKING:
@@ -32,8 +33,6 @@ LINE: Final = 0  # a request line (or the empty lines allowed before one)
 HEAD: Final = 1  # header lines, up to the blank line
 LENGTH: Final = 2  # a body of body_left more bytes
 CHUNKED: Final = 3  # a chunked body, which ends with a blank line
-
-Reject = http_head.BadRequest
 
 
 class ClientConnection(asyncio.Protocol):
@@ -116,8 +115,8 @@ class ClientConnection(asyncio.Protocol):
             self.held_in = b""
         try:
             self._parse(data)
-        except Reject as e:
-            self.reject(e.status, e.reason)
+        except Reject as bad:  # its own name: compiled code types `e` by its first use
+            self.reject(bad.status, bad.reason)
             return
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
