@@ -117,8 +117,12 @@ class Soak:
             ev.update(node=f"n{k}", node_index=k)
             if f.kind == "scheduler_link":
                 self.arr.link(k, up=False)
-                self.later(f.repair_after, lambda e: (self.arr.link(k, up=True),
-                                                      e.update(repaired=self.now())), ev)
+
+                def link_up(e: dict[str, Any], k: int = k) -> None:
+                    self.arr.link(k, up=True)
+                    e.update(repaired=self.now())
+
+                self.later(f.repair_after, link_up, ev)
             else:
                 ev["pids"] = self.arr.kill_tree(f"n{k}")
                 self.later(0.0, self._restart_node, ev)

@@ -38,7 +38,7 @@ def owner_at(tables: list[dict[str, Any]], t: float, sport: int) -> str | None:
 
 
 def _hits(fault: dict[str, Any], t0: float, t1: float) -> bool:
-    return t0 - SLACK_S <= fault["t"] <= t1 + SLACK_S or (
+    return bool(t0 - SLACK_S <= fault["t"] <= t1 + SLACK_S) or bool(
         fault["t"] <= t0 and fault.get("repaired", fault["t"]) >= t0 - SLACK_S)
 
 

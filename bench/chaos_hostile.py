@@ -46,8 +46,8 @@ def smuggle_probes() -> list[tuple[str, bytes]]:
 
 class Hostile:
     def __init__(self, a: argparse.Namespace) -> None:
-        self.end = a.t0 + a.duration
-        self.t0 = a.t0
+        self.end: float = a.t0 + a.duration
+        self.t0: float = a.t0
         self.idle_target = a.idle
         self.idle_open = 0
         self.idle_min_after_ramp: int | None = None

@@ -52,8 +52,8 @@ MAX_FAILURES_KEPT = 500
 
 class Load:
     def __init__(self, a: argparse.Namespace) -> None:
-        self.t0 = a.t0
-        self.end = a.t0 + a.duration
+        self.t0: float = a.t0
+        self.end: float = a.t0 + a.duration
         self.tls = client_tls(a.cafile)
         self.budget = a.retry_budget
         self.scale = a.scale
@@ -286,9 +286,12 @@ class Load:
                 conn = None
             i += 1
             headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in jar.items())} if jar else {}
-            r, conn = await self.idempotent(
-                "session", scheme, conn, lambda c, p=path, h=headers: exchange(c, "GET", p, h),
-                lambda r: r.status == 200)
+
+            def send(c: Conn, p: str = path, h: dict[str, str] = headers) -> Awaitable[Response]:
+                return exchange(c, "GET", p, h)
+
+            r, conn = await self.idempotent("session", scheme, conn, send,
+                                            lambda r: r.status == 200)
             if r is not None:
                 for value in r.cookies:
                     name, _, rest = value.partition("=")
