@@ -6,6 +6,7 @@ calls, link changes), and `dlba down` removes it whatever the test's outcome.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -192,3 +193,46 @@ def running_array(
 
 def stop_process(arr: Array, name: str) -> None:
     os.kill(arr.pid(name), signal.SIGKILL)
+
+
+SUPERVISOR = "_supervisor"  # the pid file `dlba up --detach` leaves for its supervisor
+
+
+def kill_node(arr: Array, k: int) -> list[int]:
+    """`kill -9` of every process of node k (its main process and its proxy workers), found
+    by its namespace, by PID."""
+    from dlba.local_array import netns_builder
+
+    pids = netns_builder.pids_in(arr.node_ns(k))
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
+
+
+@contextmanager
+def supervision_paused(arr: Array) -> Iterator[None]:
+    """The array's supervisor stopped (SIGSTOP), so a node a test kills stays dead."""
+    pid = arr.pid(SUPERVISOR)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def restarted(arr: Array, k: int, old_pid: int, timeout: float = 30) -> int:
+    """The new PID of node k once the supervisor started it again; its pid file holds
+    `pid starttime netns` of the running process."""
+
+    def check() -> int | None:
+        try:
+            pid_s, start, ns = (arr.state / "pids" / f"n{k}.pid").read_text().split()
+        except (OSError, ValueError):
+            return None
+        pid = int(pid_s)
+        ok = pid != old_pid and processes.alive(pid, start) and ns == arr.node_ns(k)
+        return pid if ok else None
+
+    result: int = wait_until(check, timeout, f"n{k} to be started again")
+    return result

@@ -1,11 +1,10 @@
 """Issue 3 on a real namespace array (`dlba up`): the scheduler forwards by the client table
-with its eBPF data plane, only it answers ARP for the VIP, responses bypass it, a killed node's
-buckets move and no other bucket does, and `dlba status` shows the tables."""
+with its eBPF data plane, only it answers ARP for the VIP, responses bypass it, and `dlba status`
+shows the tables. (A killed node's buckets: test_killed_node.py, on an array of its own.)"""
 
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 from collections.abc import Iterator
 
@@ -18,7 +17,6 @@ from tests.array.array_harness import (
     Array,
     dlba,
     running_array,
-    stop_process,
     wait_until,
 )
 from tests.array.test_netns_builder import arp_replies
@@ -57,9 +55,11 @@ def test_each_connection_lands_on_the_node_the_table_names(array: Array) -> None
         before = array.hits()
         status, body = array.request("/whoami", sport)
         assert status == 200 and body in (b"b1", b"b2")
-        after = wait_until(
-            lambda b=before: (h := array.hits()) != b and h, 5, "a node's hit counter"
-        )
+        def counted(b: dict[int, int] = before) -> dict[int, int] | None:
+            h = array.hits()
+            return h if h != b else None
+
+        after = wait_until(counted, 5, "a node's hit counter")
         served = [k for k in after if after[k] == before[k] + 1]
         assert served == [int(owner_of(array, table, sport)[1:])], (sport, before, after)
         landed[f"n{served[0]}"] = landed.get(f"n{served[0]}", 0) + 1
@@ -78,6 +78,11 @@ def test_metrics_show_the_data_plane_and_the_role(array: Array) -> None:
         return {(s.name, tuple(sorted(s.labels.items()))): s.value
                 for f in text_string_to_metric_families(text) for s in f.samples}
 
+    # Its own traffic through every node, so that it passes alone and in any order.
+    table = array.admin(3, "/table")
+    for name in ("n1", "n2", "n3"):
+        sport = next(p for p in range(46000, 47000) if owner_of(array, table, p) == name)
+        assert array.request("/whoami", sport)[0] == 200
     m3, m1 = metrics(3), metrics(1)
     assert m3[("dlba_scheduler", (("node", "n3"),))] == 1
     assert m1[("dlba_scheduler", (("node", "n1"),))] == 0
@@ -141,39 +146,7 @@ def test_disabled_node_loses_idle_buckets_only(array: Array) -> None:
             "enabled"] is False
     finally:
         array.admin(3, "/nodes/n2/enable", method="POST")
-    wait_until(lambda: array.admin(3, "/table")["assignments"].count("n2") > 1300, 10,
-               "n2 to take buckets again")
-
-
-def settled_table(arr: Array) -> dict[str, object]:
-    """The table once no rebalance is in flight: the same version over more than two
-    maintenance passes (1 s each), so the next version can only be the failure's."""
-    def same_version_twice() -> dict[str, object] | None:
-        first = arr.admin(3, "/table")
-        time.sleep(2.5)
-        second = arr.admin(3, "/table")
-        return second if second["version"] == first["version"] else None
-
-    result: dict[str, object] = wait_until(same_version_twice, 20, "the table to settle")
-    return result
-
-
-def test_killed_node_buckets_move_and_no_other(array: Array) -> None:
-    before = settled_table(array)
-    stop_process(array, "n1")
-    after = wait_until(
-        lambda: (t := array.admin(3, "/table"))["version"] != before["version"] and t, 15,
-        "the sweep to fail n1",
-    )
-    moved = 0
-    for old, new in zip(before["assignments"], after["assignments"], strict=True):
-        if old == "n1":
-            assert new in ("n2", "n3")
-            moved += 1
-        else:
-            assert new == old
-    assert moved > 1000
-    summary = array.admin(3, "/summary")
-    assert [n["failed"] for n in summary["nodes"]] == [True, False, False]
-    for sport in range(41000, 41012):  # every client still served
-        assert array.request("/whoami", sport)[0] == 200
+    # Back to its full share (4096 = 1366 + 1365 + 1365): the next test finds the array as
+    # this one found it.
+    wait_until(lambda: array.admin(3, "/table")["assignments"].count("n2") >= 1365, 20,
+               "n2 to take its buckets again")

@@ -45,10 +45,11 @@ def acl_drops(arr: Array) -> float:
 
 def test_pushed_deny_list_reaches_the_data_plane(array: Array) -> None:
     assert array.request("/whoami", 47001)[0] == 200
+    version = array.admin(3, "/status")["config_version"] + 1  # whatever ran before
     push(array, {'secret_file = "certs/cluster.key"':
                  'secret_file = "certs/cluster.key"\ndeny = ["198.18.0.0/30"]'})
-    wait_until(lambda: all(array.admin(k, "/status")["config_version"] == 2 for k in (1, 2, 3)),
-               10, "version 2 everywhere")
+    wait_until(lambda: all(array.admin(k, "/status")["config_version"] == version
+                           for k in (1, 2, 3)), 10, f"version {version} everywhere")
     with pytest.raises(OSError):
         array.request("/whoami", 47002, timeout=1.0)
     assert acl_drops(array) > 0
