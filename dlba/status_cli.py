@@ -72,6 +72,7 @@ def gather(urls: list[str], token: str) -> dict[str, Any]:
             doc["table"] = table
         except (OSError, urllib.error.URLError, ValueError) as e:
             errors.append(f"{sched_url}: {e}")
+    confirm_scheduler(doc, statuses, summary, asked=sched_url is not None)
     if summary is not None:
         doc["table_version"] = summary["table_version"]
         doc["nodes"] = summary["nodes"]
@@ -82,6 +83,20 @@ def gather(urls: list[str], token: str) -> dict[str, Any]:
         doc["nodes"] = [row for s in statuses for row in s.get("nodes", [])]
         doc["backends"] = first.get("backends", [])
     return doc
+
+
+def confirm_scheduler(doc: dict[str, Any], statuses: list[dict[str, Any]],
+                      summary: dict[str, Any] | None, asked: bool) -> None:
+    """A scheduler we could ask is named only if it answered (its status or its summary): the
+    peers may still name one whose processes just died, and an operator must not be told it
+    runs. (With one `--admin` URL of a server the scheduler's address is unknown: not asked.)"""
+    named = doc.get("scheduler")
+    if not named or summary is not None or not asked:
+        return
+    if any(s.get("node") == named and s.get("role") == "scheduler" for s in statuses):
+        return
+    doc["scheduler"] = None
+    doc["scheduler_unreachable"] = named
 
 
 def version_skew(doc: dict[str, Any]) -> str:
@@ -96,8 +111,10 @@ def version_skew(doc: dict[str, Any]) -> str:
 
 
 def render(doc: dict[str, Any], console: Console) -> None:
+    lost = doc.get("scheduler_unreachable")
     console.print(
-        f"[bold]DLBA[/bold] scheduler: [cyan]{doc.get('scheduler') or '-'}[/cyan]  "
+        f"[bold]DLBA[/bold] scheduler: [cyan]{doc.get('scheduler') or '-'}[/cyan]"
+        + (f" [bold red](named {lost}, which does not answer)[/bold red]" if lost else "") + "  "
         f"table version: {doc.get('table_version')}  config versions: "
         + ", ".join(f"{k}={v}" for k, v in doc.get("config_versions", {}).items())
     )
@@ -172,5 +189,6 @@ def status_main(argv: list[str]) -> int:
                 console.clear()
             render(doc, console)
         if not args.watch:
-            return 0
+            # No answering scheduler: the array is not whole, whatever the table says.
+            return 1 if doc.get("scheduler_unreachable") else 0
         time.sleep(args.watch)

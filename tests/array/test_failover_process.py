@@ -6,6 +6,7 @@ survives the failover. Whether `dlba up` restarts the dead node does not matter 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import pytest
 
 from dlba.local_array import config_gen
 from dlba.local_array.topology import make_plan
-from tests.array.array_harness import CLIENT_IP, VIP, Array, running_array, wait_until
+from tests.array.array_harness import CLIENT_IP, VIP, Array, dlba, running_array, wait_until
 from tests.array.test_netns_builder import arp_replies
 
 
@@ -94,6 +95,10 @@ def test_kill_9_of_every_scheduler_process_fails_over(array: Array) -> None:
     summary = wait_until(lambda: (s := array.admin(new, "/summary"))["nodes"][2]["failed"]
                          and s, 10, "n3 shown failed")
     assert summary["scheduler"] == "n2"
+    # The operator's view names the live scheduler, not the dead one, and says all is whole.
+    status = dlba("status", "--json", "--state", str(array.state), timeout=30)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["scheduler"] == "n2"
 
 
 def test_panic_mode_survives_a_failover(array: Array) -> None:
