@@ -24,8 +24,8 @@ OUT = ROOT / "build" / "native"
 # on Python's bool-is-int, which compiled code enforces differently) and costs little.
 MODULES = [
     "backend_pool", "backend_selection", "client_connection", "cookie_injection", "exchange",
-    "hash_ring", "http_head", "node_stats", "policies", "proxy_context", "tls_transport",
-    "web_server_status_table", "worker_pool",
+    "hash_ring", "http_head", "learned_sessions", "node_stats", "policies", "proxy_context",
+    "tls_transport", "web_server_status_table", "worker_pool",
 ]
 
 
