@@ -70,11 +70,31 @@ def prepare(spec: str, cache: Path) -> tuple[str, Path, str]:
     return name or where, tree, commit
 
 
-def build(tree: Path, allowed: bool) -> str:
+def reuse_build(tree: Path, commit: str) -> None:
+    """Copy the native build of a cached sibling whose dlba/ is the same git tree: the build
+    depends on nothing else, so a commit that touched only bench/ or docs builds nothing."""
+    mine = git("rev-parse", f"{commit}:dlba")
+    for sib in tree.parent.iterdir():
+        native = sib / "build" / "native"
+        if sib == tree or not (native / "manifest.json").exists():
+            continue
+        try:
+            same = git("rev-parse", f"{sib.name}:dlba") == mine
+        except subprocess.CalledProcessError:
+            continue
+        if same:
+            shutil.copytree(native, tree / "build" / "native", dirs_exist_ok=True)
+            return
+
+
+def build(tree: Path, allowed: bool, commit: str = "") -> str:
     ticket = ROOT / "dlba" / "_tls_ticket_cb.so"
     if allowed and ticket.exists() and not (tree / "dlba" / ticket.name).exists():
         shutil.copy2(ticket, tree / "dlba" / ticket.name)
     state = native_state(tree)
+    if allowed and state != "yes" and commit:
+        reuse_build(tree, commit)
+        state = native_state(tree)
     if allowed and state != "yes" and (tree / "build_native.py").exists():
         subprocess.run([sys.executable, "build_native.py"], cwd=tree, capture_output=True,
                        timeout=1800, check=False)
@@ -153,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         built: dict[Path, str] = {}  # an A/A run shares one tree and its build
         for name, (_, tree, commit) in zip(names, prepared, strict=True):
             if tree not in built:
-                built[tree] = build(tree, not a.no_build)
+                built[tree] = build(tree, not a.no_build, commit)
             state = built[tree]
             trees[name] = {"path": str(tree), "commit": commit, "native": state}
             print(f"{name}: {tree} {commit[:12]} native={state}", flush=True)
