@@ -35,7 +35,7 @@ from scheduler.election import Decision, Election, PeerView, Role
 from scheduler.heartbeat import heartbeat_key, scheduler_alive
 from scheduler.heartbeat_udp import Pinger, SelfState, serve_heartbeat
 from scheduler.scheduler_role import SchedulerRole
-from scheduler.vip_owner import arp_probe, interface_of, mac_text
+from scheduler.vip_owner import arp_probe, interface_of, link_running, mac_text
 
 events = logging.getLogger("dlba.event")
 
@@ -92,6 +92,9 @@ class NodeAgent:
         self.last_probe = 0.0
         self.pull_task: asyncio.Task[None] | None = None
         self.prepared: tuple[str, bytes, DataPlane] | None = None
+        self.front: str | None = None  # our front interface's name, for its link state
+        self.link_ok = True  # the last check, for the log's transitions
+        self.fence_task: asyncio.Task[None] | None = None
 
     # --- what the node's admin API shows ------------------------------------------------------
     def role_name(self) -> str:
@@ -198,6 +201,7 @@ class NodeAgent:
         assert vip is not None
         try:
             ifname, mac = await asyncio.to_thread(interface_of, self.address)
+            self.front = ifname
             self.prepared = (ifname, mac, await asyncio.to_thread(
                 make_dataplane, ifname, vip, self.config.cluster.buckets, self.dataplane))
         except (OSError, LookupError) as e:
@@ -247,18 +251,32 @@ class NodeAgent:
         if self.election.on_service_health(health.healthy, now) is Decision.STAND_DOWN:
             await self._stand_down()
 
+    async def _check_own_link(self, now: float) -> bool:
+        """Our front link: down (admin or carrier), a scheduler stands down at once, and
+        nothing else is worth doing this round."""
+        up = self.front is None or link_running(self.front)
+        if up != self.link_ok:
+            self.link_ok = up
+            events.warning("event=front_link_%s node=%s interface=%s", "up" if up else "down",
+                           self.name, self.front)
+        if self.election.on_link_state(up, now) is Decision.STAND_DOWN:
+            await self._stand_down()
+        return up
+
     async def _step(self, started: float) -> None:
         now = time.monotonic()
+        if not await self._check_own_link(now):
+            return
         await self._check_own_proxy(now)
         role = self.election.role
         if role is Role.SCHEDULER:
             # Two schedulers can only meet after a partition heals: ask, the older term yields.
-            if now - self.last_ask < SCHEDULER_ASK_S:
+            # A held ARP answerer that heard the network asks at once (see the fence rules).
+            if now - self.last_ask < SCHEDULER_ASK_S and not self.election.confirm_wanted:
                 return
             self.last_ask = now
             views = await self._ask_peers()
-            if self.election.on_peer_views(views, now) is Decision.STAND_DOWN:
-                await self._stand_down()
+            await self._act(self.election.on_peer_views(views, now))
             return
         if role in (Role.STARTING, Role.SUSPECTING):
             views = await self._ask_peers()
@@ -350,6 +368,38 @@ class NodeAgent:
         self.peers_follow = followed[0] if followed and len(set(followed)) == 1 else None
         return [v for v in found if v is not None]
 
+    async def _act(self, decision: Decision) -> None:
+        """What a scheduler does with the fence's and the election's verdicts."""
+        role = self.role
+        if decision is Decision.STAND_DOWN and role is not None:
+            await self._stand_down()
+        elif decision is Decision.HOLD_ARP and role is not None and role.vip_owner is not None:
+            events.warning("event=peers_silent node=%s action=hold_arp", self.name)
+            role.vip_owner.hold(True)
+        elif decision is Decision.RESUME_ARP and role is not None and role.vip_owner is not None:
+            role.vip_owner.hold(False)
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(role.vip_owner.announce, role.mac)
+
+    def _on_peer_heartbeats(self, views: list[PeerView]) -> None:
+        """The scheduler's round of heartbeats to its peers (from the role's own task)."""
+        decision = self.election.on_peer_heartbeats(views, time.monotonic())
+        if decision is Decision.KEEP:
+            return
+        previous = self.fence_task
+
+        async def act() -> None:
+            if previous is not None:  # in order: a resume never overtakes a stand-down
+                with contextlib.suppress(Exception):
+                    await previous
+            await self._act(decision)
+
+        # Not awaited here: standing down stops the very task that called us.
+        self.fence_task = asyncio.ensure_future(act())
+
+    def _on_arp_held(self) -> None:
+        self.election.on_arp_request_held(time.monotonic())
+
     async def _take_over(self, previous: str | None) -> None:
         lost = self.by_address.get(previous or "")
         async with self.lock:
@@ -366,6 +416,8 @@ class NodeAgent:
                 failed=[self.names.index(lost)] if lost in self.names else [],
                 macs={self.by_address[a]: m for m, a in self.peer_macs.items()
                       if a in self.by_address},
+                heartbeat_key=self.key, on_heartbeats=self._on_peer_heartbeats,
+                on_arp_held=self._on_arp_held,
             )
             self.role = role
             await role.start()

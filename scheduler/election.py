@@ -19,6 +19,19 @@ ARP.  The rules, and why:
   for ``threshold`` checks stands down (its peers' pings fail at the same pace).
 * A (re)starting node joins a running array as a server: once a peer shows a term above 0 it is
   no candidate while any peer is; the running array elects among its members and it follows.
+* Fencing, so two nodes never answer ARP for the VIP when a cut-off scheduler comes back:
+  - A node whose own front link is down (admin down or no carrier) cannot serve: a scheduler
+    stands down at once, and no such node is a candidate. Back up, it is a starting node that
+    follows whoever its peers elected (it answers ARP only after asking them).
+  - A scheduler that heard its peers' heartbeats and then hears none for ``threshold`` rounds
+    is cut off, or every peer died: it cannot tell which from silence alone, so it holds its
+    ARP answers (the data plane keeps forwarding; while cut off nobody hears them anyway).
+    It answers again once it confirmed its role: a peer's heartbeat answer shows no newer
+    scheduler, or someone on the network asked for the VIP (so it is not cut off) and an
+    ask round found no newer scheduler. A newer scheduler among the answers makes it stand
+    down. A lone survivor thus keeps the VIP (clients keep using it, and the first ARP
+    request it hears releases the hold one ask round later); a healed partition never shows
+    two answerers.
 """
 
 from __future__ import annotations
@@ -46,6 +59,8 @@ class Decision(enum.Enum):
     TAKE_OVER = "take_over"  # load the synced table, take the VIP, start sweeping
     STAY_SERVER = "stay_server"  # keep serving; someone else is (or will be) the scheduler
     STAND_DOWN = "stand_down"  # stop answering ARP for the VIP at once, rejoin as a server
+    HOLD_ARP = "hold_arp"  # keep the role and the data plane, answer no ARP until confirmed
+    RESUME_ARP = "resume_arp"  # role confirmed: answer ARP again and announce the VIP
 
 
 @dataclass(frozen=True)
@@ -106,6 +121,11 @@ class Election:
         self.last_change = 0.0
         self.fit = True  # this node's own proxy serves
         self.unfit_checks = 0
+        self.link_up = True  # this node's front interface is up and has carrier
+        self.arp_held = False  # a scheduler that lost its peers: no ARP answers
+        self._peers_heard = False  # some peer answered our heartbeat since the last hold
+        self._silent_rounds = 0
+        self._network_heard = False  # an ARP request arrived while held: we are not cut off
 
     def _joining(self) -> bool:
         """Starting inside an array that already had a scheduler (a restart, a return)."""
@@ -115,7 +135,7 @@ class Election:
         """What this node answers when a peer asks (the other half of ``on_peer_views``)."""
         return PeerView(
             address=self.address,
-            candidate=self.fit and (
+            candidate=self.fit and self.link_up and (
                 self.role is Role.SUSPECTING or (self.role is Role.STARTING and self.term == 0)
             ),
             scheduler_alive=self.role is Role.SERVER,
@@ -162,8 +182,68 @@ class Election:
             # Our peers see the same in our ping answers and elect another; keep no ARP
             # answerer of ours beside theirs.
             self._become(Role.STARTING, None, now)
+            self._clear_fence()
             return Decision.STAND_DOWN
         return Decision.KEEP
+
+    def on_link_state(self, up: bool, now: float) -> Decision:
+        """This node's front interface, checked every round: down means it cannot serve."""
+        self.link_up = up
+        if not up and self.role is Role.SCHEDULER:
+            self._become(Role.STARTING, None, now)
+            self._clear_fence()
+            return Decision.STAND_DOWN
+        return Decision.KEEP
+
+    def on_peer_heartbeats(self, answers: Iterable[PeerView], now: float) -> Decision:
+        """A scheduler's round of heartbeats to every peer: the peers that answered."""
+        if self.role is not Role.SCHEDULER:
+            return Decision.KEEP
+        heard = [v for v in answers if v.address != self.address]
+        if self._rival_of(heard) is not None:
+            return self.on_peer_views(heard, now)  # a newer scheduler: stand down
+        if heard:
+            self._peers_heard = True
+            self._silent_rounds = 0
+            if self.arp_held:
+                self.arp_held = False
+                return Decision.RESUME_ARP
+            return Decision.KEEP
+        if not self._peers_heard or self.arp_held:
+            return Decision.KEEP  # never had a peer this term (a lone node), or held already
+        self._silent_rounds += 1
+        if self._silent_rounds < self.threshold:
+            return Decision.KEEP
+        self.arp_held = True
+        self._peers_heard = False
+        return Decision.HOLD_ARP
+
+    def on_arp_request_held(self, now: float) -> Decision:
+        """Someone on the front network asked for the VIP while we held our answers: we are
+        not cut off. Ask the peers before answering."""
+        if self.role is not Role.SCHEDULER or not self.arp_held:
+            return Decision.KEEP
+        self._network_heard = True
+        return Decision.ELECT
+
+    @property
+    def confirm_wanted(self) -> bool:
+        """Held, and the network asked for the VIP: ask the peers now."""
+        return self.arp_held and self._network_heard
+
+    def _clear_fence(self) -> None:
+        self.arp_held = False
+        self._peers_heard = False
+        self._silent_rounds = 0
+        self._network_heard = False
+
+    def _rival_of(self, peers: list[PeerView]) -> PeerView | None:
+        """The scheduler among `peers` that outranks us (newer term, or same term, higher IP)."""
+        schedulers = [v for v in peers if v.is_scheduler]
+        rival = max(schedulers, key=lambda v: (v.term, ip_key(v.address)), default=None)
+        if rival is not None and (rival.term, ip_key(rival.address)) > (self._term_held, self._key):
+            return rival
+        return None
 
     def on_status_channel(self, ok: bool, now: float) -> Decision:
         # Recorded for the dashboard only: see the module docstring.
@@ -188,11 +268,17 @@ class Election:
         self.term = max([self.term, *(v.term for v in peers)])
         schedulers = [v for v in peers if v.is_scheduler]
         if self.role is Role.SCHEDULER:
-            mine = (self._term_held, self._key)
-            rival = max(schedulers, key=lambda v: (v.term, ip_key(v.address)), default=None)
-            if rival is not None and (rival.term, ip_key(rival.address)) > mine:
+            rival = self._rival_of(peers)
+            if rival is not None:
                 self._become(Role.SERVER, rival.address, now)
+                self._clear_fence()
                 return Decision.STAND_DOWN
+            if self.arp_held and (peers or self._network_heard):
+                # Confirmed: peers answered and none is newer, or the network hears us and
+                # no peer answers (they are dead, not we cut off).
+                self._clear_fence()
+                return Decision.RESUME_ARP
+            self._network_heard = False
             return Decision.KEEP
         if schedulers:
             # A live scheduler answered: follow it, never preempt (a returning node's case).
@@ -206,8 +292,8 @@ class Election:
             # Someone still reaches the scheduler: the fault is on our side; taking the VIP now
             # would start an ARP war.
             return Decision.STAY_SERVER
-        if not self.fit:
-            return Decision.STAY_SERVER  # our proxy does not serve: no scheduler of ours
+        if not self.fit or not self.link_up:
+            return Decision.STAY_SERVER  # our proxy or link does not serve: no scheduler of ours
         if self._joining() and any(v.candidate for v in peers):
             return Decision.STAY_SERVER  # the running array elects; we follow its choice
         winner = max([self._key, *(ip_key(v.address) for v in peers if v.candidate)])
@@ -215,6 +301,7 @@ class Election:
             self.term += 1
             self._term_held = self.term
             self.failures = 0
+            self._clear_fence()
             self._become(Role.SCHEDULER, self.address, now)
             return Decision.TAKE_OVER
         return Decision.STAY_SERVER

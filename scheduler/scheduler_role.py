@@ -19,8 +19,12 @@ import aiohttp
 from dlba.config import Config, parse_host_port
 from scheduler.client_table import ClientTable
 from scheduler.dataplane import DataPlane, make_dataplane
+from scheduler.election import PeerView
+from scheduler.heartbeat_udp import Pinger
+from scheduler.server_heartbeats import HEARTBEAT, SWEEP, NodeLiveness, ServerHeartbeats
 from scheduler.server_status_table import ServerStatusTable
 from scheduler.status_sweep import (
+    NodeAnswered,
     NodeFailed,
     NodeRecovered,
     StatusSweep,
@@ -33,12 +37,19 @@ from scheduler.vip_owner import VipOwner, interface_of, mac_text
 events = logging.getLogger("dlba.event")
 MAINTENANCE_S = 1.0
 Push = Callable[[dict[str, Any]], Awaitable[None]]
+OnHeartbeats = Callable[[list[PeerView]], None]
+
+
+def heartbeat_target(config: Config, index: int) -> tuple[str, int]:
+    """(address, port) of node `index`'s admin API; its heartbeat is UDP on the same port."""
+    node = config.nodes[index]
+    port = (node.admin or parse_host_port(config.admin.listen, default_host=node.address)).port
+    return node.address, port
 
 
 def admin_url(config: Config, index: int) -> str:
-    node = config.nodes[index]
-    port = (node.admin or parse_host_port(config.admin.listen, default_host=node.address)).port
-    return f"http://{node.address}:{port}/status"
+    address, port = heartbeat_target(config, index)
+    return f"http://{address}:{port}/status"
 
 
 def port_rules(config: Config) -> tuple[set[int], dict[int, int], int | None]:
@@ -57,6 +68,8 @@ class SchedulerRole:
         synced: ClientTable | None = None, epoch: int = 1, push: Push | None = None,
         failed: list[int] | None = None, macs: dict[str, str] | None = None,
         prepared: tuple[str, bytes, DataPlane] | None = None,
+        heartbeat_key: bytes | None = None, on_heartbeats: OnHeartbeats | None = None,
+        on_arp_held: Callable[[], None] | None = None,
     ) -> None:
         assert config.cluster.vip is not None
         self.config = config
@@ -102,6 +115,13 @@ class SchedulerRole:
         self.pushed_assignment: list[int] = []
         self.moves_total = 0  # buckets that changed owner in the kernel's table
         self.started_at = time.time()
+        # The heartbeat to every server (None: the sweep alone judges), and the fence's input.
+        self.heartbeat_key = heartbeat_key
+        self.on_heartbeats = on_heartbeats
+        self.on_arp_held = on_arp_held
+        self.liveness = NodeLiveness(len(self.names))
+        self.heartbeats = ServerHeartbeats(len(self.names), self.index,
+                                           threshold=config.cluster.ping_failures)
 
     # --- life cycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -114,7 +134,7 @@ class SchedulerRole:
             self.ifname, self.mac = await asyncio.to_thread(interface_of, address)
             dp = make_dataplane(self.ifname, self.vip, self.config.cluster.buckets, self.prefer)
         self.status.set_mac(self.index, mac_text(self.mac))
-        self.vip_owner = VipOwner(self.ifname, self.vip)
+        self.vip_owner = VipOwner(self.ifname, self.vip, self.on_arp_held)
         now = time.monotonic()
         self.session = aiohttp.ClientSession()
         fetch = StatusFetcher(self.session, [admin_url(self.config, i) for i in range(len(
@@ -126,6 +146,15 @@ class SchedulerRole:
                     self.table.node_failed(i, now)
         else:
             await self._first_visit(fetch, now)
+        # Nodes already failed (first visit, synced table, the lost scheduler): their next
+        # sweep answer and heartbeat answers bring them back, nothing else.
+        down = [i for i in range(len(self.names)) if i != self.index and not self.table.is_live(i)]
+        for i in down:
+            self.sweep.mark_failed(i)
+        self.liveness = NodeLiveness(len(self.names), down)
+        self.heartbeats = ServerHeartbeats(len(self.names), self.index,
+                                           threshold=self.config.cluster.ping_failures,
+                                           initially_failed=down)
         self.table.begin_term(self.epoch, now, takeover=self.takeover)
         if self.panic_kept:
             self.table.panic_scheduler = self.index
@@ -146,6 +175,8 @@ class SchedulerRole:
             )),
             asyncio.ensure_future(self._maintenance()),
         ]
+        if self.heartbeat_key is not None:
+            self.tasks.append(asyncio.ensure_future(self._heartbeat_servers(self.heartbeat_key)))
         events.warning(
             "event=scheduler_started node=%s vip=%s dataplane=%s buckets=%d live=%s",
             self.names[self.index], self.vip, type(dp).__name__, self.table.size,
@@ -234,15 +265,53 @@ class SchedulerRole:
         self.status.set_ip_groups(self.table.counts())
 
     def _on_sweep(self, event: SweepEvent) -> None:
-        now = time.monotonic()
-        name = self.names[event.node] if hasattr(event, "node") else ""
-        if isinstance(event, NodeFailed) and event.node != self.index:
-            moved = self.table.node_failed(event.node, now)
-            events.warning("event=node_failed node=%s buckets_moved=%d", name, moved)
-        elif isinstance(event, NodeRecovered):
-            self.table.node_joined(event.node, now)
-            events.warning("event=node_joined node=%s", name)
+        if isinstance(event, NodeFailed | NodeRecovered):
+            self._on_liveness(SWEEP, event)
+        elif isinstance(event, NodeAnswered) and self.liveness.failed(event.node):
+            self.status.mark_failed(event.node)  # its status answers, its heartbeat does not
         self.pending_push = asyncio.ensure_future(self.push_now())
+
+    def _on_liveness(self, source: str, event: NodeFailed | NodeRecovered) -> None:
+        change = self.liveness.on_event(source, event)
+        if change is None or change.node == self.index:
+            return
+        now = time.monotonic()
+        name = self.names[change.node]
+        if isinstance(change, NodeFailed):
+            self.status.mark_failed(change.node)
+            moved = self.table.node_failed(change.node, now)
+            events.warning("event=node_failed node=%s buckets_moved=%d by=%s", name, moved,
+                           source)
+        else:
+            self.table.node_joined(change.node, now)
+            events.warning("event=node_joined node=%s by=%s", name, source)
+        self.pending_push = asyncio.ensure_future(self.push_now())
+
+    async def _heartbeat_servers(self, key: bytes) -> None:
+        """Every ping interval, the heartbeat to every peer at once: a node whose processes
+        died loses its buckets after `ping_failures` missed answers, not at the next sweep."""
+        pinger = Pinger(key)
+        peers = self.heartbeats.peers()
+        targets = {i: heartbeat_target(self.config, i) for i in peers}
+        try:
+            while True:
+                interval = self.config.cluster.ping_interval_s
+                t0 = time.monotonic()
+                answers = await asyncio.gather(*(
+                    pinger.ping(*targets[i], interval) for i in peers))
+                mine = {i: a for i, a in zip(peers, answers, strict=True)
+                        if a is not None and a.name == self.names[i]}
+                for event in self.heartbeats.on_round(
+                        {i: i in mine and mine[i].proxy_ok for i in peers}):
+                    self._on_liveness(HEARTBEAT, event)
+                if self.on_heartbeats is not None:
+                    self.on_heartbeats([
+                        PeerView(targets[i][0], candidate=False, scheduler_alive=False,
+                                 is_scheduler=a.scheduler, term=a.term)
+                        for i, a in mine.items()])
+                await asyncio.sleep(max(0.0, interval - (time.monotonic() - t0)))
+        finally:
+            pinger.close()
 
     async def _maintenance(self) -> None:
         idle_s = self.config.cluster.bucket_idle_s

@@ -99,6 +99,11 @@ class StatusSweep:
     def failed(self) -> frozenset[int]:
         return frozenset(self._failed)
 
+    def mark_failed(self, node: int) -> None:
+        """A node known failed from elsewhere (the first visit, the synced table): its next
+        answer brings a NodeRecovered, as if this sweep had failed it."""
+        self._failed.add(node)
+
     def attempts_allowed(self, node: int) -> int:
         # A node already failed gets one try per sweep: retrying it would only delay news
         # about the live ones, and one answer is enough to bring it back.

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import ipaddress
 import logging
 import socket
 import struct
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -29,6 +30,22 @@ ETH_P_ARP = 0x0806
 BROADCAST = b"\xff" * 6
 PACKET_OUTGOING = 4
 _ARP_HEAD = b"\x08\x06\x00\x01\x08\x00\x06\x04"  # ethertype, Ethernet, IPv4, 6, 4
+
+
+SIOCGIFFLAGS = 0x8913
+IFF_UP = 0x1
+IFF_RUNNING = 0x40  # operationally up: carrier, and the peer of a veth up
+
+
+def link_running(ifname: str) -> bool:
+    """Whether `ifname` is up and has carrier (one ioctl: cheap enough for every round)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            res = fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, struct.pack("16sH14x", ifname.encode(), 0))
+        except OSError:
+            return False  # gone
+    flags = int(struct.unpack_from("16sH", res)[1])
+    return flags & (IFF_UP | IFF_RUNNING) == IFF_UP | IFF_RUNNING
 
 
 def interface_of(address: str) -> tuple[str, bytes]:
@@ -105,15 +122,21 @@ def arp_reply(frame: bytes, vips: Collection[bytes], mac: bytes) -> bytes | None
 
 
 class ArpResponder:
-    """Answers ARP requests for the VIPs on one interface, from this process's event loop."""
+    """Answers ARP requests for the VIPs on one interface, from this process's event loop.
 
-    def __init__(self, ifname: str, vips: Collection[str], mac: bytes) -> None:
+    While `held`, requests get no answer; `on_held` is told that one arrived (someone on the
+    network wants the VIP), so the owner can confirm its role and answer again."""
+
+    def __init__(self, ifname: str, vips: Collection[str], mac: bytes,
+                 on_held: Callable[[], None] | None = None) -> None:
         self.ifname = ifname
         self.vips = frozenset(ipaddress.IPv4Address(v).packed for v in vips)
         self.mac = mac
         self.sock: socket.socket | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.answered = 0
+        self.held = False
+        self.on_held = on_held
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
@@ -140,7 +163,10 @@ class ArpResponder:
             if addr[2] == PACKET_OUTGOING:
                 continue
             reply = arp_reply(frame, self.vips, self.mac)
-            if reply is not None:
+            if reply is not None and self.held:
+                if self.on_held is not None:
+                    self.on_held()
+            elif reply is not None:
                 with contextlib.suppress(OSError):
                     sock.send(reply)
                     self.answered += 1
@@ -168,21 +194,34 @@ def remove_from_interface(ifname: str, address: str) -> bool:
 
 
 class VipOwner:
-    def __init__(self, ifname: str, vip: str) -> None:
+    def __init__(self, ifname: str, vip: str,
+                 on_held_request: Callable[[], None] | None = None) -> None:
         self.ifname = ifname
         self.vip = vip
         self.responder: ArpResponder | None = None
+        self.on_held_request = on_held_request
 
     @property
     def held(self) -> bool:
         return self.responder is not None
 
+    @property
+    def answering(self) -> bool:
+        return self.responder is not None and not self.responder.held
+
     def take(self, mac: bytes, loop: asyncio.AbstractEventLoop) -> None:
         """Answer ARP for the VIP from now on (call from the loop's thread), then announce()."""
         if self.responder is None:
-            responder = ArpResponder(self.ifname, [self.vip], mac)
+            responder = ArpResponder(self.ifname, [self.vip], mac, self.on_held_request)
             responder.start(loop)
             self.responder = responder
+
+    def hold(self, held: bool) -> None:
+        """Stop (True) or resume (False) answering ARP while keeping the role (loop thread)."""
+        if self.responder is not None and self.responder.held != held:
+            self.responder.held = held
+            events.warning("event=vip_arp_%s vip=%s interface=%s",
+                           "held" if held else "resumed", self.vip, self.ifname)
 
     def announce(self, mac: bytes, announcements: int = 3) -> None:
         """Gratuitous ARP (blocking: from a thread). A VIP on `front` left by an older version

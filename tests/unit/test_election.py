@@ -166,3 +166,122 @@ def test_scheduler_ignores_pings_and_its_own_arp() -> None:
     assert e.handle(PingResult(False, 1.0)) is Decision.KEEP
     assert e.handle(SchedulerSeen("10.0.0.3", 1.0)) is Decision.KEEP
     assert e.role is Role.SCHEDULER
+
+
+# --- fencing: never two ARP answerers when a cut-off scheduler comes back -------------------
+def scheduler(address: str, term_views: list[PeerView] | None = None) -> Election:
+    e = Election(address)
+    assert e.on_peer_views(term_views or [], 0.0) is Decision.TAKE_OVER
+    return e
+
+
+def test_a_scheduler_whose_link_goes_down_stands_down_at_once() -> None:
+    e = scheduler("10.0.0.20")
+    assert e.on_link_state(True, 1.0) is Decision.KEEP
+    assert e.on_link_state(False, 1.1) is Decision.STAND_DOWN
+    assert e.role is Role.STARTING and e.scheduler is None
+    assert not e.view().is_scheduler and not e.view().candidate
+    # Cut off, nobody answers: it must not take the role back while its link is down.
+    assert e.on_peer_views([], 1.5) is Decision.STAY_SERVER
+    assert e.on_link_state(False, 1.6) is Decision.KEEP
+
+
+def test_a_returning_scheduler_follows_the_one_elected_while_its_link_was_down() -> None:
+    old = scheduler("10.0.0.20")
+    old.on_link_state(False, 1.0)
+    new = following("10.0.0.11", old.address)
+    lose_scheduler(new)
+    assert new.on_peer_views([], 2.0) is Decision.TAKE_OVER  # old is no candidate: not asked
+    old.on_link_state(True, 3.0)
+    # Back up, it asks before anything else and follows; it never answered ARP meanwhile.
+    assert old.on_peer_views([new.view()], 3.1) is Decision.STAY_SERVER
+    assert old.role is Role.SERVER and old.scheduler == new.address
+
+
+def test_a_lone_node_whose_link_returns_takes_the_role_again() -> None:
+    e = scheduler("10.0.0.20")
+    e.on_link_state(False, 1.0)
+    e.on_link_state(True, 2.0)
+    assert e.on_peer_views([], 2.1) is Decision.TAKE_OVER  # nobody else: it is the array
+
+
+def peer(address: str, term: int = 0, is_scheduler: bool = False) -> PeerView:
+    return PeerView(address, candidate=False, scheduler_alive=False, is_scheduler=is_scheduler,
+                    term=term)
+
+
+def test_silent_peers_hold_arp_after_threshold_rounds_and_a_newer_scheduler_wins() -> None:
+    e = scheduler("10.0.0.20")
+    assert e.on_peer_heartbeats([peer("10.0.0.11", 1)], 1.0) is Decision.KEEP
+    decisions = [e.on_peer_heartbeats([], 1.0 + i / 10) for i in range(1, 6)]
+    assert decisions == [Decision.KEEP] * (e.threshold - 1) + [Decision.HOLD_ARP] + [
+        Decision.KEEP] * (5 - e.threshold)
+    assert e.arp_held and e.view().is_scheduler
+    # The periodic ask finds nobody and nobody asked for the VIP: still held (cut off).
+    assert e.on_peer_views([], 2.0) is Decision.KEEP and e.arp_held
+    # Healed: a peer elected while we were away answers our heartbeat with a newer term.
+    assert e.on_peer_heartbeats([peer("10.0.0.11", 2, is_scheduler=True)], 3.0) \
+        is Decision.STAND_DOWN
+    assert e.role is Role.SERVER and e.scheduler == "10.0.0.11" and not e.arp_held
+
+
+def test_held_scheduler_resumes_when_peers_answer_without_a_newer_scheduler() -> None:
+    e = scheduler("10.0.0.20")
+    e.on_peer_heartbeats([peer("10.0.0.11")], 1.0)
+    for i in range(e.threshold):
+        e.on_peer_heartbeats([], 2.0 + i)
+    assert e.arp_held
+    assert e.on_peer_heartbeats([peer("10.0.0.11", 1)], 9.0) is Decision.RESUME_ARP
+    assert not e.arp_held and e.view().is_scheduler
+
+
+def test_a_lone_survivor_answers_again_when_the_network_asks_for_the_vip() -> None:
+    e = scheduler("10.0.0.20")
+    e.on_peer_heartbeats([peer("10.0.0.11"), peer("10.0.0.12")], 1.0)
+    for i in range(e.threshold):
+        e.on_peer_heartbeats([], 2.0 + i)  # every peer's process died at once
+    assert e.arp_held and not e.confirm_wanted
+    assert e.on_arp_request_held(6.0) is Decision.ELECT  # a client asked: not cut off
+    assert e.confirm_wanted
+    assert e.on_peer_views([], 6.1) is Decision.RESUME_ARP  # and no peer is newer
+    assert not e.arp_held
+    # Peers stay dead: no second hold, since none was heard since.
+    assert all(e.on_peer_heartbeats([], 7.0 + i) is Decision.KEEP for i in range(10))
+
+
+def test_a_scheduler_that_never_heard_a_peer_is_never_held() -> None:
+    e = scheduler("10.0.0.20")
+    assert all(e.on_peer_heartbeats([], float(i)) is Decision.KEEP for i in range(20))
+    assert not e.arp_held
+    assert e.on_arp_request_held(30.0) is Decision.KEEP
+
+
+@given(st.lists(st.booleans(), max_size=60), st.integers(1, 5))
+def test_hold_exactly_after_threshold_silent_rounds_following_an_answer(
+    rounds: list[bool], threshold: int
+) -> None:
+    e = Election("10.0.0.20", ping_failures=threshold)
+    e.on_peer_views([], 0.0)
+    heard, silent, held = False, 0, False
+    for t, answered in enumerate(rounds):
+        d = e.on_peer_heartbeats([peer("10.0.0.11")] if answered else [], float(t))
+        if answered:
+            expected = Decision.RESUME_ARP if held else Decision.KEEP
+            heard, silent, held = True, 0, False
+        elif heard and not held:
+            silent += 1
+            held = silent >= threshold
+            expected = Decision.HOLD_ARP if held else Decision.KEEP
+            heard = not held
+        else:
+            expected = Decision.KEEP
+        assert d is expected
+        assert e.arp_held is held and e.role is Role.SCHEDULER
+
+
+def test_a_node_whose_link_is_down_is_never_elected() -> None:
+    e = following("10.0.0.99", "10.0.0.1")
+    e.on_link_state(False, 0.5)
+    lose_scheduler(e)
+    assert not e.view().candidate
+    assert e.on_peer_views([PeerView("10.0.0.2", True, False)], 1.0) is Decision.STAY_SERVER

@@ -119,3 +119,10 @@ def test_other_arp_frames_get_no_answer() -> None:
     assert arp_reply(arp_frame(2, CLIENT, "198.18.0.2", OURS, VIP), VIPS, OURS) is None  # reply
     assert arp_reply(arp_frame(1, OURS, "198.18.0.13", b"\0" * 6, VIP), VIPS, OURS) is None
     assert arp_reply(b"\0" * 20, VIPS, OURS) is None
+
+
+def test_link_running_reads_the_interface_flags() -> None:
+    from scheduler.vip_owner import link_running
+
+    assert link_running("lo") is True  # up and running in every namespace
+    assert link_running("nosuchif0") is False
