@@ -39,7 +39,7 @@ class BackendConnection(asyncio.Protocol):
     """One TCP connection to a back end; idle in its pool or bound to one exchange."""
 
     __slots__ = ("_headers", "_reason", "closed", "got_bytes", "head_request", "idle_since",
-                 "parser", "pool", "reused", "sink", "transport", "tunnel")
+                 "parser", "paused", "pool", "reused", "sink", "transport", "tunnel")
 
     def __init__(self, pool: BackendPool) -> None:
         self.pool = pool
@@ -50,6 +50,7 @@ class BackendConnection(asyncio.Protocol):
         self.got_bytes = False
         self.tunnel = False
         self.closed = False
+        self.paused = False  # reading paused for a slow client (ClientConnection.pause_writing)
         self.reused = 0
         self.idle_since = 0.0
         self._headers: list[tuple[bytes, bytes]] = []
@@ -157,11 +158,13 @@ class BackendConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def pause_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and not self.paused:
+            self.paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and self.paused:
+            self.paused = False
             self.transport.resume_reading()
 
     def abort(self) -> None:
@@ -211,6 +214,10 @@ class BackendPool:
             return
         conn.sink = None
         conn.idle_since = now
+        # The read that ended the response may also have filled the client's buffer and paused
+        # this connection: idle, it must be read again, or the next request's answer (and the
+        # back end's close) would wait in the socket unread.
+        conn.resume_reading()
         self.idle.append(conn)
 
     def forget(self, conn: BackendConnection) -> None:

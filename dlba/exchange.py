@@ -172,6 +172,10 @@ class Exchange:
     def _use(self, conn: BackendConnection) -> None:
         self.conn = conn
         conn.bind(self, self.method == b"HEAD")
+        if not self.client.writable:
+            # The client still has not taken the previous answer: no more from the back end
+            # until it does (resume_writing resumes the connection of the queue's head).
+            conn.pause_reading()
         self.ctx.table.on_request_start(self.backend_id)
         headers = self.headers
         if self.no_host:
