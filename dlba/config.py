@@ -159,6 +159,18 @@ class Config:
                 return n
         raise ConfigError(str(self.path), "nodes", f"no node named {name!r}")
 
+    def admin_endpoint(self, index: int) -> HostPort:
+        """Where peers reach node `index`'s admin API (its UDP heartbeat uses the same port):
+        the node's address, its admin listener's port. The one place this is worked out."""
+        node = self.nodes[index]
+        port = (node.admin or parse_host_port(self.admin.listen, default_host=node.address)).port
+        return HostPort(node.address, port)
+
+    def admin_url(self, index: int) -> str:
+        """Base URL of node `index`'s admin API, e.g. http://198.18.0.11:9000 (no slash)."""
+        at = self.admin_endpoint(index)
+        return f"http://{at.host}:{at.port}"
+
     def backend(self, backend_id: int) -> BackendConfig | None:
         for b in self.backends:
             if b.id == backend_id:
