@@ -55,6 +55,12 @@ test: install .bench-apt-stamp
 	@# and the request path again, since compiled code can differ from Python in corner cases.
 	DLBA_NATIVE=0 $(BIN)/pytest -q -p no:cacheprovider $(PURE_TESTS)
 
+# docker-compose.yml run for real and checked from its client container (docker/test-compose.sh:
+# installs docker.io, docker-compose, debootstrap when missing; leaves the host as it found it).
+.PHONY: test-compose
+test-compose:
+	bash docker/test-compose.sh
+
 # bench: HAProxy, nginx (back end and proxy), wrk, openssl s_time; installed when missing. A fresh
 # Debian install starts the packaged services: stop them (the bench runs its own instances).
 BENCH_APT_PKGS := haproxy nginx wrk openssl
