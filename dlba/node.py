@@ -21,7 +21,6 @@ from dlba.config_reload import ConfigReloader
 from dlba.dashboard import register_dashboard
 from dlba.listeners import admin_address
 from dlba.metrics import NodeCollector
-from dlba.node_agent import NodeAgent
 from dlba.proxy_context import ProxyContext
 from dlba.proxy_health import ProxyHealth, listeners_health
 from dlba.session_sync import SessionSync
@@ -34,6 +33,7 @@ from dlba.sockets import (
 )
 from dlba.web_server_status_table import WebServerStatusTable
 from dlba.worker_pool import BroadcastingTable, WorkerPool
+from scheduler.failover.agent import NodeAgent
 from scheduler.vip_owner import interface_of, mac_text
 
 events = logging.getLogger("dlba.event")

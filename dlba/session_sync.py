@@ -26,7 +26,6 @@ from prometheus_client.core import Metric
 from dlba.config import Config
 from dlba.learned_sessions import Learned, LearnedSessions, from_wire, to_wire
 from dlba.metrics import learned_session_metrics
-from dlba.node_agent import admin_base
 from dlba.worker_pool import WorkerPool
 
 events = logging.getLogger("dlba.event")
@@ -49,7 +48,7 @@ class SessionSync:
         self.workers = workers
         self.loop = loop
         self.headers = {"Authorization": f"Bearer {token}"}
-        self.peers = [admin_base(config, i) for i, n in enumerate(config.nodes) if n.name != name]
+        self.peers = [config.admin_url(i) for i, n in enumerate(config.nodes) if n.name != name]
         self.queues = {p: collections.deque[Learned](maxlen=PEER_QUEUE) for p in self.peers}
         self.wake = {p: asyncio.Event() for p in self.peers}
         self.session: aiohttp.ClientSession | None = None

@@ -19,9 +19,9 @@ import aiohttp
 from dlba.config import Config, parse_host_port
 from scheduler.client_table import ClientTable
 from scheduler.dataplane import DataPlane, make_dataplane
-from scheduler.election import PeerView
-from scheduler.heartbeat_udp import Pinger
-from scheduler.server_heartbeats import HEARTBEAT, SWEEP, NodeLiveness, ServerHeartbeats
+from scheduler.failover.election import PeerView
+from scheduler.failover.heartbeat_udp import Pinger
+from scheduler.failover.server_heartbeats import HEARTBEAT, SWEEP, NodeLiveness, ServerHeartbeats
 from scheduler.server_status_table import ServerStatusTable
 from scheduler.status_sweep import (
     NodeAnswered,

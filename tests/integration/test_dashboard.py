@@ -249,7 +249,7 @@ async def serve(view: FakeView, token: str, port: int) -> AsyncIterator[str]:
     app = make_admin_app(view, token)  # type: ignore[arg-type]
 
     async def node_action(request: web.Request) -> web.Response:
-        """The scheduler's `POST /nodes/{name}/{action}` as dlba/node_agent.py answers it."""
+        """The scheduler's `POST /nodes/{name}/{action}` as scheduler/failover answers it."""
         role = view.agent.role
         if role is None:
             return web.json_response(

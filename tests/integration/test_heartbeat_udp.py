@@ -7,8 +7,8 @@ import asyncio
 
 import uvloop
 
-from scheduler.heartbeat import heartbeat_key, scheduler_alive
-from scheduler.heartbeat_udp import Pinger, SelfState, serve_heartbeat
+from scheduler.failover.heartbeat import heartbeat_key, scheduler_alive
+from scheduler.failover.heartbeat_udp import Pinger, SelfState, serve_heartbeat
 from tests.integration.loopback import free_port
 
 

@@ -7,7 +7,7 @@ import ipaddress
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scheduler.election import (
+from scheduler.failover.election import (
     Decision,
     Election,
     PeerView,

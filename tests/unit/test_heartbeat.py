@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scheduler.heartbeat import (
+from scheduler.failover.heartbeat import (
     Answer,
     HeartbeatError,
     Ping,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scheduler.server_heartbeats import HEARTBEAT, SWEEP, NodeLiveness, ServerHeartbeats
+from scheduler.failover.server_heartbeats import HEARTBEAT, SWEEP, NodeLiveness, ServerHeartbeats
 from scheduler.status_sweep import NodeFailed, NodeRecovered, StatusSweep
 
 

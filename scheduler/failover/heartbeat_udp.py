@@ -1,6 +1,6 @@
 """The heartbeat's sockets: the node's responder and the follower's pinger (asyncio UDP).
 
-Codec and verdict live in `scheduler.heartbeat`; this module only moves datagrams. The
+Codec and verdict live in `scheduler.failover.heartbeat`; this module only moves datagrams. The
 responder runs on the node process's event loop, so it answers exactly while the process that
 schedules, syncs and supervises the proxy runs: `kill -9`, a crash or a SIGSTOP silence it.
 """
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
-from scheduler.heartbeat import (
+from scheduler.failover.heartbeat import (
     Answer,
     HeartbeatError,
     Ping,

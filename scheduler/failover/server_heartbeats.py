@@ -3,7 +3,7 @@
 The status sweep visits one node at a time with HTTP (`GET /status`), one second apart, with
 retries: a node whose processes died kept its buckets until the sweep came round to it, and
 every new connection hashed to them was refused meanwhile. The scheduler therefore also sends
-the failover heartbeat (scheduler/heartbeat.py) to every server each ping interval, and fails a
+the failover heartbeat (heartbeat.py) to every server each ping interval, and fails a
 node after ``threshold`` answers missed in a row — the rule the servers use for the scheduler,
 so one slow answer of a busy node fails nothing. An answer counts only when it comes from the
 right node and says its proxy serves.

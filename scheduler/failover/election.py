@@ -14,7 +14,7 @@ ARP.  The rules, and why:
   (one above the highest seen); the older term stands down, so the returning old scheduler yields
   to the one elected while it was away.  Equal terms fall back to the IP rule.
 * Liveness is the service, not the kernel: the ping is answered by the node process and says
-  whether it still holds the role and whether its proxy serves (scheduler/heartbeat.py).  A node
+  whether it still holds the role and whether its proxy serves (heartbeat.py).  A node
   whose own proxy does not serve is unfit: it is no candidate, and a scheduler that stays unfit
   for ``threshold`` checks stands down (its peers' pings fail at the same pace).
 * A (re)starting node joins a running array as a server: once a peer shows a term above 0 it is

@@ -4,7 +4,7 @@ Runs in every node of an array (config with a VIP). It decides whether this node
 scheduler (the pure `Election` decides, this shell gathers its inputs), pings the scheduler,
 keeps a synced copy of the client table, and takes over when the pings stop.
 
-The ping is the service's, not the kernel's (scheduler/heartbeat.py): a UDP heartbeat answered
+The ping is the service's, not the kernel's (heartbeat.py): a UDP heartbeat answered
 by this process on the admin port's number, saying whether it holds the role and whether its
 proxy serves. A scheduler whose processes died, or whose proxy does not serve, stops passing.
 
@@ -31,9 +31,9 @@ from dlba.config import Config, parse_host_port
 from dlba.proxy_health import ProxyHealth
 from scheduler.client_table import ClientTable, SyncError
 from scheduler.dataplane import DataPlane, make_dataplane, remove_leftovers
-from scheduler.election import Decision, Election, PeerView, Role
-from scheduler.heartbeat import heartbeat_key, scheduler_alive
-from scheduler.heartbeat_udp import Pinger, SelfState, serve_heartbeat
+from scheduler.failover.election import Decision, Election, PeerView, Role
+from scheduler.failover.heartbeat import heartbeat_key, scheduler_alive
+from scheduler.failover.heartbeat_udp import Pinger, SelfState, serve_heartbeat
 from scheduler.scheduler_role import SchedulerRole
 from scheduler.vip_owner import arp_probe, interface_of, link_running, mac_text
 
