@@ -1,0 +1,131 @@
+"""The narrow outbound interface of the proxy core, and its states.
+
+The core (core_session.ClientSession, core_exchange.Exchange) does no I/O: it takes events and
+calls these methods. The asyncio shells subclass them and carry the calls out; Playbook tests
+subclass them and record the calls. They are native classes so that mypyc calls them through a
+vtable (a typing.Protocol would be a generic Python call on the hot path).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final, TypeVar
+
+if TYPE_CHECKING:
+    from dlba.proxy.core_exchange import Exchange
+
+_C = TypeVar("_C")
+
+try:
+    from mypy_extensions import mypyc_attr
+except ImportError:  # a run-time install without mypy: the decorator only instructs mypyc
+
+    def mypyc_attr(*_args: object, **_kwargs: object) -> Callable[[_C], _C]:  # type: ignore[misc]
+        return lambda cls: cls
+
+
+# A client connection's state: what the next bytes from the client are, or why none are read.
+LINE: Final = 0  # a request line, or the empty lines allowed before one (idle between requests)
+HEAD: Final = 1  # header lines, up to the blank line
+BODY: Final = 2  # a body of body_left more bytes
+CHUNKED: Final = 3  # a chunked body, which ends with a blank line
+UPGRADING: Final = 4  # an Upgrade request's head is read: no byte may follow before its 101
+TUNNEL: Final = 5  # bytes both ways, unparsed (after a 101)
+CLOSING: Final = 6  # an error is owed after the responses in flight; nothing more is read
+LINGERING: Final = 7  # our side shut after an error answer; input is drained, then closed
+CLOSED: Final = 8
+READING: Final = CHUNKED  # states up to this one parse the client's stream
+
+# A connection's timer (one deadline per connection, checked by the tick).
+NO_TIMER: Final = 0
+HEADER_TIMER: Final = 1
+IDLE_TIMER: Final = 2
+LINGER_TIMER: Final = 3
+
+# An exchange's state.
+QUEUED: Final = 0  # behind an earlier pipelined request, or not started yet
+CONNECTING: Final = 1  # a back-end connection asked for (ClientIO.open_backend)
+SENT: Final = 2  # bound to a back end, head sent (the body may still stream), no response yet
+RECEIVING: Final = 3  # the response is streaming to the client
+TUNNELLING: Final = 4  # after a 101: bytes both ways
+DONE: Final = 5
+
+# How the response body is framed to the client.
+AS_IS: Final = 0  # a Content-Length, or no body
+RECHUNKED: Final = 1  # chunked to the client
+CLOSE_DELIMITED: Final = 2  # ended by closing the connection
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)
+class ClientIO:
+    """What the core asks of a client connection (ClientConnection carries it out)."""
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def writelines(self, pieces: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def cork(self) -> None:
+        """Hold TLS records until uncork: the last bytes and a close leave in one segment."""
+
+    def uncork(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        raise NotImplementedError
+
+    def resume_reading(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def shut_write(self) -> bool:
+        """Shut our side (FIN, or TLS close_notify) and keep reading: whether that was done."""
+        raise NotImplementedError
+
+    def local_host(self) -> bytes:
+        """The address the client dialled (a redirect for a request without a Host)."""
+        return b"localhost"
+
+    def open_backend(self, ex: Exchange, backend_id: int) -> None:
+        """A connection to back end `backend_id` for `ex`: reported by ex.backend_connected
+        (at once for an idle pooled one) or ex.backend_connect_failed."""
+        raise NotImplementedError
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)
+class BackendLink:
+    """What the core asks of one back-end connection (backend_pool.BackendConnection)."""
+
+    def __init__(self) -> None:
+        self.reused = 0  # requests it carried before this one (0: a fresh connection)
+
+    def bind(self, ex: Exchange, head_request: bool) -> None:
+        """Report this connection's next response to `ex` (a HEAD request's has no body)."""
+        raise NotImplementedError
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def pause_reading(self) -> None:
+        raise NotImplementedError
+
+    def resume_reading(self) -> None:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Back to its pool, idle (the response is complete)."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Reset it; nothing more is reported to the exchange."""
+        raise NotImplementedError
+
+    def authority(self) -> bytes:
+        """host:port of the back end (the Host of a request that came without one)."""
+        raise NotImplementedError
