@@ -16,12 +16,14 @@ from typing import Any
 
 import aiohttp
 
-from dlba.config import Config, parse_host_port
+from dlba.config import Config
 from scheduler.client_table import ClientTable
 from scheduler.dataplane import DataPlane, make_dataplane
 from scheduler.failover.election import PeerView
 from scheduler.failover.heartbeat_udp import Pinger
 from scheduler.failover.server_heartbeats import HEARTBEAT, SWEEP, NodeLiveness, ServerHeartbeats
+from scheduler.failover.sync_messages import SyncMessage, SyncSnapshot
+from scheduler.failover.table_sync import message_for, snapshot_of
 from scheduler.server_status_table import ServerStatusTable
 from scheduler.status_sweep import (
     NodeAnswered,
@@ -36,20 +38,8 @@ from scheduler.vip_owner import VipOwner, interface_of, mac_text
 
 events = logging.getLogger("dlba.event")
 MAINTENANCE_S = 1.0
-Push = Callable[[dict[str, Any]], Awaitable[None]]
+Push = Callable[[SyncMessage], Awaitable[None]]
 OnHeartbeats = Callable[[list[PeerView]], None]
-
-
-def heartbeat_target(config: Config, index: int) -> tuple[str, int]:
-    """(address, port) of node `index`'s admin API; its heartbeat is UDP on the same port."""
-    node = config.nodes[index]
-    port = (node.admin or parse_host_port(config.admin.listen, default_host=node.address)).port
-    return node.address, port
-
-
-def admin_url(config: Config, index: int) -> str:
-    address, port = heartbeat_target(config, index)
-    return f"http://{address}:{port}/status"
 
 
 def port_rules(config: Config) -> tuple[set[int], dict[int, int], int | None]:
@@ -137,8 +127,9 @@ class SchedulerRole:
         self.vip_owner = VipOwner(self.ifname, self.vip, self.on_arp_held)
         now = time.monotonic()
         self.session = aiohttp.ClientSession()
-        fetch = StatusFetcher(self.session, [admin_url(self.config, i) for i in range(len(
-            self.names))], self.token, timeout_s=1.0)
+        fetch = StatusFetcher(self.session, [self.config.admin_url(i) + "/status"
+                                             for i in range(len(self.names))],
+                             self.token, timeout_s=1.0)
         if self.takeover:
             for i in self.known_failed:
                 self.status.mark_failed(i)
@@ -217,19 +208,9 @@ class SchedulerRole:
             await self.session.close()
 
     # --- keeping the peers and the kernel in step with the tables ----------------------------
-    def _sync_body(self) -> dict[str, Any]:
-        t = self.table
-        changes = (
-            t.changes_since(self.pushed_version, epoch=t.epoch) if self.pushed_version >= 0
-            else None
-        )
-        live = [t.is_live(i) for i in range(t.node_count)]
-        panic = t.panic_scheduler
-        if changes is None:
-            return {"epoch": t.epoch, "version": t.version, "assignments": t.assignments(),
-                    "live": live, "panic": panic}
-        return {"epoch": t.epoch, "from_version": self.pushed_version, "version": t.version,
-                "changes": changes, "live": live, "panic": panic}
+    def snapshot(self) -> SyncSnapshot:
+        """The whole table as a follower pulls it."""
+        return snapshot_of(self.table)
 
     async def push_now(self) -> None:
         """Peers first, then the kernel: a bucket is never used before every live peer has it,
@@ -238,7 +219,7 @@ class SchedulerRole:
             panic = self.table.panic_scheduler
             if self.push is not None and (self.table.version != self.pushed_version
                                           or panic != self.pushed_panic):
-                await self.push(self._sync_body())
+                await self.push(message_for(self.table, self.pushed_version))
                 self.pushed_panic = panic
             self._push()
 
@@ -292,13 +273,13 @@ class SchedulerRole:
         died loses its buckets after `ping_failures` missed answers, not at the next sweep."""
         pinger = Pinger(key)
         peers = self.heartbeats.peers()
-        targets = {i: heartbeat_target(self.config, i) for i in peers}
+        targets = {i: self.config.admin_endpoint(i) for i in peers}
         try:
             while True:
                 interval = self.config.cluster.ping_interval_s
                 t0 = time.monotonic()
                 answers = await asyncio.gather(*(
-                    pinger.ping(*targets[i], interval) for i in peers))
+                    pinger.ping(targets[i].host, targets[i].port, interval) for i in peers))
                 mine = {i: a for i, a in zip(peers, answers, strict=True)
                         if a is not None and a.name == self.names[i]}
                 for event in self.heartbeats.on_round(
@@ -306,7 +287,7 @@ class SchedulerRole:
                     self._on_liveness(HEARTBEAT, event)
                 if self.on_heartbeats is not None:
                     self.on_heartbeats([
-                        PeerView(targets[i][0], candidate=False, scheduler_alive=False,
+                        PeerView(targets[i].host, candidate=False, scheduler_alive=False,
                                  is_scheduler=a.scheduler, term=a.term)
                         for i, a in mine.items()])
                 await asyncio.sleep(max(0.0, interval - (time.monotonic() - t0)))

@@ -2,16 +2,12 @@
 
 Runs in every node of an array (config with a VIP). It decides whether this node is the
 scheduler (the pure `Election` decides, this shell gathers its inputs), pings the scheduler,
-keeps a synced copy of the client table, and takes over when the pings stop.
+keeps a synced copy of the client table (table_sync.py), and takes over when the pings stop.
 
 The ping is the service's, not the kernel's (heartbeat.py): a UDP heartbeat answered
 by this process on the admin port's number, saying whether it holds the role and whether its
 proxy serves. A scheduler whose processes died, or whose proxy does not serve, stops passing.
-
-Sync is pushed: the scheduler sends every assignment change to its peers *before* writing it to
-its data plane, so a new scheduler's copy always holds every bucket a live flow may use, and no
-flow is reset by a takeover (issue 4, point 4; the alternative, GLB's "second chance", would
-need the old owner to be alive, which it may not be).
+Asking the peers is peers.py; the admin routes and metrics families are routes.py.
 """
 
 from __future__ import annotations
@@ -25,15 +21,19 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
-from dlba.config import Config, parse_host_port
+from dlba.config import Config
 from dlba.proxy_health import ProxyHealth
-from scheduler.client_table import ClientTable, SyncError
+from scheduler.client_table import ClientTable
 from scheduler.dataplane import DataPlane, make_dataplane, remove_leftovers
 from scheduler.failover.election import Decision, Election, PeerView, Role
 from scheduler.failover.heartbeat import heartbeat_key, scheduler_alive
 from scheduler.failover.heartbeat_udp import Pinger, SelfState, serve_heartbeat
+from scheduler.failover.peers import ask_peers, peer_json
+from scheduler.failover.routes import add_routes, agent_metrics
+from scheduler.failover.sync_messages import SyncMessage
+from scheduler.failover.table_sync import apply_message, pull_snapshot, push_message
 from scheduler.scheduler_role import SchedulerRole
 from scheduler.vip_owner import arp_probe, interface_of, link_running, mac_text
 
@@ -46,18 +46,8 @@ def _probe(address: str, vip: str) -> set[str]:
 
 
 STARTUP_GRACE_S = 3.0  # wait this long for every peer at start, so the highest IP wins
-ASK_TIMEOUT_S = 0.3  # a peer on the same switch answers in well under a millisecond
 SCHEDULER_ASK_S = 0.5  # how often a scheduler checks that no other one exists
 ARP_PROBE_S = 1.0  # how often a server checks who answers ARP for the VIP
-
-
-def admin_port(config: Config, index: int) -> int:
-    node = config.nodes[index]
-    return (node.admin or parse_host_port(config.admin.listen, default_host=node.address)).port
-
-
-def admin_base(config: Config, index: int) -> str:
-    return f"http://{config.nodes[index].address}:{admin_port(config, index)}"
 
 
 class NodeAgent:
@@ -105,16 +95,11 @@ class NodeAgent:
         return self.by_address.get(addr) if addr else None
 
     def table_version(self) -> int:
-        return self.role.table.version if self.role is not None else self.table.version
+        return self.current_table().version
 
     def peer_view(self) -> dict[str, Any]:
-        v = self.election.view()
-        return {
-            "name": self.name, "address": v.address, "candidate": v.candidate,
-            "scheduler_alive": v.scheduler_alive, "is_scheduler": v.is_scheduler,
-            "term": v.term, "scheduler": self.scheduler_name(), "mac": self.mac,
-            "table_version": self.table_version(), "epoch": self.current_table().epoch,
-        }
+        return peer_json(self.name, self.election.view(), self.scheduler_name(), self.mac,
+                         self.table_version(), self.current_table().epoch)
 
     def current_table(self) -> ClientTable:
         return self.role.table if self.role is not None else self.table
@@ -128,42 +113,10 @@ class NodeAgent:
             self.role.reconfigure(config)
 
     def metrics(self) -> Iterator[Metric]:
-        """The array's own families for /metrics: failovers, role, client table, data plane."""
-        node = self.name
-        c = CounterMetricFamily("dlba_failovers", "Takeovers of the scheduler role by this node",
-                                labels=["node"])
-        c.add_metric([node], self.failovers)
-        yield c
-        g = GaugeMetricFamily("dlba_scheduler", "1 while this node is the scheduler",
-                              labels=["node"])
-        g.add_metric([node], 1 if self.role is not None else 0)
-        yield g
-        g = GaugeMetricFamily("dlba_client_table_version", "Client table version seen here",
-                              labels=["node"])
-        g.add_metric([node], self.table_version())
-        yield g
-        role = self.role
-        if role is None:
-            return
-        c = CounterMetricFamily("dlba_client_table_moves", "Buckets that changed owner",
-                                labels=["node"])
-        c.add_metric([node], role.moves_total)
-        yield c
-        dp = role.dataplane
-        if dp is None:
-            return
-        counters = dp.counters()
-        c = CounterMetricFamily("dlba_dataplane_packets", "Packets forwarded per owner node",
-                                labels=["scheduler", "node"])
-        for i, n in sorted(counters.packets.items()):
-            if i < len(self.names):
-                c.add_metric([node, self.names[i]], n)
-        yield c
-        c = CounterMetricFamily("dlba_dataplane_drops", "Packets dropped by the data plane",
-                                labels=["scheduler", "reason"])
-        for reason, n in sorted(counters.drops.items()):
-            c.add_metric([node, reason], n)
-        yield c
+        return agent_metrics(self)
+
+    def routes(self, app: web.Application) -> None:
+        add_routes(self, app)
 
     # --- life cycle ---------------------------------------------------------------------------
     async def clean_stale(self) -> None:
@@ -190,7 +143,7 @@ class NodeAgent:
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0))
         self.pinger = Pinger(self.key)
         self.heartbeat = await serve_heartbeat(
-            self.address, admin_port(self.config, self.index), self.key, self.self_state)
+            self.address, self.config.admin_endpoint(self.index).port, self.key, self.self_state)
         await self._prepare()
         self.task = asyncio.ensure_future(self._run())
 
@@ -277,29 +230,36 @@ class NodeAgent:
             self.last_ask = now
             views = await self._ask_peers()
             await self._act(self.election.on_peer_views(views, now))
+        elif role in (Role.STARTING, Role.SUSPECTING):
+            await self._elect(role, started, now)
+        else:
+            await self._ping_scheduler(now)
+
+    async def _elect(self, role: Role, started: float, now: float) -> None:
+        """Starting, or the scheduler's pings failed: ask the peers, then follow or take over."""
+        views = await self._ask_peers()
+        followed = self.peers_follow
+        if role is Role.STARTING and followed and not any(v.is_scheduler for v in views):
+            # A peer whose pings to its scheduler work vouches for it, even if that
+            # scheduler's status channel does not answer us (a stuck daemon, a firewall).
+            if self.election.on_scheduler_seen(followed, now) is Decision.STAY_SERVER:
+                events.warning("event=following node=%s scheduler=%s via=peers", self.name,
+                               self.by_address.get(followed, followed))
+                self._pull_soon()
             return
-        if role in (Role.STARTING, Role.SUSPECTING):
-            views = await self._ask_peers()
-            followed = self.peers_follow
-            if role is Role.STARTING and followed and not any(v.is_scheduler for v in views):
-                # A peer whose pings to its scheduler work vouches for it, even if that
-                # scheduler's status channel does not answer us (a stuck daemon, a firewall).
-                if self.election.on_scheduler_seen(followed, now) is Decision.STAY_SERVER:
-                    events.warning("event=following node=%s scheduler=%s via=peers", self.name,
-                                   self.by_address.get(followed, followed))
-                    self._pull_soon()
+        if role is Role.STARTING and not any(v.is_scheduler for v in views):
+            answered = len(views) == len(self.names) - 1
+            if not answered and now - started < STARTUP_GRACE_S:
                 return
-            if role is Role.STARTING and not any(v.is_scheduler for v in views):
-                answered = len(views) == len(self.names) - 1
-                if not answered and now - started < STARTUP_GRACE_S:
-                    return
-            previous = self.election.scheduler
-            decision = self.election.on_peer_views(views, now)
-            if decision is Decision.TAKE_OVER:
-                await self._take_over(previous)
-            elif self.election.role is Role.SERVER:
-                await self._sync_from_scheduler()
-            return
+        previous = self.election.scheduler
+        decision = self.election.on_peer_views(views, now)
+        if decision is Decision.TAKE_OVER:
+            await self._take_over(previous)
+        elif self.election.role is Role.SERVER:
+            await self._sync_from_scheduler()
+
+    async def _ping_scheduler(self, now: float) -> None:
+        """A server: one heartbeat to the scheduler; now and then, who answers ARP for the VIP."""
         scheduler = self.election.scheduler
         assert scheduler is not None
         assert self.pinger is not None
@@ -307,7 +267,7 @@ class NodeAgent:
         answer = None
         if target in self.names:
             answer = await self.pinger.ping(
-                scheduler, admin_port(self.config, self.names.index(target)),
+                scheduler, self.config.admin_endpoint(self.names.index(target)).port,
                 self.config.cluster.ping_interval_s)
         ok = scheduler_alive(answer, target)
         if self.election.on_ping_result(ok, time.monotonic()) is Decision.ELECT:
@@ -337,36 +297,18 @@ class NodeAgent:
                     self._pull_soon()
 
     async def _ask_peers(self) -> list[PeerView]:
-        async def ask(i: int) -> PeerView | None:
-            assert self.session is not None
-            try:
-                async with self.session.get(
-                    admin_base(self.config, i) + "/peer", headers=self.headers,
-                    timeout=aiohttp.ClientTimeout(total=ASK_TIMEOUT_S),
-                ) as r:
-                    if r.status != 200:
-                        return None
-                    d = await r.json()
-                    if d.get("mac"):
-                        self.peer_macs[str(d["mac"])] = str(d["address"])
-                    sched = self.addresses.get(str(d.get("scheduler")))
-                    if d.get("scheduler_alive") and sched is not None:
-                        followed.append(sched)
-                    return PeerView(d["address"], bool(d["candidate"]),
-                                    bool(d["scheduler_alive"]), bool(d["is_scheduler"]),
-                                    int(d["term"]))
-            except (TimeoutError, aiohttp.ClientError, KeyError, ValueError):
-                return None
-
+        assert self.session is not None
         # The scheduler we suspect does not answer pings: asking it would only add a timeout
         # to the outage (the patent's candidates ask the peers they can reach).
         skip = {self.index}
         if self.election.role is Role.SUSPECTING and self.election.scheduler in self.by_address:
             skip.add(self.names.index(self.by_address[self.election.scheduler]))
-        followed: list[str] = []
-        found = await asyncio.gather(*(ask(i) for i in range(len(self.names)) if i not in skip))
-        self.peers_follow = followed[0] if followed and len(set(followed)) == 1 else None
-        return [v for v in found if v is not None]
+        found = await ask_peers(self.session, self.config,
+                                [i for i in range(len(self.names)) if i not in skip],
+                                self.headers)
+        self.peer_macs.update(found.macs)
+        self.peers_follow = found.follows
+        return found.views
 
     async def _act(self, decision: Decision) -> None:
         """What a scheduler does with the fence's and the election's verdicts."""
@@ -434,58 +376,25 @@ class NodeAgent:
         await self._prepare()
 
     # --- table sync ---------------------------------------------------------------------------
-    async def _push_to_peers(self, body: dict[str, Any]) -> None:
+    async def _push_to_peers(self, msg: SyncMessage) -> None:
         """Send one change (or the whole table) to every peer before the kernel uses it."""
         assert self.session is not None
-
-        async def push(i: int) -> None:
-            assert self.session is not None
-            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-                async with self.session.post(
-                    admin_base(self.config, i) + "/sync", json=body, headers=self.headers,
-                    timeout=aiohttp.ClientTimeout(total=0.3),
-                ) as r:
-                    await r.read()
-
         # Only to live peers: a dead one would add its timeout to every change.
-        table = self.role.table if self.role is not None else self.table
-        await asyncio.gather(*(push(i) for i in range(len(self.names))
-                               if i != self.index and table.is_live(i)))
+        table = self.current_table()
+        urls = [self.config.admin_url(i) for i in range(len(self.names))
+                if i != self.index and table.is_live(i)]
+        await push_message(self.session, urls, msg, self.headers)
 
-    def apply_sync(self, body: dict[str, Any]) -> dict[str, Any]:
-        """A pushed change from the scheduler (or a pulled snapshot); version mismatches ask for
-        the whole table."""
+    def apply_sync(self, msg: SyncMessage) -> dict[str, Any]:
+        """A pushed change from the scheduler (or a pulled snapshot); a follower that missed a
+        change pulls the whole table."""
         if self.role is not None:
             return {"ok": False, "reason": "this node is the scheduler"}
-        epoch = int(body["epoch"])
-        if epoch < self.election.term:
-            # A scheduler of an older term that has not yet seen it was replaced.
-            return {"ok": False, "reason": f"term {epoch} is older than {self.election.term}"}
-        try:
-            if body.get("assignments") is not None:
-                self.table.apply_snapshot(int(body["version"]), body["assignments"], epoch=epoch)
-            else:
-                changes = [(int(b), None if n is None else int(n)) for b, n in body["changes"]]
-                self.table.apply_delta(int(body["from_version"]), int(body["version"]), changes,
-                                       epoch=epoch)
-        except SyncError as e:
-            self._pull_soon()  # we missed something: take the whole table
-            return {"ok": False, "reason": str(e), "version": self.table.version,
-                    "epoch": self.table.epoch}
-        live = body.get("live")
-        if isinstance(live, list) and len(live) == self.table.node_count:
-            # Liveness travels too, so a takeover never rebalances onto a node known dead.
-            now = time.monotonic()
-            for i, up in enumerate(live):
-                if up and not self.table.is_live(i):
-                    self.table.node_joined(i, now)
-                elif not up and self.table.is_live(i):
-                    self.table.node_failed(i, now)
-        if "panic" in body:  # after the liveness: a node's failure clears a pin to it
-            pin = body["panic"]
-            self.table.panic_scheduler = (
-                pin if isinstance(pin, int) and 0 <= pin < self.table.node_count else None)
-        return {"ok": True, "version": self.table.version}
+        answer, missed = apply_message(self.table, msg, term=self.election.term,
+                                       now=time.monotonic())
+        if missed:
+            self._pull_soon()
+        return answer
 
     def _pull_soon(self) -> None:
         if self.pull_task is None or self.pull_task.done():
@@ -497,75 +406,6 @@ class NodeAgent:
         if addr is None or addr not in self.by_address or self.session is None:
             return
         i = self.names.index(self.by_address[addr])
-        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError):
-            async with self.session.get(
-                admin_base(self.config, i) + "/table", params={"indexes": "1"},
-                headers=self.headers,
-            ) as r:
-                if r.status == 200:
-                    d = await r.json()
-                    self.apply_sync({"epoch": d["epoch"], "version": d["version"],
-                                     "assignments": d["indexes"], "live": d.get("live"),
-                                     "panic": d.get("panic")})
-
-    # --- admin routes -------------------------------------------------------------------------
-    def routes(self, app: web.Application) -> None:
-        async def peer(_: web.Request) -> web.Response:
-            return web.json_response(self.peer_view())
-
-        async def sync(request: web.Request) -> web.Response:
-            try:
-                body = await request.json()
-                return web.json_response(self.apply_sync(body))
-            except (ValueError, KeyError, TypeError) as e:
-                return web.json_response({"ok": False, "reason": str(e)}, status=400)
-
-        def not_scheduler() -> web.Response:
-            return web.json_response(
-                {"error": "not the scheduler", "scheduler": self.scheduler_name()}, status=409
-            )
-
-        async def table(request: web.Request) -> web.Response:
-            if self.role is None:
-                return not_scheduler()
-            d = self.role.table_json()
-            if request.query.get("indexes"):
-                t = self.role.table
-                d["indexes"] = t.assignments()
-                d["live"] = [t.is_live(i) for i in range(t.node_count)]
-                d["panic"] = t.panic_scheduler
-            return web.json_response(d)
-
-        async def summary(_: web.Request) -> web.Response:
-            if self.role is None:
-                return not_scheduler()
-            return web.json_response(self.role.summary_json())
-
-        async def panic(request: web.Request) -> web.Response:
-            if self.role is None:
-                return not_scheduler()
-            self.role.panic(request.method == "POST")
-            events.warning("event=admin_action node=%s action=panic_%s peer=%s", self.name,
-                           "on" if request.method == "POST" else "off", request.remote)
-            await self.role.push_now()
-            return web.json_response({"panic": request.method == "POST",
-                                      "table_version": self.role.table.version})
-
-        async def node_action(request: web.Request) -> web.Response:
-            if self.role is None:
-                return not_scheduler()
-            name, action = request.match_info["name"], request.match_info["action"]
-            if name not in self.names or action not in ("enable", "disable"):
-                return web.json_response({"error": "unknown node or action"}, status=404)
-            self.role.set_node_enabled(name, action == "enable")
-            events.warning("event=admin_action node=%s action=node_%s target=%s peer=%s",
-                           self.name, action, name, request.remote)
-            return web.json_response(self.role.node_rows()[self.names.index(name)])
-
-        app.router.add_post("/nodes/{name}/{action}", node_action)
-        app.router.add_get("/peer", peer)
-        app.router.add_post("/sync", sync)
-        app.router.add_get("/table", table)
-        app.router.add_get("/summary", summary)
-        app.router.add_post("/panic", panic)
-        app.router.add_delete("/panic", panic)
+        snapshot = await pull_snapshot(self.session, self.config.admin_url(i), self.headers)
+        if snapshot is not None:
+            self.apply_sync(snapshot)
