@@ -18,13 +18,10 @@ from typing import TYPE_CHECKING
 
 from dlba import http_head
 from dlba.proxy.core_io import (
-    AS_IS,
-    CLOSE_DELIMITED,
     CONNECTING,
     DONE,
     QUEUED,
     RECEIVING,
-    RECHUNKED,
     SENT,
     TUNNELLING,
     BackendLink,
@@ -42,10 +39,37 @@ MAX_ATTEMPTS = 4
 
 class Exchange:
     __slots__ = (
-        "attempts", "backend_id", "backend_keep_alive", "body_bytes", "body_done", "bytes_out",
-        "chunked_in", "client", "client_keep_alive", "conn", "cookie_header", "ctx", "excluded",
-        "headers", "held", "http11", "last_activity", "local", "method", "no_host", "out",
-        "pending", "plain", "reason", "retained", "state", "status", "t0", "target", "upgrade",
+        "attempts",
+        "backend_id",
+        "backend_keep_alive",
+        "body_bytes",
+        "body_done",
+        "bytes_out",
+        "chunked_in",
+        "client",
+        "client_keep_alive",
+        "conn",
+        "cookie_header",
+        "ctx",
+        "ends_at_close",
+        "excluded",
+        "headers",
+        "held",
+        "http11",
+        "last_activity",
+        "local",
+        "method",
+        "no_host",
+        "pending",
+        "plain",
+        "reason",
+        "rechunk",
+        "retained",
+        "state",
+        "status",
+        "t0",
+        "target",
+        "upgrade",
     )
 
     def __init__(
@@ -79,7 +103,10 @@ class Exchange:
         self.held: list[bytes] = []
         self.status = 0
         self.bytes_out = 0
-        self.out = AS_IS
+        # The response's framing: chunked to the client (its own framing dropped); complete when
+        # the back end closes (a body without length, or any body to an HTTP/1.0 client).
+        self.rechunk = False
+        self.ends_at_close = False
         self.backend_keep_alive = False
         self.t0 = 0.0
         self.last_activity = 0.0
@@ -226,14 +253,14 @@ class Exchange:
         upgrade = status == 101 and self.upgrade
         no_body = self.method == b"HEAD" or status in (204, 304) or upgrade
         if no_body or (has_length and not chunked):
-            self.out = AS_IS
+            pass
         elif self.http11:
-            self.out = RECHUNKED
+            self.rechunk = True
         else:
-            self.out = CLOSE_DELIMITED
+            self.ends_at_close = True  # the client's only end of body: our close
             self.client_keep_alive = False
         if not has_length and not chunked and not no_body:
-            self.out = CLOSE_DELIMITED  # the back end ends the body by closing
+            self.ends_at_close = True  # the back end ends the body by closing
             self.backend_keep_alive = False
         if self.upgrade and not upgrade:
             self.client_keep_alive = False  # the client's parser already switched protocols
@@ -242,7 +269,7 @@ class Exchange:
         https = client.scheme == b"https"
         extra = ctx.inject_cookies(headers, self.backend_id, https) if status < 400 else ()
         self.held.append(http_head.response_head(
-            status, reason, headers, extra, chunked=self.out == RECHUNKED,
+            status, reason, headers, extra, chunked=self.rechunk,
             keep_alive=self.client_keep_alive and not client.closing, upgrade=upgrade,
             keep_alive_header=not self.http11, hsts=ctx.hsts if https else b"",
         ))
@@ -253,7 +280,7 @@ class Exchange:
 
     def on_response_body(self, data: bytes) -> None:
         self.bytes_out += len(data)
-        if self.out == RECHUNKED:
+        if self.rechunk:
             self.held += (b"%x\r\n" % len(data), data, b"\r\n")
         else:
             self.held.append(data)
@@ -265,7 +292,7 @@ class Exchange:
             self.held = []
 
     def on_response_complete(self) -> None:
-        if self.out == RECHUNKED:
+        if self.rechunk:
             self.held.append(http_head.LAST_CHUNK)
         io = self.client.io
         io.cork()  # the last bytes and a close that follows them: one TCP segment
@@ -303,7 +330,7 @@ class Exchange:
             self.client.close()
             return
         if state == RECEIVING:
-            if self.out == CLOSE_DELIMITED:
+            if self.ends_at_close:
                 self.on_response_complete()
             else:
                 self._end(False)

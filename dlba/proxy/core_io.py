@@ -50,12 +50,6 @@ RECEIVING: Final = 3  # the response is streaming to the client
 TUNNELLING: Final = 4  # after a 101: bytes both ways
 DONE: Final = 5
 
-# How the response body is framed to the client.
-AS_IS: Final = 0  # a Content-Length, or no body
-RECHUNKED: Final = 1  # chunked to the client
-CLOSE_DELIMITED: Final = 2  # ended by closing the connection
-
-
 @mypyc_attr(allow_interpreted_subclasses=True)
 class ClientIO:
     """What the core asks of a client connection (ClientConnection carries it out)."""
