@@ -16,8 +16,9 @@ from array import array
 from collections import deque
 from collections.abc import Iterable, Sequence
 
-# ``array('i')`` cannot hold None; the patent's "unsigned -1" is the natural spelling of "no owner".
-_NONE = -1
+# "No owner" is None in every method's arguments and results. ``array('i')`` cannot hold None:
+# inside the owner array it is stored as _NO_OWNER, which never leaves this module.
+_NO_OWNER = -1
 
 # Last access of a bucket that never carried traffic: idle at any ``now``.  0.0 would not do: the
 # clock is CLOCK_MONOTONIC (seconds since boot), so on a host up for less than ``idle_s`` a 0.0
@@ -99,7 +100,7 @@ class ClientTable:
         self._live = list(live) if live is not None else [True] * len(weights)
         if len(self._live) != len(self._weights):
             raise ValueError("live and weights differ in length")
-        self._owner = array("i", [_NONE]) * size
+        self._owner = array("i", [_NO_OWNER]) * size
         self._last = array("d", [NEVER]) * size
         self._counts = [0] * len(self._weights)
         self.version = 0
@@ -151,7 +152,7 @@ class ClientTable:
 
     def owner(self, bucket: int) -> int | None:
         o = self._owner[bucket]
-        return None if o == _NONE else o
+        return None if o == _NO_OWNER else o
 
     def last_access(self, bucket: int) -> float:
         return self._last[bucket]
@@ -184,7 +185,7 @@ class ClientTable:
             self._last[b] = now
 
     def assignments(self) -> list[int | None]:
-        return [None if o == _NONE else o for o in self._owner]
+        return [None if o == _NO_OWNER else o for o in self._owner]
 
     def counts(self) -> list[int]:
         """# IP groups assigned per node (Fig. 5, column 503)."""
@@ -197,7 +198,7 @@ class ClientTable:
         q = self.quotas()
         changes: list[Change] = []
         for b in range(self.size):
-            if self._owner[b] == _NONE:
+            if self._owner[b] == _NO_OWNER:
                 target = self._neediest(q)
                 if target is None:
                     break
@@ -220,7 +221,7 @@ class ClientTable:
         changes: list[Change] = []
         for b in range(self.size):
             o = self._owner[b]
-            if o != _NONE and not self._live[o]:
+            if o != _NO_OWNER and not self._live[o]:
                 target = self._neediest(q)
                 changes.append((b, target))
                 self._set(b, target, now)
@@ -243,7 +244,7 @@ class ClientTable:
         counts = self._counts
         for b in range(self.size):
             o = self._owner[b]
-            if o == _NONE or not self._live[o]:
+            if o == _NO_OWNER or not self._live[o]:
                 # Nothing can be flowing through an ownerless or dead-owned bucket.
                 target = self._neediest(q)
             elif counts[o] > q[o] and now - self._last[b] > idle_s:
@@ -271,7 +272,7 @@ class ClientTable:
         changes: list[Change] = []
         for b in range(self.size):
             o = self._owner[b]
-            if o == _NONE or not self._live[o] or counts[o] > q[o]:
+            if o == _NO_OWNER or not self._live[o] or counts[o] > q[o]:
                 target = self._neediest(q)
                 if target is None or target == o or counts[target] >= q[target]:
                     continue
@@ -297,10 +298,10 @@ class ClientTable:
 
     def _set(self, bucket: int, node: int | None, now: float) -> None:
         old = self._owner[bucket]
-        if old != _NONE:
+        if old != _NO_OWNER:
             self._counts[old] -= 1
         if node is None:
-            self._owner[bucket] = _NONE
+            self._owner[bucket] = _NO_OWNER
         else:
             self._owner[bucket] = node
             self._counts[node] += 1

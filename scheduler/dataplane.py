@@ -54,8 +54,8 @@ class DataPlane(Protocol):
     def set_self(self, index: int, own_mac: bytes) -> None:
         """Which node index this scheduler is, and the MAC of its front interface."""
 
-    def set_assignments(self, table: Sequence[int]) -> None:
-        """Bucket -> node index (-1: nobody); len == buckets; swapped in atomically."""
+    def set_assignments(self, table: Sequence[int | None]) -> None:
+        """Bucket -> node index (None: nobody); len == buckets; swapped in atomically."""
 
     def set_port_rules(
         self, balanced: Collection[int], pinned: Mapping[int, int], default_node: int | None
@@ -86,13 +86,10 @@ def validate_node(index: int, what: str = "node index") -> int:
     return index
 
 
-def validate_table(table: Sequence[int], buckets: int) -> list[int]:
+def validate_table(table: Sequence[int | None], buckets: int) -> list[int | None]:
     if len(table) != buckets:
         raise ValueError(f"table has {len(table)} buckets, the data plane {buckets}")
-    out = []
-    for node in table:
-        out.append(-1 if node < 0 else validate_node(node, "table entry"))
-    return out
+    return [None if node is None else validate_node(node, "table entry") for node in table]
 
 
 def validate_ports(

@@ -44,7 +44,7 @@ from scheduler.dataplane import (
     validate_ports,
     validate_table,
 )
-from scheduler.frame_decision import Action, Reason, Rules, decide
+from scheduler.frame_decision import Action, Reason, Rules, decide, node_u32
 
 SOL_PACKET = 263
 PACKET_QDISC_BYPASS = 20
@@ -246,8 +246,9 @@ class AfPacketDataPlane:
         index = validate_node(index, "self index")
         self._rules = replace(self._rules, self_index=index, own_mac=validate_mac(own_mac))
 
-    def set_assignments(self, table: Sequence[int]) -> None:
-        self._rules = replace(self._rules, table=tuple(validate_table(table, self.buckets)))
+    def set_assignments(self, table: Sequence[int | None]) -> None:
+        nodes = validate_table(table, self.buckets)
+        self._rules = replace(self._rules, table=tuple(map(node_u32, nodes)))
 
     def set_port_rules(
         self, balanced: Collection[int], pinned: Mapping[int, int], default_node: int | None

@@ -24,7 +24,7 @@ from scheduler.dataplane import (
     validate_ports,
     validate_table,
 )
-from scheduler.frame_decision import MAX_NODES, NO_NODE
+from scheduler.frame_decision import MAX_NODES, NO_NODE, node_u32
 
 OBJECT_PATH = Path(__file__).with_name("bpf") / "dlba_tc.o"
 PROG_NAME = "dlba_ingress"
@@ -67,7 +67,7 @@ class EbpfDataPlane:
         self._own_mac = b"\0" * 6
         self._default = NO_NODE
         self._deny: set[bytes] = set()
-        self._table: list[int] | None = None
+        self._table: list[int | None] | None = None
         self._ifindex: int | None = None
         self._created_hook = False
         self._ncpu = bpf.possible_cpus()
@@ -123,7 +123,7 @@ class EbpfDataPlane:
         self._own_mac = validate_mac(own_mac)
         self._write_config()
 
-    def set_assignments(self, table: Sequence[int]) -> None:
+    def set_assignments(self, table: Sequence[int | None]) -> None:
         nodes = validate_table(table, self.buckets)
         if nodes == self._table:
             return
@@ -131,7 +131,7 @@ class EbpfDataPlane:
         # half-written table (see the comment on dlba_table in dlba_tc.c).
         inner = bpf.create_array("dlba_tbl", 4, self.buckets)
         try:
-            values = struct.pack(f"={self.buckets}I", *(n & 0xFFFFFFFF for n in nodes))
+            values = struct.pack(f"={self.buckets}I", *map(node_u32, nodes))
             inner.update_batch(_u32_keys(self.buckets), values, self.buckets)
             self._outer.update(U32.pack(0), U32.pack(inner.fd))
         finally:
@@ -149,7 +149,7 @@ class EbpfDataPlane:
             rules[port] = PORT_PINNED + node
         # Each port's rule is one 4-byte element, so a port sees its old or its new rule.
         self._ports.update_batch(_u32_keys(65536), struct.pack("=65536I", *rules), 65536)
-        self._default = NO_NODE if default_node is None else default_node
+        self._default = node_u32(default_node)
         self._write_config()
 
     def set_deny(self, cidrs: Sequence[str]) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 MAX_NODES = 64  # DLBA_MAX_NODES in dlba_tc.h
-NO_NODE = 0xFFFFFFFF
+NO_NODE = 0xFFFFFFFF  # "no node" in the BPF maps' u32 entries (None everywhere else)
 ETH_HLEN = 14
 ETH_P_IP = 0x0800
 IPPROTO_ICMP = 1
@@ -24,6 +24,12 @@ IPPROTO_TCP = 6
 IPPROTO_UDP = 17
 ICMP_DEST_UNREACH = 3  # frag-needed (PMTU discovery) is its code 4
 ICMP_HLEN = 8
+
+
+def node_u32(node: int | None) -> int:
+    """A node index, or None for no node, as the data planes' u32 entries hold it: the one
+    place None becomes NO_NODE (both data planes keep their tables in this form)."""
+    return NO_NODE if node is None else node
 
 
 class Action(Enum):
@@ -65,7 +71,7 @@ class Rules:
 
     vip: bytes  # 4 bytes, network order
     buckets: int
-    table: Sequence[int] | None = None  # bucket -> node index (NO_NODE or -1: nobody)
+    table: Sequence[int] | None = None  # bucket -> node index as the map holds it (NO_NODE)
     self_index: int | None = None
     own_mac: bytes = b"\0" * 6
     node_macs: Mapping[int, bytes] = field(default_factory=dict)

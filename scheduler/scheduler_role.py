@@ -102,7 +102,7 @@ class SchedulerRole:
         self.pushed_version = -1
         self.pushed_panic: int | None = None
         self.pushed_macs: dict[int, str] = {}
-        self.pushed_assignment: list[int] = []
+        self.pushed_assignment: list[int | None] = []
         self.moves_total = 0  # buckets that changed owner in the kernel's table
         self.started_at = time.time()
         # The heartbeat to every server (None: the sweep alone judges), and the fence's input.
@@ -233,9 +233,8 @@ class SchedulerRole:
             dp.set_nodes({i: bytes.fromhex(m.replace(":", "")) for i, m in macs.items()})
             self.pushed_macs = macs
         if self.table.version != self.pushed_version or macs_changed:
-            assignment = [
-                -1 if o is None or o not in macs else o for o in self.table.assignments()
-            ]
+            # A bucket whose owner has no known MAC yet has no owner the kernel can use.
+            assignment = [o if o in macs else None for o in self.table.assignments()]
             dp.set_assignments(assignment)
             if self.pushed_assignment:
                 self.moves_total += sum(

@@ -232,7 +232,7 @@ def test_fragments_hash_with_port_zero(dp: EbpfDataPlane) -> None:
 
 
 def test_unknown_owner_is_dropped(dp: EbpfDataPlane) -> None:
-    dp.set_assignments([5 if i % 2 else -1 for i in range(BUCKETS)])  # node 5 has no MAC
+    dp.set_assignments([5 if i % 2 else None for i in range(BUCKETS)])  # node 5 has no MAC
     for sport in (1000, 1001):
         assert dp.test_run(build_frame(CLIENT, VIP, sport, 80, dst_mac=OWN)).retval == TC_ACT_SHOT
     assert dp.counters().drops["no_node"] == 2

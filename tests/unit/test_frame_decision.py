@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from scheduler.dataplane import validate_table
 from scheduler.frame_decision import (
     IPPROTO_ICMP,
     IPPROTO_TCP,
     IPPROTO_UDP,
     MAX_NODES,
+    NO_NODE,
     Action,
     Reason,
     Rules,
@@ -23,6 +26,7 @@ from scheduler.frame_decision import (
     build_icmp_error,
     decide,
     denied,
+    node_u32,
     rewrite_macs,
 )
 
@@ -121,7 +125,8 @@ def test_non_tcp_udp_and_malformed_pass_up() -> None:
 
 def test_unknown_or_missing_owner_drops_and_no_table_passes() -> None:
     assert decide(build_frame("1.2.3.4", VIP, dst_mac=OWN), rules([7])).reason is Reason.NO_NODE
-    assert decide(build_frame("1.2.3.4", VIP, dst_mac=OWN), rules([-1])).reason is Reason.NO_NODE
+    nobody = rules([NO_NODE])
+    assert decide(build_frame("1.2.3.4", VIP, dst_mac=OWN), nobody).reason is Reason.NO_NODE
     assert decide(build_frame("1.2.3.4", VIP, dst_mac=OWN), rules([MAX_NODES])).action is (
         Action.DROP
     )
@@ -129,6 +134,18 @@ def test_unknown_or_missing_owner_drops_and_no_table_passes() -> None:
     assert decide(build_frame("1.2.3.4", VIP, dst_mac=OWN), unconfigured).reason is (
         Reason.NOT_CONFIGURED
     )
+
+
+def test_no_owner_is_none_until_the_u32_table_of_the_data_planes() -> None:
+    table = validate_table([None, 1, None], 3)
+    assert table == [None, 1, None]
+    u32 = [node_u32(n) for n in table]
+    assert u32 == [NO_NODE, 1, NO_NODE]
+    r = rules(u32)
+    v = decide(build_frame("1.2.3.4", VIP, 2, 80, dst_mac=OWN), r)
+    assert (v.bucket, v.node, v.reason) == (0, None, Reason.NO_NODE)
+    with pytest.raises(ValueError):
+        validate_table([-1, 1, 0], 3)  # the old spelling of "no owner" is refused
 
 
 @given(payload=st.binary(max_size=64))
