@@ -40,7 +40,7 @@ import aiohttp
 from aiohttp import web
 
 from dlba.admin_api import NodeView, status_json
-from dlba.config import Config, parse_host_port
+from dlba.config import Config
 
 events = logging.getLogger("dlba.event")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -77,11 +77,10 @@ def _same(a: str, b: str) -> bool:
 
 
 def admin_url(config: Config, name: str) -> str | None:
-    """The admin API base URL of the node called `name` (as `node_agent.admin_base` does)."""
-    for node in config.nodes:
+    """The admin API base URL of the node called `name`, None for no such node."""
+    for i, node in enumerate(config.nodes):
         if node.name == name:
-            addr = node.admin or parse_host_port(config.admin.listen, default_host=node.address)
-            return f"http://{node.address}:{addr.port}"
+            return config.admin_url(i)
     return None
 
 

@@ -226,7 +226,8 @@ class FakeView:
         cfg_nodes = [SimpleNamespace(name=n, address="127.0.0.1", admin=HostPort("127.0.0.1", p))
                      for n, p in nodes]
         config = SimpleNamespace(nodes=cfg_nodes, admin=SimpleNamespace(listen=":9000"),
-                                 cluster=SimpleNamespace(bucket_idle_s=300.0))
+                                 cluster=SimpleNamespace(bucket_idle_s=300.0),
+                                 admin_url=lambda i: f"http://127.0.0.1:{nodes[i][1]}")
         self.ctx = SimpleNamespace(config=config, table=SimpleNamespace(to_json=list))
         self._scheduler = scheduler
         self.node_calls: list[tuple[str, str, str]] = []  # what the fake scheduler was asked
