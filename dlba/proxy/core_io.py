@@ -54,6 +54,8 @@ DONE: Final = 5
 class ClientIO:
     """What the core asks of a client connection (ClientConnection carries it out)."""
 
+    __slots__ = ()
+
     def write(self, data: bytes) -> None:
         raise NotImplementedError
 
@@ -95,6 +97,8 @@ class ClientIO:
 @mypyc_attr(allow_interpreted_subclasses=True)
 class BackendLink:
     """What the core asks of one back-end connection (backend_pool.BackendConnection)."""
+
+    __slots__ = ("reused",)
 
     def __init__(self) -> None:
         self.reused = 0  # requests it carried before this one (0: a fresh connection)
