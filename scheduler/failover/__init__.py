@@ -2,5 +2,6 @@
 
 `election` is the pure rule, `heartbeat` the ping's pure codec and `heartbeat_udp` its socket,
 `server_heartbeats` the scheduler's verdict on its servers, `sync_messages` the typed table-sync
-messages; `agent` is the daemon every node runs (with `peers`, `table_sync` and `routes`).
+messages; `agent` is the daemon every node runs (with `peers`, `table_sync`, `routes` and
+`front`).
 """

@@ -26,7 +26,7 @@ from prometheus_client.core import Metric
 from dlba.config import Config
 from dlba.proxy_health import ProxyHealth
 from scheduler.client_table import ClientTable
-from scheduler.dataplane import DataPlane, make_dataplane, remove_leftovers
+from scheduler.failover import front
 from scheduler.failover.election import Decision, Election, PeerView, Role
 from scheduler.failover.heartbeat import heartbeat_key, scheduler_alive
 from scheduler.failover.heartbeat_udp import Pinger, SelfState, serve_heartbeat
@@ -35,14 +35,9 @@ from scheduler.failover.routes import add_routes, agent_metrics
 from scheduler.failover.sync_messages import SyncMessage
 from scheduler.failover.table_sync import apply_message, pull_snapshot, push_message
 from scheduler.scheduler_role import SchedulerRole
-from scheduler.vip_owner import arp_probe, interface_of, link_running, mac_text
+from scheduler.vip_owner import link_running
 
 events = logging.getLogger("dlba.event")
-
-
-def _probe(address: str, vip: str) -> set[str]:
-    ifname, _ = interface_of(address)
-    return {mac_text(m) for m in arp_probe(ifname, address, vip)}
 
 
 STARTUP_GRACE_S = 3.0  # wait this long for every peer at start, so the highest IP wins
@@ -81,7 +76,7 @@ class NodeAgent:
         self.last_ask = 0.0
         self.last_probe = 0.0
         self.pull_task: asyncio.Task[None] | None = None
-        self.prepared: tuple[str, bytes, DataPlane] | None = None
+        self.prepared: front.Prepared | None = None
         self.front: str | None = None  # our front interface's name, for its link state
         self.link_ok = True  # the last check, for the log's transitions
         self.fence_task: asyncio.Task[None] | None = None
@@ -124,8 +119,7 @@ class NodeAgent:
         vip = self.config.cluster.vip
         assert vip is not None
         try:
-            ifname, _ = await asyncio.to_thread(interface_of, self.address)
-            removed = await asyncio.to_thread(remove_leftovers, ifname, vip)
+            removed = await asyncio.to_thread(front.remove_stale, self.address, vip)
         except (OSError, LookupError) as e:
             events.warning("event=stale_check_failed node=%s reason=%r", self.name, str(e))
             return
@@ -153,10 +147,9 @@ class NodeAgent:
         vip = self.config.cluster.vip
         assert vip is not None
         try:
-            ifname, mac = await asyncio.to_thread(interface_of, self.address)
-            self.front = ifname
-            self.prepared = (ifname, mac, await asyncio.to_thread(
-                make_dataplane, ifname, vip, self.config.cluster.buckets, self.dataplane))
+            self.prepared = await asyncio.to_thread(
+                front.prepare, self.address, vip, self.config.cluster.buckets, self.dataplane)
+            self.front = self.prepared[0]
         except (OSError, LookupError) as e:
             events.warning("event=dataplane_not_prepared node=%s reason=%r", self.name, str(e))
 
@@ -285,7 +278,7 @@ class NodeAgent:
         vip = self.config.cluster.vip
         assert vip is not None
         try:
-            macs = await asyncio.to_thread(_probe, self.address, vip)
+            macs = await asyncio.to_thread(front.vip_answerers, self.address, vip)
         except OSError:
             return
         for mac in macs:
