@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from dlba.certs import init_certs
+from dlba.tls.certs import init_certs
 from dlba.config import ConfigError, parse_config
 
 
