@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from dlba.config import load_config
-from dlba.sockets import tls_context
+from dlba.proxy.sockets import tls_context
 
 ROOT = Path(__file__).parents[2]
 
@@ -157,7 +157,7 @@ def test_dockerfile_runs_the_entrypoint() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["/opt/dlba/docker/entrypoint.sh"]' in text
     assert "dlba_tc.o" in text  # the eBPF object is built in the image
-    assert "_tls_ticket_cb.so" in text  # and the TLS ticket callback
+    assert "ticket_cb.so" in text  # and the TLS ticket callback
     assert os.access(ROOT / "docker" / "entrypoint.sh", os.X_OK)
 
 
