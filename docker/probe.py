@@ -7,6 +7,7 @@ stderr) when it does not. Standard library only: it runs on the image's Python.
   probe.py sticky                     /login's JSESSIONID keeps a session on one back end
   probe.py status                     every node's role, scheduler and config_version
   probe.py vip-mac                    the MAC the client's ARP cache holds for the VIP
+  probe.py arp                        exactly one MAC answers ARP for the VIP
   probe.py failover OLD_MAC           wait for the VIP to serve from another MAC
 
 Environment (the compose file sets it): DLBA_VIP, DLBA_NODES; DLBA_CERTS holds ca.pem and
@@ -16,9 +17,13 @@ admin.token.
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import os
+import socket
 import ssl
+import struct
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -129,6 +134,50 @@ def vip_mac() -> str:
     return ""
 
 
+ETH_P_ARP = 0x0806
+
+
+def front_interface(vip: str) -> tuple[str, str]:
+    """(interface, own address) of the client on the VIP's subnet."""
+    out = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True,
+                         check=True).stdout
+    for line in out.splitlines():
+        fields = line.split()
+        iface = ipaddress.IPv4Interface(fields[3])
+        if ipaddress.IPv4Address(vip) in iface.network and iface.network.prefixlen < 32:
+            return fields[1], str(iface.ip)
+    raise CheckFailed(f"no interface on the subnet of {vip}")
+
+
+def arp_answers(wait_s: float = 0.5) -> dict[str, Any]:
+    """Ask who has the VIP (a broadcast ARP request) and gather every MAC that answers: only
+    the scheduler's process may (every node's kernel has arp_ignore=1)."""
+    vip = env("DLBA_VIP")
+    ifname, own = front_interface(vip)
+    macs: set[str] = set()
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as s:
+        s.bind((ifname, ETH_P_ARP))
+        mac = s.getsockname()[4]
+        s.send(b"\xff" * 6 + mac + struct.pack("!HHHBBH", ETH_P_ARP, 1, 0x0800, 6, 4, 1)
+               + mac + socket.inet_aton(own) + b"\x00" * 6 + socket.inet_aton(vip))
+        deadline = time.monotonic() + wait_s
+        while (left := deadline - time.monotonic()) > 0:
+            s.settimeout(left)
+            try:
+                frame = s.recv(128)
+            except TimeoutError:
+                break
+            if len(frame) < 42:
+                continue
+            op = struct.unpack_from("!H", frame, 20)[0]
+            sender_mac, sender_ip = frame[22:28], frame[28:32]
+            if op == 2 and sender_ip == socket.inet_aton(vip):
+                macs.add(":".join(f"{b:02x}" for b in sender_mac))
+    if len(macs) != 1:
+        raise CheckFailed(f"{len(macs)} MACs answer ARP for {vip}: {sorted(macs)}")
+    return {"vip": vip, "mac": macs.pop()}
+
+
 def failover(old_mac: str, limit_s: float = 20.0) -> dict[str, Any]:
     """Poll the VIP (short timeouts, so a request stuck on the dead MAC costs little) until one
     succeeds with the VIP's ARP entry on another MAC than the dead scheduler's. Started before
@@ -157,6 +206,8 @@ def main(argv: list[str]) -> int:
             result = sticky()
         elif argv[:1] == ["status"]:
             result = status()
+        elif argv[:1] == ["arp"]:
+            result = arp_answers()
         elif argv[:1] == ["vip-mac"]:
             result = {"mac": vip_mac()}
         elif argv[:1] == ["failover"] and len(argv) == 2:

@@ -171,16 +171,17 @@ scheduler_of() { probe status | field "sorted({v['scheduler'] for v in d.values(
 
 t=$SECONDS
 UP=1
+"${COMPOSE[@]}" down -v --remove-orphans >/dev/null 2>&1 || true  # what a killed run left
 "${COMPOSE[@]}" up -d >"$WORK/up.log" 2>&1 || { tail -30 "$WORK/up.log" >&2; fail "up"; }
-for _ in $(seq 60); do
-  probe serve >/dev/null 2>&1 && break
-  sleep 1
-done
+deadline=$((SECONDS + 90))
+until probe serve >/dev/null 2>&1 || [ "$SECONDS" -ge "$deadline" ]; do sleep 1; done
 out="$(probe serve)" || fail "the VIP does not serve HTTP and HTTPS"
 log "up in $((SECONDS - t)) s; HTTP and HTTPS through the VIP: $out"
 
 out="$(probe sticky)" || fail "sessions do not stick"
 log "logged-in sessions stick: $out"
+out="$(probe arp)" || fail "ARP for the VIP"
+log "one MAC answers ARP for the VIP: $out"
 
 # --- the scheduler's process killed inside its container ------------------------------------
 sched=""
@@ -228,6 +229,9 @@ st="$(probe status)"
 [ "$(echo "$st" | field "sorted({v['scheduler'] for v in d.values()})")" = "$new" ] \
   || fail "the scheduler changed after $sched came back: $st"
 probe serve >/dev/null || fail "the VIP does not serve after $sched came back"
+answer="$(probe arp | field "d['mac']")" || fail "ARP for the VIP after $sched came back"
+[ "$answer" = "$(echo "$out" | field "d['mac']")" ] \
+  || fail "ARP for the VIP answered by $answer, not by the new scheduler"
 log "$sched restarted by its policy (restart count $((restarts + 1))), a server under $new"
 
 # --- a config pushed over redis reaches every node ----------------------------------------------
