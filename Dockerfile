@@ -6,7 +6,7 @@ ARG BASE=dlba-base:bookworm
 
 FROM ${BASE} AS build
 # clang/llvm/libbpf-dev: the BPF object (scheduler/bpf/dlba_tc.c) for this image's kernel
-# headers; libssl-dev: the TLS ticket callback in C (dlba/tls_ticket_cb.c); gcc + python3-dev +
+# headers; libssl-dev: the TLS ticket callback in C (dlba/tls/ticket_cb.c); gcc + python3-dev +
 # mypy: the request path compiled by mypyc (build_native.py).
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
@@ -27,7 +27,7 @@ COPY docker ./docker
 COPY build_native.py ./
 RUN clang -O2 -g -target bpf -I/usr/include/$(gcc -print-multiarch) \
       -c scheduler/bpf/dlba_tc.c -o scheduler/bpf/dlba_tc.o \
- && clang -O2 -Wall -shared -fPIC -o dlba/_tls_ticket_cb.so dlba/tls_ticket_cb.c -lcrypto \
+ && clang -O2 -Wall -shared -fPIC -o dlba/tls/_ticket_cb.so dlba/tls/ticket_cb.c -lcrypto \
  && pip install -q --no-deps --no-build-isolation -e . \
  && python build_native.py >/dev/null \
  && pip uninstall -q -y mypy \

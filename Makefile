@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 APT_PKGS := clang llvm libbpf-dev libssl-dev iproute2 redis-server openssl curl procps chromium apache2-utils
 BPF_OBJ := scheduler/bpf/dlba_tc.o
-TICKET_SO := dlba/_tls_ticket_cb.so
+TICKET_SO := dlba/tls/_ticket_cb.so
 NATIVE := build/native/manifest.json
 PURE_TESTS := tests/unit tests/integration/test_tls_transport.py \
   tests/integration/test_connection_lifetime.py tests/integration/test_node_bad_input.py \
@@ -34,13 +34,13 @@ $(BIN)/dlba: .apt-stamp pyproject.toml
 $(BPF_OBJ): scheduler/bpf/dlba_tc.c scheduler/bpf/dlba_tc.h .apt-stamp
 	clang -O2 -g -target bpf -I/usr/include/$$(gcc -print-multiarch) -c $< -o $@
 
-# The TLS ticket-key callback in C (dlba/tls_ticket_native.py loads it; Python's if absent).
-$(TICKET_SO): dlba/tls_ticket_cb.c .apt-stamp
+# The TLS ticket-key callback in C (dlba/tls/ticket_native.py loads it; Python's if absent).
+$(TICKET_SO): dlba/tls/ticket_cb.c .apt-stamp
 	clang -O2 -Wall -Wextra -Werror -shared -fPIC -o $@ $< -lcrypto
 
 # The request path compiled by mypyc (build_native.py; dlba/__init__.py uses it only while it
-# matches every source of the package, so any change to dlba/ rebuilds it here).
-$(NATIVE): build_native.py $(wildcard dlba/*.py) $(BIN)/dlba
+# matches every source of the package, so any change under dlba/ rebuilds it here).
+$(NATIVE): build_native.py $(shell find dlba -name '*.py') $(BIN)/dlba
 	$(BIN)/python build_native.py > build-native.log 2>&1 || { tail -30 build-native.log; exit 1; }
 	@tail -1 build-native.log
 

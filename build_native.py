@@ -2,10 +2,10 @@
 
 The modules below are plain, type-checked Python; mypyc turns them into C extensions, which
 cut the interpreter's share of a proxied request (measured in docs/NOTES.md). They are built
-outside the source tree: `dlba/__init__.py` puts build/native/dlba first on the package's path
-only while build/native/manifest.json matches every source of the package byte for byte and
-this Python, so an edited module is never shadowed by a stale build, and `DLBA_NATIVE=0` runs
-pure Python.
+outside the source tree: `dlba/__init__.py` puts build/native/dlba (and each subpackage's
+folder there) first on the package's paths only while build/native/manifest.json matches every
+source under dlba/ byte for byte and this Python, so an edited module is never shadowed by a
+stale build, and `DLBA_NATIVE=0` runs pure Python.
 
     python build_native.py          # from the project root, with the dev extras installed
 """
@@ -23,17 +23,22 @@ OUT = ROOT / "build" / "native"
 # The per-connection and per-request path; cookie_codec stays Python (its argument checks rely
 # on Python's bool-is-int, which compiled code enforces differently) and costs little.
 MODULES = [
-    "backend_pool", "backend_selection", "client_connection", "cookie_injection", "exchange",
-    "hash_ring", "http_head", "learned_sessions", "node_stats", "policies", "proxy_context",
-    "tls_transport", "web_server_status_table", "worker_pool",
+    "dlba/proxy/backend_pool.py", "dlba/proxy/client_connection.py", "dlba/proxy/exchange.py",
+    "dlba/proxy/http_head.py", "dlba/proxy/node_stats.py", "dlba/proxy/proxy_context.py",
+    "dlba/proxy/worker_pool.py",
+    "dlba/scheduling/cookie_injection.py", "dlba/scheduling/hash_ring.py",
+    "dlba/scheduling/learned_sessions.py", "dlba/scheduling/policies.py",
+    "dlba/scheduling/selection.py", "dlba/scheduling/web_server_status_table.py",
+    "dlba/tls/transport.py",
 ]
 
 
 def manifest() -> dict[str, object]:
     # Every module of the package, not only the compiled ones: compiled code checks the types
     # other modules declare (a field of Config, say), so any edit makes the build stale.
-    sources = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-               for p in sorted((ROOT / "dlba").glob("*.py"))}
+    package = ROOT / "dlba"
+    sources = {p.relative_to(package).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+               for p in sorted(package.rglob("*.py"))}
     return {"python": sys.implementation.cache_tag, "sources": sources}
 
 
@@ -43,8 +48,7 @@ def main() -> int:
 
     shutil.rmtree(OUT, ignore_errors=True)
     tmp = ROOT / "build" / "native-tmp"
-    exts = mypycify([f"dlba/{m}.py" for m in MODULES], opt_level="3",
-                    group_name="dlba.native", target_dir=str(tmp / "c"))
+    exts = mypycify(MODULES, opt_level="3", group_name="dlba.native", target_dir=str(tmp / "c"))
     setup(name="dlba-native", ext_modules=exts, script_args=[
         "build_ext", "--build-lib", str(OUT), "--build-temp", str(tmp / "obj"), "-q"])
     shutil.rmtree(tmp, ignore_errors=True)

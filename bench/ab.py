@@ -88,9 +88,14 @@ def reuse_build(tree: Path, commit: str) -> None:
 
 
 def build(tree: Path, allowed: bool, commit: str = "") -> str:
-    ticket = ROOT / "dlba" / "_tls_ticket_cb.so"
-    if allowed and ticket.exists() and not (tree / "dlba" / ticket.name).exists():
-        shutil.copy2(ticket, tree / "dlba" / ticket.name)
+    # The TLS ticket callback built here, where the tree's layout loads it from (dlba/tls/ since
+    # the package layout, dlba/ before).
+    ticket = next((p for p in (ROOT / "dlba" / "tls" / "_ticket_cb.so",
+                               ROOT / "dlba" / "_tls_ticket_cb.so") if p.exists()), None)
+    dest = (tree / "dlba" / "tls" / "_ticket_cb.so" if (tree / "dlba" / "tls").is_dir()
+            else tree / "dlba" / "_tls_ticket_cb.so")
+    if allowed and ticket is not None and not dest.exists():
+        shutil.copy2(ticket, dest)
     state = native_state(tree)
     if allowed and state != "yes" and commit:
         reuse_build(tree, commit)

@@ -1,5 +1,5 @@
 """The floor for a TLS proxy in Python: a bare uvloop TLS server with the node's own TLS context
-(dlba.tls.server_context) that answers every request with a fixed 1 KiB and closes. No back
+(dlba.tls.context.server_context) that answers every request with a fixed 1 KiB and closes. No back
 end, no parsing: what uvloop + Python's ssl cost per full handshake on their own.
 
     python bench/bare_tls.py PORT CERT KEY [PROCESSES]
@@ -15,7 +15,7 @@ import socket
 import sys
 from pathlib import Path
 
-from dlba.tls import server_context
+from dlba.tls.context import server_context
 
 PR_SET_PDEATHSIG = 1
 RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Length: 1024\r\nConnection: close\r\n"

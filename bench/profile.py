@@ -55,7 +55,7 @@ def shrink(path: Path) -> None:
     for stack, n in folded(path):
         frames = [re.sub(r":\d+\)$", ")", f) for f in stack if not re.match(r"0x[0-9a-f]+ ", f)]
         frames = [re.sub(r'^process \d+:"(.*?)"$', lambda m: "process " + (
-            "worker" if "dlba.worker" in m.group(1) else "node"), f) for f in frames]
+            "worker" if "dlba.proxy.worker" in m.group(1) else "node"), f) for f in frames]
         merged[";".join(frames)] += n
     path.write_text("".join(f"{k} {v}\n" for k, v in merged.most_common()))
 

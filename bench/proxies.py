@@ -7,7 +7,7 @@ and four listeners on 127.0.0.1:
 * ``https``      TLS, session tickets / cache ON (keepalive and resumed-handshake figures)
 * ``https_full`` TLS, tickets and session cache OFF where the proxy allows it (full handshakes)
 
-The DLBA node has one TLS context for all listeners (tickets on, see dlba/tls.py); its
+The DLBA node has one TLS context for all listeners (tickets on, see dlba/tls/context.py); its
 ``https_full`` is therefore just a second TLS listener. The full-handshake figure does not depend
 on the server side: it is measured with ``openssl s_time -new``, a client that never offers a
 session, and `verify_resumption` checks what each listener would do with one that does.

@@ -21,8 +21,8 @@ from pathlib import Path
 import aiohttp
 
 from dlba.config import load_config
-from dlba.hash_ring import HashRing
 from dlba.node import NodeRuntime
+from dlba.scheduling.hash_ring import HashRing
 from tests.integration.config_array import config_array
 
 

@@ -1,9 +1,10 @@
 """DLBA: a load-balancing array in Python.
 
 The request path can run compiled by mypyc (`build_native.py`, run by `make install`): the
-compiled modules live in build/native/dlba, which goes first on this package's path only when
-build/native/manifest.json names this Python and the very bytes of every module of the package
-(compiled code relies on the types the others declare). An edited module therefore never hides
+compiled modules live in build/native/dlba, which goes first on the path of this package and of
+each subpackage (`use_native`) only when build/native/manifest.json names this Python and the
+very bytes of every module of the package, subpackages included (compiled code relies on the
+types the others declare). An edited module therefore never hides
 behind a stale build; the package runs as Python until the next build. `DLBA_NATIVE=0` forces
 pure Python.
 """
@@ -31,7 +32,8 @@ def native_problem(native: Path = NATIVE_DIR, sources: Path = _HERE) -> str:
     if manifest.get("python") != sys.implementation.cache_tag:
         return f"built for {manifest.get('python')}, this is {sys.implementation.cache_tag}"
     built = dict(manifest.get("sources", {}))
-    added = sorted({p.name for p in sources.glob("*.py")} - set(built))
+    added = sorted({p.relative_to(sources).as_posix() for p in sources.rglob("*.py")}
+                   - set(built))
     if added:
         return f"{added[0]} is newer than the build (make install)"
     for name, digest in built.items():
@@ -43,7 +45,13 @@ def native_problem(native: Path = NATIVE_DIR, sources: Path = _HERE) -> str:
     return ""
 
 
+def use_native(path: list[str], package: str) -> None:
+    """Put the compiled modules of `package` ("dlba.proxy") first on its `path` (its
+    `__path__`) while the build matches the sources; every subpackage's __init__ calls this."""
+    if NATIVE:
+        path.insert(0, str(NATIVE_DIR.joinpath(*package.split("."))))
+
+
 NATIVE_PROBLEM = native_problem()
 NATIVE = not NATIVE_PROBLEM
-if NATIVE:
-    __path__.insert(0, str(NATIVE_DIR / "dlba"))
+use_native(__path__, __name__)

@@ -39,7 +39,7 @@ def _down(argv: list[str]) -> int:
 
 
 def _status(argv: list[str]) -> int:
-    from dlba.status_cli import status_main
+    from dlba.admin.status_cli import status_main
 
     return status_main(argv)
 
@@ -48,7 +48,7 @@ def _certs(argv: list[str]) -> int:
     if not argv or argv[0] != "init":
         print("usage: dlba certs init [--dir DIR]", file=sys.stderr)
         return 2
-    from dlba.certs import certs_init_main
+    from dlba.tls.certs import certs_init_main
 
     return certs_init_main(argv[1:])
 
@@ -61,7 +61,7 @@ def _config(argv: list[str]) -> int:
     if no_array:
         print(f"dlba config push: {no_array}", file=sys.stderr)
         return 1
-    from dlba.config_push import push_main
+    from dlba.config.push import push_main
 
     return int(push_main(argv[1:]))
 

@@ -12,27 +12,27 @@ from typing import Any
 from aiohttp import web
 
 import dlba
-from dlba.admin_api import make_admin_app, own_node_row
-from dlba.backend_checks import BackendChecks
-from dlba.client_connection import client_protocols
+from dlba.admin.api import make_admin_app, own_node_row
+from dlba.admin.dashboard import register_dashboard
+from dlba.admin.metrics import NodeCollector
+from dlba.cluster.session_sync import SessionSync
 from dlba.config import Config, ConfigError
-from dlba.config_node import load_node_config
-from dlba.config_reload import ConfigReloader
-from dlba.dashboard import register_dashboard
-from dlba.listeners import admin_address
-from dlba.metrics import NodeCollector
-from dlba.proxy_context import ProxyContext
-from dlba.proxy_health import ProxyHealth, listeners_health
-from dlba.session_sync import SessionSync
-from dlba.sockets import (
-    listen_socket,
+from dlba.config.node_files import load_node_config
+from dlba.config.reload import ConfigReloader
+from dlba.proxy.listeners import admin_address, open_admin_site
+from dlba.proxy.proxy_context import ProxyContext
+from dlba.proxy.proxy_health import ProxyHealth, listeners_health
+from dlba.proxy.sockets import (
+    open_proxy_listener,
+    proxy_addresses,
     rotate_ticket_keys,
     setup_logging,
     shared_ticket_keys,
     tls_context,
 )
-from dlba.web_server_status_table import WebServerStatusTable
-from dlba.worker_pool import BroadcastingTable, WorkerPool
+from dlba.proxy.worker_pool import BroadcastingTable, WorkerPool
+from dlba.scheduling.backend_checks import BackendChecks
+from dlba.scheduling.web_server_status_table import WebServerStatusTable
 from scheduler.failover.agent import NodeAgent
 from scheduler.vip_owner import interface_of, mac_text
 
@@ -67,7 +67,7 @@ class NodeRuntime:
             self.agent = NodeAgent(config, name, config.read_admin_token(), dataplane,
                                    proxy_health=self.proxy_health)
             self.collector.extra.append(self.agent.metrics)
-        # Staged/committed config pushes and the config bus (dlba/config_reload.py).
+        # Staged/committed config pushes and the config bus (dlba/config/reload.py).
         self.reloader = ConfigReloader(self)
 
     # --- NodeView ---------------------------------------------------------------------------
@@ -113,29 +113,26 @@ class NodeRuntime:
             self.workers.learned = self.ctx.selector.learned
             await self.workers.start()
         else:
-            listeners = [(listen_socket(a), False) for a in node.listen]
-            listeners += [(listen_socket(a), True) for a in node.listen_tls]
             ssl_ctx = tls_context(cfg)
             ring = shared_ticket_keys(ssl_ctx, self.ctx.secret)
             self.background.append(
                 asyncio.ensure_future(rotate_ticket_keys(ring, self.ctx.secret)))
-            for sock, tls in listeners:
-                factory = client_protocols(self.ctx, ssl_ctx if tls else None,
-                                           cfg.proxy.header_timeout_s)
-                self.servers.append(await self.loop.create_server(factory, sock=sock))
+            for addr, tls in proxy_addresses(node):
+                self.servers.append(await open_proxy_listener(
+                    self.ctx, addr, ssl_ctx if tls else None, cfg.proxy.header_timeout_s))
         admin_addr = admin_address(cfg, self.name)
         token = cfg.read_admin_token()
         app = make_admin_app(self, token, self.reloader.with_routes(
             self.agent.routes if self.agent is not None else None))
         register_dashboard(app, self, token)
-        # Learned session ids, shared with the peers (dlba/session_sync.py).
+        # Learned session ids, shared with the peers (dlba/cluster/session_sync.py).
         self.sessions = SessionSync(cfg, self.name, token, self.ctx.selector.learned,
                                     self.workers, self.loop)
         self.sessions.routes(app)
         self.collector.extra.append(self.sessions.metrics)
         self.admin_runner = web.AppRunner(app, access_log=None)
         await self.admin_runner.setup()
-        await web.SockSite(self.admin_runner, listen_socket(admin_addr)).start()
+        await open_admin_site(self.admin_runner, admin_addr)
         self.checks.start()
         self.reloader.start()
         self.sessions.start()

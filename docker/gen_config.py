@@ -20,8 +20,8 @@ import os
 import sys
 from pathlib import Path
 
-from dlba.tls.certs import init_certs
 from dlba.config import ConfigError, parse_config
+from dlba.tls.certs import init_certs
 
 
 class EnvError(Exception):

@@ -204,7 +204,7 @@ def write_state(
     # init_certs keeps what exists (a user may already trust ca.pem, cookies stay valid);
     # only the node certificate is re-issued, by the same CA, when the addresses it must
     # cover changed, e.g. a run with more nodes.
-    from dlba.certs import init_certs  # imported late: only `up` needs `cryptography`
+    from dlba.tls.certs import init_certs  # imported late: only `up` needs `cryptography`
 
     subjects = "\n".join([*names, *ips]) + "\n"
     marker = state.certs / "subjects.txt"

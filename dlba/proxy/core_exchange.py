@@ -16,7 +16,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from dlba import http_head
+from dlba.proxy import http_head
 from dlba.proxy.core_io import (
     CONNECTING,
     DONE,
@@ -29,7 +29,7 @@ from dlba.proxy.core_io import (
 
 if TYPE_CHECKING:
     from dlba.proxy.core_session import ClientSession
-    from dlba.proxy_context import ProxyContext
+    from dlba.proxy.proxy_context import ProxyContext
 
 events = logging.getLogger("dlba.event")
 

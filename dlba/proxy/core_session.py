@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from dlba import http_head
-from dlba.http_head import BadRequest as Reject
+from dlba.proxy import http_head
 from dlba.proxy.core_exchange import Exchange
 from dlba.proxy.core_io import (
     BODY,
@@ -35,9 +34,10 @@ from dlba.proxy.core_io import (
     UPGRADING,
     ClientIO,
 )
+from dlba.proxy.http_head import BadRequest as Reject
 
 if TYPE_CHECKING:
-    from dlba.proxy_context import ProxyContext
+    from dlba.proxy.proxy_context import ProxyContext
 
 events = logging.getLogger("dlba.event")
 

@@ -24,7 +24,7 @@ from aiohttp import web
 from prometheus_client.core import Metric
 
 from dlba.config import Config
-from dlba.proxy_health import ProxyHealth
+from dlba.proxy.proxy_health import ProxyHealth
 from scheduler.client_table import ClientTable
 from scheduler.failover import front
 from scheduler.failover.election import Decision, Election, PeerView, Role

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from dlba.config import load_config
-from dlba.cookie_injection import find_cookie
-from dlba.hash_ring import HashRing
+from dlba.scheduling.cookie_injection import find_cookie
+from dlba.scheduling.hash_ring import HashRing
 from tests.array.array_harness import CLIENT_IP, VIP, Array, running_array
 
 

@@ -14,10 +14,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from dlba.certs import CertPaths, init_certs
 from dlba.config import load_config
 from dlba.demo_backend import bound_port, start_demo_backend
 from dlba.node import NodeRuntime
+from dlba.tls.certs import CertPaths, init_certs
 from tests.integration.loopback import free_port
 
 

@@ -17,11 +17,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from dlba import tls
-from dlba.certs import CertPaths, init_certs
 from dlba.config import load_config
 from dlba.demo_backend import bound_port, start_demo_backend
 from dlba.node import NodeRuntime
+from dlba.tls import context as tls
+from dlba.tls.certs import CertPaths, init_certs
 
 _HANDED_OUT: set[int] = set()
 

@@ -16,7 +16,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from dlba import certs, tls
+from dlba.tls import certs
+from dlba.tls import context as tls
 
 PRIVATE = ("ca.key", "node.key", "cluster.key", "admin.token")
 

@@ -19,8 +19,8 @@ import aiohttp
 import pytest
 import redis
 
-from dlba import config_bus
-from dlba.config_push import push_main
+from dlba.config import bus as config_bus
+from dlba.config.push import push_main
 from tests.integration.config_array import ConfigArray, config_array
 from tests.integration.loopback import free_port
 

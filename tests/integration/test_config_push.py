@@ -17,10 +17,10 @@ import pytest
 from aiohttp import web
 from rich.console import Console
 
-from dlba import tls
-from dlba.certs import init_certs
-from dlba.config_push import push_main
-from dlba.status_cli import gather, render
+from dlba.admin.status_cli import gather, render
+from dlba.config.push import push_main
+from dlba.tls import context as tls
+from dlba.tls.certs import init_certs
 from tests.integration.config_array import Backend, Ports, config_array
 from tests.integration.loopback import free_port
 

@@ -10,9 +10,9 @@ import socket
 import ssl
 from pathlib import Path
 
-from dlba.client_connection import ClientConnection
-from dlba.exchange import Exchange
-from dlba.tls_transport import TLSTransport
+from dlba.proxy.client_connection import ClientConnection
+from dlba.proxy.exchange import Exchange
+from dlba.tls.transport import TLSTransport
 from tests.integration.loopback import loopback_array
 
 REQUEST = b"GET /whoami HTTP/1.1\r\nHost: x\r\n\r\n"

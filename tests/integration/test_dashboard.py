@@ -18,9 +18,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from dlba.admin_api import make_admin_app
+from dlba.admin.api import make_admin_app
+from dlba.admin.dashboard import DASHBOARD_KEY, register_dashboard
 from dlba.config import HostPort
-from dlba.dashboard import DASHBOARD_KEY, register_dashboard
 from scheduler.client_table import ClientTable
 from tests.chromium_cdp import chromium
 from tests.integration.loopback import free_port, loopback_array

@@ -16,8 +16,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from dlba.cookie_injection import parse_set_cookie
 from dlba.demo_backend import bound_port, demo_backend_main, parse_listen, start_demo_backend
+from dlba.scheduling.cookie_injection import parse_set_cookie
 from tests.integration.loopback import free_port
 
 

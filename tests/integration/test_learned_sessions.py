@@ -12,9 +12,9 @@ from pathlib import Path
 import aiohttp
 
 from dlba.config import load_config
-from dlba.cookie_injection import find_cookie
-from dlba.hash_ring import HashRing
 from dlba.node import NodeRuntime
+from dlba.scheduling.cookie_injection import find_cookie
+from dlba.scheduling.hash_ring import HashRing
 from tests.integration.config_array import ConfigArray, config_array
 
 BACKENDS = ("b1", "b2", "b3")

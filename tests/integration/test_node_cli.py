@@ -19,8 +19,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from dlba.certs import CertPaths
 from dlba.demo_backend import bound_port, start_demo_backend
+from dlba.tls.certs import CertPaths
 from tests.integration.loopback import free_port, make_certs, write_config
 
 pytestmark = pytest.mark.timeout(120)
@@ -76,7 +76,7 @@ async def test_valid_config_serves_http_and_tls(tmp_path: Path) -> None:
         try:
             await wait_for_port(http_port, proc, 20)
             await wait_for_port(https_port, proc, 20)
-            from dlba import tls
+            from dlba.tls import context as tls
 
             client_ssl = tls.client_context(certs.ca_cert)
             timeout = aiohttp.ClientTimeout(total=10)

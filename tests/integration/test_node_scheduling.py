@@ -8,9 +8,9 @@ from pathlib import Path
 
 import aiohttp
 
-from dlba import cookie_codec
 from dlba.config import load_config
 from dlba.node import NodeRuntime
+from dlba.scheduling import cookie_codec
 from tests.integration.loopback import free_port, loopback_array, raw_exchange, write_config
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from dlba.certs import load_ca, make_cert, write_cert
+from dlba.tls.certs import load_ca, make_cert, write_cert
 from tests.integration.loopback import loopback_array, make_certs
 
 

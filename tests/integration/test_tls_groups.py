@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from dlba import tls, tls_groups
+from dlba.tls import context as tls
+from dlba.tls import groups as tls_groups
 from tests.integration.loopback import loopback_array
 
 ALLOWED = ["X25519", "P-256", "P-384"]

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from dlba import tls
-from dlba.tls_ticket_native import LIBRARY
+from dlba.tls import context as tls
+from dlba.tls.ticket_native import LIBRARY
 from tests.integration.loopback import free_port, make_certs, node_processes, write_config
 
 ROUNDS = 8

@@ -2,8 +2,8 @@
 
 Two real TLS servers on 127.0.0.1 in two separate Python processes -- A a blocking ``SSLSocket``
 server, B a uvloop server as the node's worker processes run -- both built with
-``dlba.tls.server_context`` and ``install_ticket_keys`` on one key ring, distributed to them as
-``encode_keys`` text sealed with the cluster secret. A session from A resumes on B, seen by
+``dlba.tls.context.server_context`` and ``install_ticket_keys`` on one key ring, distributed to
+them as ``encode_keys`` text sealed with the cluster secret. A session from A resumes on B, seen by
 Python's ssl (``session_reused`` on both ends) and by ``openssl s_client`` (``-sess_out`` on A,
 ``-sess_in`` on B, "Reused"); after rotations an old ticket still resumes (last three keys) and is
 renewed under the current key, and a ticket whose key fell off the ring gets a full handshake.
@@ -27,8 +27,10 @@ from typing import IO, cast
 
 import pytest
 
-from dlba import certs, tls, tls_tickets
-from dlba.tls_tickets import TicketKey, TicketKeyRing, decode_keys, encode_keys
+from dlba.tls import certs
+from dlba.tls import context as tls
+from dlba.tls import tickets as tls_tickets
+from dlba.tls.tickets import TicketKey, TicketKeyRing, decode_keys, encode_keys
 
 # The server: argv = mode (blocking|asyncio|uvloop), cert, key, cluster secret file, key file,
 # install (1, or 0 for the control: OpenSSL's own per-process ticket key).
@@ -38,7 +40,9 @@ from dlba.tls_tickets import TicketKey, TicketKeyRing, decode_keys, encode_keys
 SERVER = r"""
 import asyncio, socket, ssl, sys, threading
 from pathlib import Path
-from dlba import certs, tls, tls_tickets
+from dlba.tls import certs
+from dlba.tls import context as tls
+from dlba.tls import tickets as tls_tickets
 
 mode, cert, key, secret_file, key_file, install = sys.argv[1:7]
 secret = certs.read_cluster_secret(Path(secret_file))
@@ -96,7 +100,7 @@ class Server:
     proc: subprocess.Popen[str]
     port: int
     installed: bool
-    kind: str  # the ticket callback: "c" (dlba/tls_ticket_cb.c) or "python"
+    kind: str  # the ticket callback: "c" (dlba/tls/ticket_cb.c) or "python"
 
     def command(self, line: str, expect: str) -> None:
         stdin: IO[str] | None = self.proc.stdin
@@ -382,12 +386,14 @@ def test_same_process_contexts_sni_and_reinstall(tmp_path: Path, server_name: st
 SLOT_CHECK = """
 import gc, sys
 from pathlib import Path
-from dlba import certs, tls, tls_tickets
-from dlba.tls_ticket_native import native_callbacks
-from dlba.tls_tickets import TicketKeyRing
+from dlba.tls import certs
+from dlba.tls import context as tls
+from dlba.tls import tickets as tls_tickets
+from dlba.tls.ticket_native import native_callbacks
+from dlba.tls.tickets import TicketKeyRing
 
 native = native_callbacks()
-assert native is not None, "dlba/_tls_ticket_cb.so is not built: run `make install`"
+assert native is not None, "dlba/tls/_ticket_cb.so is not built: run `make install`"
 paths = certs.init_certs(Path(sys.argv[1]) / "certs", ["localhost"], ["127.0.0.1"])
 ring = TicketKeyRing()
 ring.rotate(1_000_000.0)

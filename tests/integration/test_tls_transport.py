@@ -1,4 +1,4 @@
-"""dlba/tls_transport.py over real TLS on 127.0.0.1, no mocks: `loop.create_server(tls_server(...))`
+"""dlba/tls/transport.py over real TLS on 127.0.0.1, no mocks: `loop.create_server(tls_server(...))`
 around a recording protocol, Python `ssl` clients trusting the project's CA (make_certs).
 
 Covers: a round trip (write, writelines, extra info); connection_made only after the handshake;
@@ -25,9 +25,10 @@ from typing import cast
 
 import pytest
 
-from dlba import tls, tls_transport
-from dlba.certs import CertPaths
-from dlba.tls_transport import TLSTransport, tls_server
+from dlba.tls import context as tls
+from dlba.tls import transport as tls_transport
+from dlba.tls.certs import CertPaths
+from dlba.tls.transport import TLSTransport, tls_server
 from tests.integration.loopback import make_certs
 
 MB = 1 << 20

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dlba.agent_check import AgentReport, parse_agent_reply
+from dlba.scheduling.agent_check import AgentReport, parse_agent_reply
 
 
 @pytest.mark.parametrize(

@@ -10,10 +10,10 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dlba import cookie_codec
-from dlba.backend_selection import BackendSelector, compile_url_patterns, request_path
 from dlba.config import BackendConfig, HostPort, PersistenceConfig, SchedulingConfig
-from dlba.web_server_status_table import WebServerStatusTable
+from dlba.scheduling import cookie_codec
+from dlba.scheduling.selection import BackendSelector, compile_url_patterns, request_path
+from dlba.scheduling.web_server_status_table import WebServerStatusTable
 
 SECRET = b"k" * 32
 OTHER_SECRET = b"z" * 32

@@ -1,4 +1,4 @@
-"""dlba/config.py: defaults, path resolution, and every bad value named by file, key and reason."""
+"""dlba/config: defaults, path resolution, and every bad value named by file, key and reason."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from dlba import cookie_codec
+from dlba.scheduling import cookie_codec
 
 SECRET = bytes.fromhex("00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff")
 ids = st.integers(min_value=0, max_value=cookie_codec.MAX_ID)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dlba import cookie_codec
-from dlba.cookie_injection import (
+from dlba.scheduling import cookie_codec
+from dlba.scheduling.cookie_injection import (
     find_cookie,
     find_cookies,
     find_session_id,

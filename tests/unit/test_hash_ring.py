@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dlba.hash_ring import HashRing
+from dlba.scheduling.hash_ring import HashRing
 
 URLS = [f"/static/img/{i}.gif" for i in range(10_000)]
 

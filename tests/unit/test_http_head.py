@@ -1,4 +1,5 @@
-"""dlba/http_head.py: pure head rewriting, checked by parsing what it produces (hypothesis)."""
+"""dlba/proxy/http_head.py: pure head rewriting, checked by parsing what it produces
+(hypothesis)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dlba import http_head
-from dlba.http_head import HOP_BY_HOP, TrustedProxies, error_response, request_head, response_head
+from dlba.proxy import http_head
+from dlba.proxy.http_head import (
+    HOP_BY_HOP,
+    TrustedProxies,
+    error_response,
+    request_head,
+    response_head,
+)
 
 Headers = list[tuple[bytes, bytes]]
 

@@ -8,7 +8,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dlba.learned_sessions import (
+from dlba.scheduling.learned_sessions import (
     MAX_ID_LEN,
     Learned,
     LearnedSessions,

@@ -8,7 +8,7 @@ import ipaddress
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dlba.proxy_health import STALE_S, STARTUP_S, WorkerView, listeners_health, workers_health
+from dlba.proxy.proxy_health import STALE_S, STARTUP_S, WorkerView, listeners_health, workers_health
 from scheduler.failover.election import Decision, Election, PeerView, Role
 from scheduler.status_sweep import proxy_serves
 from scheduler.vip_owner import arp_frame, arp_reply

@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dlba.config import BackendConfig, HostPort
-from dlba.policies import POLICY_NAMES, WeightedRoundRobin, make_policy
-from dlba.web_server_status_table import WebServerStatus, WebServerStatusTable
+from dlba.scheduling.policies import POLICY_NAMES, WeightedRoundRobin, make_policy
+from dlba.scheduling.web_server_status_table import WebServerStatus, WebServerStatusTable
 
 
 def rows_from(specs: list[tuple[int, int, str]]) -> list[WebServerStatus]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dlba.status_cli import confirm_scheduler
+from dlba.admin.status_cli import confirm_scheduler
 
 
 def doc_naming(name: str) -> dict[str, Any]:

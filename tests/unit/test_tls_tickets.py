@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dlba import tls_tickets
-from dlba.tls_tickets import (
+from dlba.tls import tickets as tls_tickets
+from dlba.tls.tickets import (
     RING_SIZE,
     TicketKey,
     TicketKeyRing,

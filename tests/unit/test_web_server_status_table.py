@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from dlba.agent_check import AgentReport
 from dlba.config import BackendConfig, HostPort
-from dlba.web_server_status_table import BackendState, WebServerStatusTable
+from dlba.scheduling.agent_check import AgentReport
+from dlba.scheduling.web_server_status_table import BackendState, WebServerStatusTable
 
 THRESHOLD = 3
 BACKOFF = 1.0

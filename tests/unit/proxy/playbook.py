@@ -33,7 +33,7 @@ from dlba.config import (
 from dlba.proxy.core_exchange import Exchange
 from dlba.proxy.core_io import BackendLink, ClientIO
 from dlba.proxy.core_session import ClientSession
-from dlba.proxy_context import ProxyContext
+from dlba.proxy.proxy_context import ProxyContext
 
 Call = tuple[Any, ...]
 

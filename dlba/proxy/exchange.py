@@ -1,0 +1,396 @@
+"""One request and its response: scheduled to a back end, streamed both ways, re-routed on failure.
+
+An exchange is created when a client's request head is complete and runs when it reaches the
+head of that client connection's queue (pipelined requests are answered in order). The body
+streams to the back end as it arrives; the response streams to the client as it is read, with
+flow control in both directions, so neither side is ever buffered whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from dlba.proxy import http_head
+from dlba.proxy.backend_pool import BackendConnection, BackendPool
+
+if TYPE_CHECKING:
+    from dlba.proxy.client_connection import ClientConnection
+    from dlba.proxy.proxy_context import ProxyContext
+
+log = logging.getLogger("dlba.access")
+events = logging.getLogger("dlba.event")
+
+RETAIN_LIMIT = 64 * 1024  # request bodies up to this size can be replayed on another back end
+MAX_ATTEMPTS = 4
+
+
+class Exchange:
+    __slots__ = (
+        "attempts",
+        "backend_id",
+        "backend_keep_alive",
+        "body_bytes",
+        "body_done",
+        "bytes_out",
+        "chunked_in",
+        "client",
+        "client_keep_alive",
+        "conn",
+        "connecting",
+        "cookie_header",
+        "ctx",
+        "excluded",
+        "finished",
+        "headers",
+        "held",
+        "http11",
+        "last_activity",
+        "local",
+        "method",
+        "no_host",
+        "out_chunked",
+        "out_close_delimited",
+        "pending",
+        "plain",
+        "reason",
+        "response_started",
+        "retained",
+        "status",
+        "t0",
+        "target",
+        "tunnel",
+        "upgrade",
+    )
+
+    def __init__(
+        self, client: ClientConnection, method: bytes, target: bytes,
+        headers: list[tuple[bytes, bytes]], keep_alive: bool, upgrade: bool, chunked_in: bool,
+        cookie_header: str | None = None, plain: bool = False, no_host: bool = False,
+    ) -> None:
+        self.client = client
+        self.ctx: ProxyContext = client.ctx
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.client_keep_alive = keep_alive
+        self.upgrade = upgrade
+        self.chunked_in = chunked_in
+        self.cookie_header = cookie_header
+        self.plain = plain and not upgrade
+        self.no_host = no_host
+        self.pending: list[bytes] | None = []  # body framed for the back end, before connect
+        self.retained: list[bytes] | None = [] if method in http_head.IDEMPOTENT else None
+        self.body_bytes = 0
+        self.body_done = False
+        self.conn: BackendConnection | None = None
+        self.connecting: asyncio.Task[None] | None = None
+        self.backend_id = 0
+        self.reason = ""
+        self.excluded: set[int] = set()
+        self.attempts = 0
+        self.response_started = False
+        self.finished = False
+        # Response bytes gathered while one read from the back end is parsed, sent with one
+        # writev when it is done: the head and the first body bytes leave in one segment.
+        self.held: list[bytes] = []
+        self.status = 0
+        self.bytes_out = 0
+        self.out_chunked = False
+        self.out_close_delimited = False
+        self.backend_keep_alive = False
+        self.tunnel = False
+        self.t0 = 0.0
+        self.last_activity = 0.0
+        self.http11 = True  # this request's version (a pipelined one may differ from the next)
+        self.local: bytes | None = None  # an answer the node gives itself (redirect to HTTPS)
+
+    # --- request side -------------------------------------------------------------------------
+    def start(self) -> None:
+        self.t0 = time.perf_counter()  # uvloop's loop.time() only has millisecond resolution
+        self.last_activity = self.ctx.loop.time()
+        if self.local is not None:
+            self._answer_locally(self.local)
+            return
+        self._schedule()
+
+    def _answer_locally(self, response: bytes) -> None:
+        """No back end: the body, if any, is read and dropped (pending and retained gone)."""
+        self.status = int(response[9:12])
+        self.reason = "local"
+        self.pending = self.retained = None
+        self.client.write(response)
+        self._end(True, counted=False)
+
+    def _schedule(self) -> None:
+        ctx = self.ctx
+        self.attempts += 1
+        sel = ctx.selector.select(
+            self.target.decode("latin-1"), self.cookie_header, self.excluded, ctx.loop.time()
+        )
+        if sel is None:
+            self._fail(503, "no back end available")
+            return
+        if sel.bad_cookie and self.attempts == 1:
+            ctx.stats.cookie_rejected += 1
+        self.backend_id = sel.backend_id
+        self.reason = sel.reason
+        pool = ctx.pools[sel.backend_id]
+        conn = pool.take_idle()
+        if conn is not None:
+            self._use(conn)
+        else:
+            # Held: the loop keeps only weak references to tasks.
+            self.connecting = ctx.loop.create_task(self._connect(pool))
+
+    async def _connect(self, pool: BackendPool) -> None:
+        ctx = self.ctx
+        try:
+            conn = await pool.connect()
+        except (TimeoutError, OSError) as e:
+            if self.finished:
+                return
+            ctx.backend_connect_failed(pool.backend_id, e)
+            self._reroute()
+            return
+        ctx.backend_connect_ok(pool.backend_id)
+        if self.finished:
+            pool.release(conn, ctx.loop.time())
+            return
+        self._use(conn)
+
+    def _reroute(self) -> None:
+        self.excluded.add(self.backend_id)
+        self.ctx.stats.reroutes += 1
+        if self.attempts >= MAX_ATTEMPTS:
+            self._fail(502, "back ends unreachable")
+        else:
+            self._schedule()
+
+    def _use(self, conn: BackendConnection) -> None:
+        self.conn = conn
+        conn.bind(self, self.method == b"HEAD")
+        if not self.client.writable:
+            # The client still has not taken the previous answer: no more from the back end
+            # until it does (resume_writing resumes the connection of the queue's head).
+            conn.pause_reading()
+        self.ctx.table.on_request_start(self.backend_id)
+        headers = self.headers
+        if self.no_host:
+            # An HTTP/1.0 request may come without Host; what we send is HTTP/1.1, which must
+            # have one: the back end's address, as nginx's default proxy_set_header does.
+            pool = conn.pool
+            headers = [*headers, (b"Host", f"{pool.host}:{pool.port}".encode())]
+        if self.plain:
+            head = http_head.plain_request_head(
+                self.method, self.target, headers, self.client.forwarding)
+        else:
+            head = http_head.request_head(
+                self.method, self.target, headers, client_ip=self.client.peer_ip,
+                scheme=self.client.scheme, trusted=self.ctx.trusted, chunked=self.chunked_in,
+                upgrade=self.upgrade,
+            )
+        body = self.retained if self.retained is not None else self.pending
+        self.pending = None
+        conn.write(head + b"".join(body) if body else head)
+        if self.client.tunnel_pending:
+            conn.write(b"".join(self.client.tunnel_pending))
+            self.client.tunnel_pending.clear()
+        self.client.resume_reading()  # paused while the body waited for this connection
+
+    def feed_body(self, data: bytes) -> None:
+        framed = http_head.chunk(data) if self.chunked_in else data
+        self._forward(framed)
+
+    def body_complete(self) -> None:
+        self.body_done = True
+        if self.chunked_in:
+            self._forward(http_head.LAST_CHUNK)
+
+    def _forward(self, framed: bytes) -> None:
+        self.body_bytes += len(framed)
+        if self.retained is not None:
+            if self.body_bytes <= RETAIN_LIMIT:
+                self.retained.append(framed)
+            else:
+                self.retained = None  # too big to replay: no retry after the first byte is sent
+        if self.conn is not None:
+            self.conn.write(framed)
+            self.last_activity = self.ctx.loop.time()
+        elif self.pending is not None:
+            self.pending.append(framed)
+            if self.body_bytes > RETAIN_LIMIT:
+                self.client.pause_reading()
+
+    def tunnel_from_client(self, data: bytes) -> None:
+        if self.conn is not None:
+            self.conn.write(data)
+
+    # --- response side (ResponseSink) ---------------------------------------------------------
+    def on_response_head(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool,
+        chunked: bool, has_length: bool,
+    ) -> None:
+        client = self.client
+        self.last_activity = self.ctx.loop.time()
+        if status < 200 and status != 101:
+            if self.http11:
+                client.write(http_head.response_head(
+                    status, reason, headers, (), chunked=False, keep_alive=True, upgrade=False
+                ))
+            return
+        self.status = status
+        self.response_started = True
+        self.backend_keep_alive = keep_alive
+        upgrade = status == 101 and self.upgrade
+        no_body = self.method == b"HEAD" or status in (204, 304) or upgrade
+        if no_body or (has_length and not chunked):
+            self.out_chunked = False
+        elif self.http11:
+            self.out_chunked = True
+        else:
+            self.out_close_delimited = True
+            self.client_keep_alive = False
+        if not has_length and not chunked and not no_body:
+            self.out_close_delimited = True  # the back end ends the body by closing
+            self.backend_keep_alive = False
+        if self.upgrade and not upgrade:
+            self.client_keep_alive = False  # the client's parser already switched protocols
+        # Session ids this back end issues are its own, on every node (learned sessions).
+        self.ctx.selector.learn(headers, self.backend_id, self.last_activity)
+        https = client.scheme == b"https"
+        extra = self.ctx.inject_cookies(headers, self.backend_id, https) if status < 400 else ()
+        self.held.append(http_head.response_head(
+            status, reason, headers, extra, chunked=self.out_chunked,
+            keep_alive=self.client_keep_alive and not client.closing, upgrade=upgrade,
+            keep_alive_header=not self.http11, hsts=self.ctx.hsts if https else b"",
+        ))
+        if upgrade:
+            self.flush()
+            self.tunnel = True
+            client.start_tunnel(self)
+
+    def on_response_body(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        if self.out_chunked:
+            self.held += (b"%x\r\n" % len(data), data, b"\r\n")
+        else:
+            self.held.append(data)
+
+    def flush(self) -> None:
+        if self.held:
+            self.client.writelines(self.held)
+            self.held = []
+
+    def on_response_complete(self) -> None:
+        if self.out_chunked:
+            self.held.append(http_head.LAST_CHUNK)
+        client = self.client
+        client.cork()  # the last bytes and a close that follows them: one TCP segment
+        try:
+            self.flush()
+            conn, self.conn = self.conn, None
+            if conn is not None:
+                reusable = self.backend_keep_alive and self.body_done and not self.tunnel
+                if reusable:
+                    # The pool the connection came from: a reload may have removed the back end.
+                    conn.pool.release(conn, self.ctx.loop.time())
+                else:
+                    conn.abort()
+            if not self.body_done:
+                self.client_keep_alive = False  # the rest of the request body is not worth reading
+            self._end(True)
+        finally:
+            client.uncork()
+
+    def on_tunnel_data(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        self.client.write(data)
+
+    def on_backend_writable(self, writable: bool) -> None:
+        if writable:
+            self.client.resume_reading()
+        else:
+            self.client.pause_reading()
+
+    def on_backend_lost(self, exc: Exception | None, got_bytes: bool) -> None:
+        if self.finished:
+            return
+        conn, self.conn = self.conn, None
+        if self.tunnel:
+            self._end(True)
+            self.client.close()
+            return
+        if self.response_started:
+            if self.out_close_delimited:
+                self.on_response_complete()
+            else:
+                self._end(False)
+                self.client.abort()  # truncated: the client must not take it as complete
+            return
+        self.ctx.table.on_request_end(self.backend_id, 0.0, 0)
+        replayable = self.retained is not None and self.body_done and not got_bytes
+        if replayable:
+            # A reused keepalive connection the back end had closed is not the back end's fault;
+            # a fresh connection that resets is.
+            if conn is None or conn.reused == 0:
+                self.excluded.add(self.backend_id)
+            self.ctx.stats.reroutes += 1
+            events.info(
+                "event=retry backend=%d method=%s reason=%s", self.backend_id,
+                self.method.decode(), "reset before response",
+            )
+            if self.attempts < MAX_ATTEMPTS:
+                self._schedule()
+                return
+        self._fail(502, "back end closed the connection before responding")
+
+    # --- ending -------------------------------------------------------------------------------
+    def check_timeout(self, now: float) -> None:
+        """Called by the janitor's sweep: no bytes from the back end for backend_timeout_s."""
+        if self.finished or self.tunnel or self.t0 == 0.0:
+            return
+        if now - self.last_activity < self.ctx.limits.backend_timeout_s:
+            return
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.sink = None
+            conn.abort()
+        if self.response_started:
+            self._end(False)
+            self.client.abort()
+        else:
+            self.ctx.table.on_request_end(self.backend_id, 0.0, 0)
+            self._fail(504, "back end timed out")
+
+    def _fail(self, status: int, message: str) -> None:
+        self.status = status
+        self.client_keep_alive = False
+        self.client.write(http_head.error_response(
+            status, message, extra=self.ctx.hsts_for(self.client.scheme)))
+        self.ctx.stats.errors += 1
+        self._end(False, counted=False)
+
+    def _end(self, ok: bool, counted: bool = True) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        ctx = self.ctx
+        elapsed = time.perf_counter() - self.t0
+        if counted:
+            ctx.table.on_request_end(self.backend_id, elapsed, self.bytes_out)
+        ctx.request_done(self, elapsed, ok)
+        self.client.exchange_done(self)
+
+    def client_gone(self) -> None:
+        """The client connection closed: nobody will read the rest of this response."""
+        if self.finished:
+            return
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.sink = None
+            conn.abort()
+            self.ctx.table.on_request_end(self.backend_id, time.perf_counter() - self.t0, 0)
+        self.finished = True

@@ -1,0 +1,184 @@
+"""What every connection of one node shares: the status table, the selector, pools, counters.
+
+Passed to each connection explicitly (never a global), so a test can run several nodes in one
+process, and a reload can swap the parts a new config changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from dlba.config import Config, HostPort, parse_host_port
+from dlba.proxy import http_head
+from dlba.proxy.backend_pool import BackendPool
+from dlba.proxy.node_stats import NodeStats
+from dlba.scheduling import cookie_codec
+from dlba.scheduling.cookie_injection import injected_set_cookies
+from dlba.scheduling.selection import BackendSelector
+from dlba.scheduling.web_server_status_table import WebServerStatusTable
+
+if TYPE_CHECKING:
+    from dlba.proxy.client_connection import ClientConnection
+    from dlba.proxy.exchange import Exchange
+
+access = logging.getLogger("dlba.access")
+events = logging.getLogger("dlba.event")
+
+POOL_IDLE_TIMEOUT_S = 30.0  # below the usual back-end keepalive (nginx 75 s, aiohttp 75 s)
+TIMEOUT_SWEEP_S = 0.25  # timeouts fire up to this late
+
+
+class ProxyContext:
+    def __init__(
+        self, config: Config, node_name: str, loop: asyncio.AbstractEventLoop,
+        table_class: type[WebServerStatusTable] = WebServerStatusTable,
+    ) -> None:
+        self.loop = loop
+        self.node_name = node_name
+        self.stats = NodeStats()
+        self.secret = config.read_secret()
+        limits = config.proxy
+        self.table = table_class(
+            config.backends, limits.fail_threshold, limits.retry_backoff_s,
+            limits.retry_backoff_max_s,
+        )
+        self.selector = BackendSelector(
+            self.table, config.persistence, config.scheduling, self.secret
+        )
+        self.pools: dict[int, BackendPool] = {}
+        self.connections: set[ClientConnection] = set()
+        self.config = config
+        self.apply(config)
+
+    def apply(self, config: Config) -> None:
+        """Take a new config's back ends, limits and persistence settings without a restart."""
+        self.config = config
+        self.limits = config.proxy
+        self.trusted = http_head.TrustedProxies.parse(config.proxy.trusted_proxies)
+        self.persistence = config.persistence
+        self.session_cookies = frozenset(config.persistence.session_cookies)
+        tls = config.tls
+        self.hsts = b"max-age=%d" % tls.hsts_max_age_s if tls.hsts else b""
+        self.hsts_line = b"Strict-Transport-Security: " + self.hsts + b"\r\n" if tls.hsts else b""
+        redirect = config.proxy.redirect_https
+        self.redirect_listeners = bool(redirect)
+        self.redirect_all = "*" in redirect
+        self.redirect_addrs = frozenset(str(parse_host_port(a)) for a in redirect if a != "*")
+        tls_ports = [a.port for n in config.nodes if n.name == self.node_name
+                     for a in n.listen_tls]
+        # Where a redirect sends the client: 443 (left out of the URL) when this node listens
+        # there or has no TLS listener of its own, else its first TLS port.
+        self.https_port = 443 if not tls_ports or 443 in tls_ports else tls_ports[0]
+        self.table.reconfigure(config.backends)
+        self.selector.reconfigure(config.persistence, config.scheduling)
+        self.cookie_values = {
+            b.id: cookie_codec.encode(b.id, self.secret) for b in config.backends
+        }
+        wanted = {b.id: b for b in config.backends}
+        for bid, pool in list(self.pools.items()):
+            b = wanted.get(bid)
+            if b is None or (b.address.host, b.address.port) != (pool.host, pool.port):
+                pool.close()
+                del self.pools[bid]
+        for bid, b in wanted.items():
+            if bid not in self.pools:
+                self.pools[bid] = BackendPool(
+                    bid, b.address.host, b.address.port, max_idle=config.proxy.pool_size,
+                    idle_timeout_s=POOL_IDLE_TIMEOUT_S,
+                    connect_timeout_s=config.proxy.connect_timeout_s,
+                )
+
+    def redirects(self, sockname: object) -> bool:
+        """Whether the plain listener a connection came in on answers 308 to https:// (the
+        listener as configured: its own address, or the wildcard it is bound to)."""
+        if self.redirect_all:
+            return True
+        if not isinstance(sockname, tuple) or len(sockname) < 2:
+            return False
+        port = int(sockname[1])
+        return any(str(HostPort(host, port)) in self.redirect_addrs
+                   for host in (str(sockname[0]), "0.0.0.0", "::"))
+
+    def hsts_for(self, scheme: bytes) -> bytes:
+        """The Strict-Transport-Security line for a node-made answer (TLS only)."""
+        return self.hsts_line if scheme == b"https" else b""
+
+    # --- hooks called by exchanges --------------------------------------------------------
+    def inject_cookies(
+        self, headers: Sequence[tuple[bytes, bytes]], backend_id: int, https: bool = False,
+    ) -> list[tuple[bytes, bytes]]:
+        values = [v.decode("latin-1") for n, v in headers if n.lower() == b"set-cookie"]
+        if not values:
+            return []
+        value = self.cookie_values.get(backend_id)
+        if value is None:
+            return []
+        lines = injected_set_cookies(values, self.session_cookies, self.persistence.cookie, value,
+                                     secure=https, same_site=self.persistence.same_site)
+        if lines:
+            self.stats.cookie_injected += 1
+            self.table.on_cookie_injected(backend_id)
+        return [(b"Set-Cookie", line.encode("latin-1")) for line in lines]
+
+    def backend_connect_failed(self, backend_id: int, exc: BaseException) -> None:
+        row = self.table.get(backend_id)
+        self.stats.backend(backend_id).errors += 1
+        if self.table.on_connect_failure(backend_id, self.loop.time()):
+            events.warning(
+                "event=backend_down node=%s backend=%d address=%s reason=%r", self.node_name,
+                backend_id, row.address if row else "?", str(exc) or type(exc).__name__,
+            )
+        else:
+            events.info(
+                "event=connect_failed node=%s backend=%d reason=%r", self.node_name, backend_id,
+                str(exc) or type(exc).__name__,
+            )
+
+    def backend_connect_ok(self, backend_id: int) -> None:
+        if self.table.on_connect_success(backend_id, self.loop.time()):
+            row = self.table.get(backend_id)
+            events.warning(
+                "event=backend_up node=%s backend=%d address=%s", self.node_name, backend_id,
+                row.address if row else "?",
+            )
+
+    def request_done(self, ex: Exchange, elapsed: float, ok: bool) -> None:
+        stats = self.stats
+        stats.requests += 1
+        stats.bytes_out += ex.bytes_out
+        stats.latency.observe(elapsed)
+        if ex.backend_id:
+            b = stats.backend(ex.backend_id)
+            b.requests += 1
+            b.bytes_out += ex.bytes_out
+            b.latency.observe(elapsed)
+            if not ok or ex.status >= 500:
+                b.errors += 1
+        if access.isEnabledFor(logging.INFO):
+            access.info(
+                "client=%s node=%s backend=%s method=%s path=%s status=%d bytes=%d ms=%.2f "
+                "by=%s", ex.client.peer, self.node_name, ex.backend_id or "-",
+                ex.method.decode("latin-1"), ex.target.decode("latin-1")[:200], ex.status,
+                ex.bytes_out, elapsed * 1000, ex.reason or "-",
+            )
+
+    async def janitor(self) -> None:
+        """The connections' timeouts (header, keepalive idle, back end) a few times a second;
+        pooled back-end connections idle longer than back ends keep them, every 5 s."""
+        ticks = 0
+        while True:
+            await asyncio.sleep(TIMEOUT_SWEEP_S)
+            now = self.loop.time()
+            for conn in list(self.connections):
+                conn.check_timeouts(now)
+            ticks += 1
+            if ticks % 20 == 0:
+                for pool in self.pools.values():
+                    pool.expire(now)
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.close()
