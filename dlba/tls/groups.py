@@ -14,12 +14,7 @@ import ctypes
 import logging
 import ssl
 
-from dlba.tls.tickets import (
-    TicketKeysUnsupported,
-    _load_openssl,
-    check_ssl_ctx_pointer,
-    ssl_ctx_pointer,
-)
+from dlba.tls.tickets import TicketKeysUnsupported, reach_ssl_ctx
 
 log = logging.getLogger("dlba.tls")
 
@@ -36,11 +31,7 @@ def set_groups(ctx: ssl.SSLContext, groups: tuple[str, ...] = GROUPS) -> bool:
     within the allowed list; a client that offered only an X25519 key share pays a
     HelloRetryRequest), with one warning line per process."""
     try:
-        lib = _load_openssl()
-        ptr = ssl_ctx_pointer(ctx)
-        problem = check_ssl_ctx_pointer(lib, ctx, ptr)
-        if problem is not None:
-            raise TicketKeysUnsupported(problem)
+        lib, ptr = reach_ssl_ctx(ctx)
         names = ctypes.cast(ctypes.c_char_p(":".join(groups).encode("ascii")), ctypes.c_void_p)
         if lib.ctx_ctrl(ptr, _SSL_CTRL_SET_GROUPS_LIST, 0, names) != 1:
             raise TicketKeysUnsupported(f"OpenSSL refused the groups {':'.join(groups)}")

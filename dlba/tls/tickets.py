@@ -7,9 +7,9 @@ process encrypts and decrypts session tickets with the same keys.
 
 Two parts:
 
-* a pure key ring (:class:`TicketKey`, :class:`TicketKeyRing`, :func:`encode_keys`,
-  :func:`decode_keys`): keys are generated at random, the newest encrypts, the last
-  :data:`RING_SIZE` decrypt, rotation is a policy on ``now`` (no clock or I/O inside);
+* pure keys (:class:`TicketKey`, :func:`derived_keys`, :class:`TicketKeyRing`): every process
+  derives the keys of the current period and the two before from the cluster secret, the newest
+  encrypts, all of them decrypt, rotation follows the clock (no clock or I/O inside);
 * :func:`install_ticket_keys`: Python's :mod:`ssl` has no API for ticket keys, so this installs
   OpenSSL 3's ticket-key callback (``SSL_CTX_set_tlsext_ticket_key_evp_cb``) through ctypes on
   the ``SSL_CTX *`` of an :class:`ssl.SSLContext`. The pointer is read from CPython's
@@ -24,9 +24,7 @@ key name only, and nothing in this module logs keys.
 
 from __future__ import annotations
 
-import base64
 import ctypes
-import json
 import logging
 import os
 import ssl
@@ -44,8 +42,7 @@ KEY_NAME_LEN = 16
 HMAC_KEY_LEN = 32
 AES_KEY_LEN = 32
 RING_SIZE = 3             # encrypt with the newest, decrypt with the last three
-DEFAULT_ROTATE_S = 3600.0  # tickets stay resumable for 2-3 rotation periods
-ENCODING_VERSION = 1
+ROTATE_S = 3600.0          # tickets stay resumable for 2-3 rotation periods
 
 
 # --- the key ring (pure) ---------------------------------------------------------------------
@@ -74,23 +71,16 @@ class TicketKey:
 
     __str__ = __repr__
 
-    @classmethod
-    def generate(cls, now: float) -> TicketKey:
-        """A fresh random key (os.urandom, i.e. the kernel CSPRNG)."""
-        return cls(os.urandom(KEY_NAME_LEN), os.urandom(HMAC_KEY_LEN),
-                   os.urandom(AES_KEY_LEN), float(now))
 
-
-def derived_keys(secret: bytes, now: float, rotate_s: float = 3600.0,
-                 size: int = 3) -> list[TicketKey]:
+def derived_keys(secret: bytes, now: float, rotate_s: float = ROTATE_S,
+                 size: int = RING_SIZE) -> list[TicketKey]:
     """The ticket keys of the current period and the `size - 1` before it, derived from the
     cluster secret with HKDF (pure).
 
     Every process of every node computes the same keys from the secret it already has, so
     sessions resume across worker processes and across nodes with nothing to distribute and
     nothing to go stale when a node misses a message; rotation happens by the clock. The price:
-    whoever holds the cluster secret can derive the ticket keys, as whoever reads the config bus
-    with it could unseal distributed ones.
+    whoever holds the cluster secret can derive the ticket keys.
     """
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -107,20 +97,16 @@ def derived_keys(secret: bytes, now: float, rotate_s: float = 3600.0,
 
 class TicketKeyRing:
     """The last ``size`` ticket keys, newest first; the newest (largest ``created``; on a tie,
-    the one added last) is :attr:`current` and encrypts, all of them decrypt.
+    the earlier one given) is :attr:`current` and encrypts, all of them decrypt.
 
     Readers (the OpenSSL callback, on whatever thread runs a handshake) see one immutable tuple,
-    swapped in whole by :meth:`add` / :meth:`replace`: no lock needed, no torn state.
+    swapped in whole by :meth:`replace`: no lock needed, no torn state.
     """
 
-    def __init__(self, keys: Iterable[TicketKey] = (), *, size: int = RING_SIZE,
-                 rotate_s: float = DEFAULT_ROTATE_S) -> None:
+    def __init__(self, keys: Iterable[TicketKey] = (), *, size: int = RING_SIZE) -> None:
         if size < 1:
             raise ValueError("ring size must be at least 1")
-        if rotate_s <= 0:
-            raise ValueError("rotation period must be positive")
         self.size = size
-        self.rotate_s = rotate_s
         self._keys: tuple[TicketKey, ...] = ()
         self._listeners: list[Callable[[tuple[TicketKey, ...]], None]] = []
         self.replace(keys)
@@ -135,14 +121,6 @@ class TicketKeyRing:
     def current(self) -> TicketKey | None:
         keys = self._keys
         return keys[0] if keys else None
-
-    def lookup(self, name: bytes) -> TicketKey | None:
-        """The key that may decrypt a ticket named ``name``, or None (key unknown or rotated
-        off the ring: the client gets a full handshake)."""
-        for key in self._keys:
-            if key.name == name:
-                return key
-        return None
 
     def decrypt_key(self, name: bytes) -> tuple[TicketKey, bool] | None:
         """(key, current) for a ticket named ``name``: ``current`` is False when the key is an
@@ -160,20 +138,16 @@ class TicketKeyRing:
         return f"TicketKeyRing({[k.name.hex() for k in self._keys]})"
 
     # changing
-    def add(self, key: TicketKey) -> None:
-        """Add ``key``; the oldest key falls off when the ring is full. Adding a name already
-        on the ring replaces that key."""
-        self._set([key, *(k for k in self._keys if k.name != key.name)])
-
     def replace(self, keys: Iterable[TicketKey]) -> None:
-        """Take the ring distributed by the config bus (e.g. ``decode_keys(text)``) as a whole."""
+        """Take ``keys`` as the whole ring (newest ``created`` first; the first of a name wins),
+        e.g. :func:`derived_keys` of the current period."""
         seen: dict[bytes, TicketKey] = {}
         for key in keys:
             seen.setdefault(key.name, key)
         self._set(list(seen.values()))
 
     def _set(self, keys: list[TicketKey]) -> None:
-        # Stable sort: among equal ``created`` the earlier list position (the later add) wins.
+        # Stable sort: among equal ``created`` the earlier list position wins.
         ordered = sorted(keys, key=lambda k: k.created, reverse=True)
         self._keys = tuple(ordered[: self.size])
         for listener in self._listeners:
@@ -187,99 +161,6 @@ class TicketKeyRing:
     def unsubscribe(self, listener: Callable[[tuple[TicketKey, ...]], None]) -> None:
         if listener in self._listeners:
             self._listeners.remove(listener)
-
-    # rotation policy
-    def rotation_due(self, now: float) -> bool:
-        """True when there is no key yet or the current one is ``rotate_s`` old."""
-        cur = self.current
-        return cur is None or now - cur.created >= self.rotate_s
-
-    def rotate(self, now: float) -> TicketKey:
-        """Generate a key created at ``now`` and make it current."""
-        key = TicketKey.generate(now)
-        self.add(key)
-        return key
-
-    def maybe_rotate(self, now: float) -> TicketKey | None:
-        """Rotate when due; the new key, or None when nothing changed."""
-        return self.rotate(now) if self.rotation_due(now) else None
-
-
-# --- distribution (config bus) ----------------------------------------------------------------
-_SEAL_INFO = b"dlba tls ticket keys v1"
-
-
-def _seal_key(secret: bytes) -> bytes:
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_SEAL_INFO).derive(secret)
-
-
-def encode_keys(ring: TicketKeyRing | Iterable[TicketKey], secret: bytes | None = None) -> str:
-    """The ring as one line of JSON text for the config bus, newest first.
-
-    With ``secret`` (the cluster secret, ``dlba.tls.certs.read_cluster_secret``) the key list is
-    sealed with AES-256-GCM under a key derived from it (HKDF-SHA256), so a reader of the bus
-    (redis) without the cluster secret cannot decrypt recorded TLS traffic that used tickets.
-    """
-    keys = ring.keys if isinstance(ring, TicketKeyRing) else tuple(ring)
-    body = [{"name": k.name.hex(), "hmac": k.hmac_key.hex(), "aes": k.aes_key.hex(),
-             "created": k.created} for k in keys]
-    if secret is None:
-        return json.dumps({"v": ENCODING_VERSION, "keys": body}, separators=(",", ":"))
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    nonce = os.urandom(12)
-    sealed = AESGCM(_seal_key(secret)).encrypt(
-        nonce, json.dumps(body, separators=(",", ":")).encode(), _SEAL_INFO)
-    return json.dumps({"v": ENCODING_VERSION,
-                       "sealed": base64.b64encode(nonce + sealed).decode("ascii")},
-                      separators=(",", ":"))
-
-
-def decode_keys(text: str, secret: bytes | None = None) -> list[TicketKey]:
-    """The keys of :func:`encode_keys`'s text (newest first); ``ValueError`` on anything wrong
-    (bad JSON, version, sizes, a sealed text without or with the wrong secret). The message never
-    contains key material."""
-    try:
-        doc = json.loads(text)
-    except (ValueError, TypeError) as exc:
-        raise ValueError("ticket keys: not JSON") from exc
-    if not isinstance(doc, dict) or doc.get("v") != ENCODING_VERSION:
-        raise ValueError(f"ticket keys: version {ENCODING_VERSION} expected")
-    body: Any
-    if "sealed" in doc:
-        if secret is None:
-            raise ValueError("ticket keys: sealed, and no cluster secret given")
-        from cryptography.exceptions import InvalidTag
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-        try:
-            raw = base64.b64decode(str(doc["sealed"]), validate=True)
-            plain = AESGCM(_seal_key(secret)).decrypt(raw[:12], raw[12:], _SEAL_INFO)
-            body = json.loads(plain)
-        except (InvalidTag, ValueError) as exc:
-            raise ValueError("ticket keys: cannot unseal (wrong cluster secret?)") from exc
-    elif secret is not None:
-        raise ValueError("ticket keys: expected sealed keys")
-    else:
-        body = doc.get("keys")
-    if not isinstance(body, list):
-        raise ValueError("ticket keys: a list of keys expected")
-    keys: list[TicketKey] = []
-    for i, item in enumerate(body):
-        try:
-            if not isinstance(item, dict):
-                raise TypeError
-            created = item["created"]
-            if isinstance(created, bool) or not isinstance(created, (int, float)):
-                raise TypeError
-            keys.append(TicketKey(bytes.fromhex(item["name"]), bytes.fromhex(item["hmac"]),
-                                  bytes.fromhex(item["aes"]), float(created)))
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise ValueError(f"ticket keys: key #{i} is malformed") from None
-    return keys
 
 
 # --- installing into OpenSSL ------------------------------------------------------------------
@@ -460,6 +341,17 @@ def check_ssl_ctx_pointer(lib: _OpenSSL, ctx: ssl.SSLContext, ptr: int) -> str |
     return None
 
 
+def reach_ssl_ctx(ctx: ssl.SSLContext) -> tuple[_OpenSSL, int]:
+    """OpenSSL's functions and ``ctx``'s ``SSL_CTX *``, checked against the context's own view
+    of itself; TicketKeysUnsupported (saying why) when either cannot be had here."""
+    lib = _load_openssl()
+    ptr = ssl_ctx_pointer(ctx)
+    problem = check_ssl_ctx_pointer(lib, ctx, ptr)
+    if problem is not None:
+        raise TicketKeysUnsupported(problem)
+    return lib, ptr
+
+
 class _Installed:
     """What a context keeps alive: the ring it reads and the callback OpenSSL calls, the C one
     of a slot (dlba/tls/ticket_native.py) when there is one, else ``_on_ticket`` via ctypes."""
@@ -544,7 +436,7 @@ def install_ticket_keys(ctx: ssl.SSLContext, ring: TicketKeyRing) -> bool:
     """Make ``ctx`` encrypt session tickets with ``ring.current`` and decrypt with any key on
     ``ring``; a resumption gets a fresh ticket under the current key (TLS 1.3 always, TLS 1.2
     when the key is an older one, see :func:`decrypt_result`). The ring is
-    read at every handshake, so later ``ring.add``/``ring.replace`` take effect at once. Calling
+    read at every handshake, so a later ``ring.replace`` takes effect at once. Calling
     again on the same context just switches it to the new ring.
 
     Install on the context given to the listener (the SNI callback's other contexts do not
@@ -559,11 +451,7 @@ def install_ticket_keys(ctx: ssl.SSLContext, ring: TicketKeyRing) -> bool:
         installed.switch(ring)
         return True
     try:
-        lib = _load_openssl()
-        ptr = ssl_ctx_pointer(ctx)
-        problem = check_ssl_ctx_pointer(lib, ctx, ptr)
-        if problem is not None:
-            raise TicketKeysUnsupported(problem)
+        lib, ptr = reach_ssl_ctx(ctx)
         holder = _Installed(lib, ring, native_callbacks())
         # Attach before installing: the callback lives exactly as long as the context
         # (the SSL_CTX is freed in the same deallocation that drops this attribute).

@@ -2,8 +2,9 @@
 
 Two real TLS servers on 127.0.0.1 in two separate Python processes -- A a blocking ``SSLSocket``
 server, B a uvloop server as the node's worker processes run -- both built with
-``dlba.tls.context.server_context`` and ``install_ticket_keys`` on one key ring, distributed to
-them as ``encode_keys`` text sealed with the cluster secret. A session from A resumes on B, seen by
+``dlba.tls.context.server_context`` and ``install_ticket_keys`` on the keys each derives from
+the cluster secret for the clock the test sets (``derived_keys``, as every worker process of
+every node does for the real clock). A session from A resumes on B, seen by
 Python's ssl (``session_reused`` on both ends) and by ``openssl s_client`` (``-sess_out`` on A,
 ``-sess_in`` on B, "Reused"); after rotations an old ticket still resumes (last three keys) and is
 renewed under the current key, and a ticket whose key fell off the ring gets a full handshake.
@@ -30,12 +31,12 @@ import pytest
 from dlba.tls import certs
 from dlba.tls import context as tls
 from dlba.tls import tickets as tls_tickets
-from dlba.tls.tickets import TicketKey, TicketKeyRing, decode_keys, encode_keys
+from dlba.tls.tickets import ROTATE_S, TicketKey, TicketKeyRing, derived_keys
 
-# The server: argv = mode (blocking|asyncio|uvloop), cert, key, cluster secret file, key file,
+# The server: argv = mode (blocking|asyncio|uvloop), cert, key, cluster secret file, clock file,
 # install (1, or 0 for the control: OpenSSL's own per-process ticket key).
 # It prints "READY <port> <installed 0/1> <c|python|None>", then on each "reload" line on stdin
-# re-reads the key file into its ring and prints "RELOADED". Each connection gets one line
+# re-derives its ring for the clock file's time and prints "RELOADED". Each connection gets one line
 # "reused=<0/1> version=<TLS version>" and is closed.
 SERVER = r"""
 import asyncio, socket, ssl, sys, threading
@@ -44,11 +45,11 @@ from dlba.tls import certs
 from dlba.tls import context as tls
 from dlba.tls import tickets as tls_tickets
 
-mode, cert, key, secret_file, key_file, install = sys.argv[1:7]
+mode, cert, key, secret_file, clock_file, install = sys.argv[1:7]
 secret = certs.read_cluster_secret(Path(secret_file))
 ring = tls_tickets.TicketKeyRing()
 def load() -> None:
-    ring.replace(tls_tickets.decode_keys(Path(key_file).read_text(), secret))
+    ring.replace(tls_tickets.derived_keys(secret, float(Path(clock_file).read_text())))
 load()
 ctx = tls.server_context(Path(cert), Path(key))
 installed = install == "1" and tls_tickets.install_ticket_keys(ctx, ring)
@@ -114,7 +115,7 @@ class Server:
 @dataclass
 class Array:
     certdir: Path
-    key_file: Path
+    clock_file: Path
     secret: bytes
     ring: TicketKeyRing
     a: Server
@@ -129,24 +130,23 @@ class Array:
             self.clients[version] = ctx
         return self.clients[version]
 
-    def publish(self) -> None:
-        """Distribute the test's ring to both servers (what the config bus does)."""
-        self.key_file.write_text(encode_keys(self.ring, self.secret))
+    def rotate(self) -> TicketKey:
+        """One rotation period later on both servers' clock (and the test's own ring)."""
+        now = float(self.clock_file.read_text()) + ROTATE_S
+        self.clock_file.write_text(repr(now))
         for server in (self.a, self.b):
             server.command("reload", "RELOADED")
-
-    def rotate(self) -> TicketKey:
-        key = self.ring.rotate(self.ring.current.created + 1 if self.ring.current else 0)
-        self.publish()
-        return key
+        self.ring.replace(derived_keys(self.secret, now))
+        assert self.ring.current is not None
+        return self.ring.current
 
 
-def start_server(mode: str, certdir: Path, key_file: Path, log: Path,
+def start_server(mode: str, certdir: Path, clock_file: Path, log: Path,
                  install: bool = True, kind: str = "c") -> Server:
     env = dict(os.environ, DLBA_TICKET_CALLBACK=kind)
     proc = subprocess.Popen(
         [sys.executable, "-c", SERVER, mode, str(certdir / "node.pem"), str(certdir / "node.key"),
-         str(certdir / "cluster.key"), str(key_file), "1" if install else "0"],
+         str(certdir / "cluster.key"), str(clock_file), "1" if install else "0"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log.open("w"), text=True, env=env)
     assert proc.stdout is not None
     line = proc.stdout.readline().split()
@@ -160,18 +160,17 @@ def array(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Array]:
     kind = request.param
     paths = certs.init_certs(tmp_path / "certs", ["localhost"], ["127.0.0.1"])
     secret = certs.read_cluster_secret(paths.cluster_key)
-    ring = TicketKeyRing()
-    ring.rotate(1_000_000.0)
-    key_file = tmp_path / "ticket_keys.json"
-    key_file.write_text(encode_keys(ring, secret))
-    a = start_server("blocking", paths.ca_cert.parent, key_file, tmp_path / "a.log", kind=kind)
+    ring = TicketKeyRing(derived_keys(secret, 1_000_000.0))
+    clock_file = tmp_path / "clock"
+    clock_file.write_text(repr(1_000_000.0))
+    a = start_server("blocking", paths.ca_cert.parent, clock_file, tmp_path / "a.log", kind=kind)
     try:
         # uvloop, as the node's worker processes run.
-        b = start_server("uvloop", paths.ca_cert.parent, key_file, tmp_path / "b.log", kind=kind)
+        b = start_server("uvloop", paths.ca_cert.parent, clock_file, tmp_path / "b.log", kind=kind)
     except BaseException:
         a.proc.kill()
         raise
-    yield Array(paths.ca_cert.parent, key_file, secret, ring, a, b)
+    yield Array(paths.ca_cert.parent, clock_file, secret, ring, a, b)
     for server in (a, b):
         server.proc.kill()
         server.proc.wait()
@@ -244,8 +243,8 @@ def test_installed_in_both_processes(array: Array, request: pytest.FixtureReques
 def test_control_without_shared_keys_no_resumption(array: Array, tmp_path: Path) -> None:
     """The problem this solves: two processes with OpenSSL's own ticket keys do not resume
     each other's sessions (so the tests above are not vacuous)."""
-    c = start_server("blocking", array.certdir, array.key_file, tmp_path / "c.log", False)
-    d = start_server("asyncio", array.certdir, array.key_file, tmp_path / "d.log", False)
+    c = start_server("blocking", array.certdir, array.clock_file, tmp_path / "c.log", False)
+    d = start_server("asyncio", array.certdir, array.clock_file, tmp_path / "d.log", False)
     try:
         assert not c.installed and not d.installed
         for version in VERSIONS:
@@ -320,17 +319,6 @@ def test_s_client_resumes_across_processes_and_rotations(array: Array, version: 
     assert handshake_kind(s_client(array, array.a, version, sess_in=s2)) == "New"
 
 
-def test_sealed_keys_need_the_cluster_secret(array: Array) -> None:
-    text = array.key_file.read_text()
-    assert array.ring.current is not None
-    assert array.ring.current.aes_key.hex() not in text
-    assert [k.name for k in decode_keys(text, array.secret)] == [array.ring.current.name]
-    with pytest.raises(ValueError):
-        decode_keys(text)
-    with pytest.raises(ValueError):
-        decode_keys(text, b"\x00" * 32)
-
-
 @pytest.mark.parametrize("server_name", ["localhost", "other.test"])
 def test_same_process_contexts_sni_and_reinstall(tmp_path: Path, server_name: str) -> None:
     """In one process: two separate contexts on one ring resume each other's tickets, also when
@@ -341,11 +329,11 @@ def test_same_process_contexts_sni_and_reinstall(tmp_path: Path, server_name: st
                                             ["other.test"])
     certs.write_cert(other_cert, other_key, tmp_path / "other.pem", tmp_path / "other.key")
     sni = {"other.test": (tmp_path / "other.pem", tmp_path / "other.key")}
-    ring = TicketKeyRing([TicketKey.generate(0)])
+    ring = TicketKeyRing(derived_keys(b"other secret", 0.0))
     ctx1 = tls.server_context(paths.node_cert, paths.node_key, sni)
     ctx2 = tls.server_context(paths.node_cert, paths.node_key, sni)
     assert tls_tickets.install_ticket_keys(ctx1, ring)
-    assert tls_tickets.install_ticket_keys(ctx2, TicketKeyRing([TicketKey.generate(0)]))
+    assert tls_tickets.install_ticket_keys(ctx2, TicketKeyRing(derived_keys(b"other secret", 0.0)))
     assert tls_tickets.install_ticket_keys(ctx2, ring)         # switch to the shared ring
     assert tls_tickets.ticket_keys_installed(ctx1) and tls_tickets.ticket_keys_installed(ctx2)
 
@@ -395,8 +383,7 @@ from dlba.tls.tickets import TicketKeyRing
 native = native_callbacks()
 assert native is not None, "dlba/tls/_ticket_cb.so is not built: run `make install`"
 paths = certs.init_certs(Path(sys.argv[1]) / "certs", ["localhost"], ["127.0.0.1"])
-ring = TicketKeyRing()
-ring.rotate(1_000_000.0)
+ring = TicketKeyRing(tls_tickets.derived_keys(b"s" * 32, 1_000_000.0))
 free = len(native.free)
 assert free > 0
 contexts = [tls.server_context(paths.node_cert, paths.node_key) for _ in range(free + 2)]
