@@ -23,15 +23,13 @@ RUN python3 -m venv /opt/venv \
  && pip install -q -r /tmp/requirements.txt 'mypy>=1.10' 'setuptools>=68'
 COPY dlba ./dlba
 COPY scheduler ./scheduler
-COPY docker ./docker
 COPY build_native.py ./
 RUN clang -O2 -g -target bpf -I/usr/include/$(gcc -print-multiarch) \
       -c scheduler/bpf/dlba_tc.c -o scheduler/bpf/dlba_tc.o \
  && clang -O2 -Wall -shared -fPIC -o dlba/tls/_ticket_cb.so dlba/tls/ticket_cb.c -lcrypto \
  && pip install -q --no-deps --no-build-isolation -e . \
  && python build_native.py >/dev/null \
- && pip uninstall -q -y mypy \
- && chmod +x docker/entrypoint.sh
+ && pip uninstall -q -y mypy
 
 FROM ${BASE}
 # iproute2: the VIP on lo; procps: sysctl; curl: healthcheck, client; libssl3: the ticket
@@ -42,6 +40,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/dlba /opt/dlba
+# Last, so an edit of the scripts does not rebuild the compiled code.
+COPY docker /opt/dlba/docker
 WORKDIR /opt/dlba
 # Certificates live in a volume shared by the array (made once by the `certs` service).
 ENV PATH=/opt/venv/bin:$PATH DLBA_CERTS=/certs DLBA_CONFIG=/etc/dlba/cluster.toml

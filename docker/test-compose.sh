@@ -66,6 +66,9 @@ else
   COMPOSE=(docker-compose)
 fi
 COMPOSE+=(-p "$PROJECT" -f "$ROOT/docker-compose.yml")
+# The classic builder (what Docker 20.10 and Compose v1 use): `build.network: host` needs no
+# BuildKit entitlement there.
+export DOCKER_BUILDKIT=0 COMPOSE_DOCKER_CLI_BUILD=0
 
 # --- the host's state, put back on exit ------------------------------------------------------
 SYSCTLS=(/proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv6/conf/all/forwarding
@@ -177,6 +180,10 @@ deadline=$((SECONDS + 90))
 until probe serve >/dev/null 2>&1 || [ "$SECONDS" -ge "$deadline" ]; do sleep 1; done
 out="$(probe serve)" || fail "the VIP does not serve HTTP and HTTPS"
 log "up in $((SECONDS - t)) s; HTTP and HTTPS through the VIP: $out"
+# what the nodes run on: the compiled request path, the data plane the scheduler got
+"${COMPOSE[@]}" logs --no-color n1 n2 n3 2>/dev/null \
+  | grep -o -E 'event=(node_started|scheduler_started|dataplane_not_prepared) .*' | sort -u \
+  | while read -r line; do log "  $line"; done
 
 out="$(probe sticky)" || fail "sessions do not stick"
 log "logged-in sessions stick: $out"
