@@ -13,50 +13,42 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import httptools
+
+from dlba.proxy.core_io import BackendLink
+
+if TYPE_CHECKING:
+    from dlba.proxy.core_exchange import Exchange
 
 log = logging.getLogger("dlba.backend")
 
 
-class ResponseSink(Protocol):
-    """What a back-end connection reports to the exchange that is using it."""
-
-    def on_response_head(
-        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool,
-        chunked: bool, has_length: bool,
-    ) -> None: ...
-    def on_response_body(self, data: bytes) -> None: ...
-    def on_response_complete(self) -> None: ...
-    def on_tunnel_data(self, data: bytes) -> None: ...
-    def flush(self) -> None: ...
-    def on_backend_lost(self, exc: Exception | None, got_bytes: bool) -> None: ...
-    def on_backend_writable(self, writable: bool) -> None: ...
-
-
-class BackendConnection(asyncio.Protocol):
-    """One TCP connection to a back end; idle in its pool or bound to one exchange."""
+class BackendConnection(BackendLink):
+    """One TCP connection to a back end, idle in its pool or bound to one exchange: the shell
+    that parses its responses (llhttp) and reports them to the exchange (the core), and carries
+    out the exchange's calls (BackendLink)."""
 
     __slots__ = ("_headers", "_reason", "closed", "got_bytes", "head_request", "idle_since",
-                 "parser", "paused", "pool", "reused", "sink", "transport", "tunnel")
+                 "parser", "paused", "pool", "sink", "transport", "tunnel")
 
     def __init__(self, pool: BackendPool) -> None:
+        super().__init__()
         self.pool = pool
         self.transport: asyncio.Transport | None = None
-        self.sink: ResponseSink | None = None
+        self.sink: Exchange | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.head_request = False
         self.got_bytes = False
         self.tunnel = False
         self.closed = False
-        self.paused = False  # reading paused for a slow client (ClientConnection.pause_writing)
-        self.reused = 0
+        self.paused = False  # reading paused for a slow client (ClientSession.client_writable)
         self.idle_since = 0.0
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
 
-    # --- asyncio.Protocol -------------------------------------------------------------------
+    # --- asyncio protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self.transport = cast(asyncio.Transport, transport)
@@ -83,7 +75,10 @@ class BackendConnection(asyncio.Protocol):
                 self.sink.on_tunnel_data(rest)
         except httptools.HttpParserError as e:
             log.warning("event=backend_protocol_error backend=%s error=%r", self.pool.name, e)
-            self.abort()
+            self._drop()
+
+    def eof_received(self) -> bool | None:
+        return None  # the transport closes; connection_lost reports it
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -147,9 +142,9 @@ class BackendConnection(asyncio.Protocol):
         if sink is not None:
             sink.on_response_complete()
 
-    # --- used by the exchange ---------------------------------------------------------------
-    def bind(self, sink: ResponseSink, head_request: bool) -> None:
-        self.sink = sink
+    # --- BackendLink: the exchange's calls --------------------------------------------------
+    def bind(self, ex: Exchange, head_request: bool) -> None:
+        self.sink = ex
         self.head_request = head_request
         self.got_bytes = False
 
@@ -167,10 +162,22 @@ class BackendConnection(asyncio.Protocol):
             self.paused = False
             self.transport.resume_reading()
 
+    def release(self) -> None:
+        # The pool the connection came from: a reload may have removed the back end.
+        self.pool.release(self, asyncio.get_running_loop().time())
+
     def abort(self) -> None:
+        self.sink = None
+        self._drop()
+
+    def _drop(self) -> None:
+        """Reset; connection_lost reports it to the exchange still bound."""
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
+
+    def authority(self) -> bytes:
+        return self.pool.authority
 
 
 class BackendPool:
@@ -184,12 +191,14 @@ class BackendPool:
         self.host = host
         self.port = port
         self.name = f"{backend_id}@{host}:{port}"
+        self.authority = f"{host}:{port}".encode()
         self.max_idle = max_idle
         self.idle_timeout_s = idle_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.idle: deque[BackendConnection] = deque()
         self.closed = False
         self.connects = 0
+        self.connecting: set[asyncio.Task[None]] = set()  # held: the loop keeps weak references
 
     def take_idle(self) -> BackendConnection | None:
         while self.idle:
@@ -199,14 +208,27 @@ class BackendPool:
                 return conn
         return None
 
+    def connect_for(self, ex: Exchange) -> None:
+        """A new connection for `ex`, reported to it (backend_connected or _connect_failed)."""
+        task = asyncio.get_running_loop().create_task(self._connect_for(ex))
+        self.connecting.add(task)
+        task.add_done_callback(self.connecting.discard)
+
+    async def _connect_for(self, ex: Exchange) -> None:
+        try:
+            conn = await self.connect()
+        except (TimeoutError, OSError) as e:
+            ex.backend_connect_failed(e)
+            return
+        ex.backend_connected(conn, True)
+
     async def connect(self) -> BackendConnection:
         loop = asyncio.get_running_loop()
         self.connects += 1
+        factory = cast(Any, lambda: BackendConnection(self))  # an asyncio protocol by its methods
         _, proto = await asyncio.wait_for(
-            loop.create_connection(lambda: BackendConnection(self), self.host, self.port),
-            self.connect_timeout_s,
-        )
-        return proto
+            loop.create_connection(factory, self.host, self.port), self.connect_timeout_s)
+        return cast(BackendConnection, proto)
 
     def release(self, conn: BackendConnection, now: float) -> None:
         if self.closed or conn.closed or len(self.idle) >= self.max_idle:

@@ -387,7 +387,7 @@ class Exchange:
         elapsed = time.perf_counter() - self.t0
         if counted:
             ctx.table.on_request_end(self.backend_id, elapsed, self.bytes_out)
-        ctx.request_done(self, elapsed, ok)  # type: ignore[arg-type]
+        ctx.request_done(self, elapsed, ok)
         self.client.exchange_done(self)
 
     def client_gone(self) -> None:

@@ -22,7 +22,7 @@ from dlba.scheduling.web_server_status_table import WebServerStatusTable
 
 if TYPE_CHECKING:
     from dlba.proxy.client_connection import ClientConnection
-    from dlba.proxy.exchange import Exchange
+    from dlba.proxy.core_exchange import Exchange
 
 access = logging.getLogger("dlba.access")
 events = logging.getLogger("dlba.event")

@@ -18,7 +18,7 @@ from pathlib import Path
 from dlba.config import load_config
 from dlba.node import NodeRuntime
 from dlba.proxy.client_connection import ClientConnection
-from dlba.proxy.exchange import Exchange
+from dlba.proxy.core_exchange import Exchange
 from tests.integration.loopback import free_port, make_certs, write_config
 
 PIECE = 32 * 1024  # below the client transport's high-water mark (64 KiB): no pause

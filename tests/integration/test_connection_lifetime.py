@@ -11,7 +11,8 @@ import ssl
 from pathlib import Path
 
 from dlba.proxy.client_connection import ClientConnection
-from dlba.proxy.exchange import Exchange
+from dlba.proxy.core_exchange import Exchange
+from dlba.proxy.core_session import ClientSession
 from dlba.tls.transport import TLSTransport
 from tests.integration.loopback import loopback_array
 
@@ -65,7 +66,8 @@ async def test_closed_connections_leave_no_cyclic_garbage(tmp_path: Path) -> Non
             open_after = arr.node.ctx.stats.connections_open
             gc.collect()
             leaked = sorted(type(o).__name__ for o in gc.garbage
-                            if isinstance(o, (ClientConnection, TLSTransport, Exchange)))
+                            if isinstance(o, (ClientConnection, ClientSession, TLSTransport,
+                                              Exchange)))
         finally:
             gc.set_debug(0)
             gc.garbage.clear()

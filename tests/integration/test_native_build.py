@@ -18,12 +18,12 @@ ROOT = Path(dlba.__file__).resolve().parent.parent
 
 def test_the_request_path_runs_compiled() -> None:
     assert dlba.NATIVE, f"compiled modules not in use: {dlba.NATIVE_PROBLEM}"
-    from dlba.proxy import client_connection, exchange
+    from dlba.proxy import client_connection, core_exchange, core_session
     from dlba.scheduling import selection
     from dlba.tls import transport as tls_transport
 
     # one module of each subpackage that has compiled ones: each extends its own path
-    for mod in (client_connection, exchange, selection, tls_transport):
+    for mod in (client_connection, core_exchange, core_session, selection, tls_transport):
         assert mod.__file__ is not None
         assert mod.__file__.endswith(".so") and "build/native" in mod.__file__, mod.__file__
 
@@ -37,7 +37,7 @@ def test_a_changed_source_is_never_shadowed_by_a_stale_build(tmp_path: Path) -> 
         shutil.copy(ROOT / "dlba" / name, src / name)
     assert native_problem(dlba.NATIVE_DIR, src) == ""
     # a module inside a subpackage: the manifest covers dlba/ recursively
-    edited = "proxy/exchange.py"
+    edited = "proxy/core_exchange.py"
     assert edited in manifest["sources"]
     with (src / edited).open("a") as f:
         f.write("\n# edited\n")
