@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -169,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.ab: missing {proxies.tools_missing()} (make bench installs them)",
               file=sys.stderr)
         return 2
+    # The servers run in their own sessions and a build in a child: on SIGTERM unwind too, so
+    # `finally` stops them (subprocess.run kills its child when interrupted).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="dlba-ab-"))
     targets: dict[str, Server] = {}
     try:
