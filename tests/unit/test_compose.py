@@ -262,3 +262,18 @@ def test_entrypoint_refuses_a_kernel_that_could_answer_for_the_vip(
     assert "refusing to start" in proc.stderr and "172.28.0.100" in proc.stderr
     assert "would run: ip addr replace" not in proc.stdout
     assert "would exec" not in proc.stdout
+
+
+def test_the_compose_check_leaves_the_host_forwarding_alone() -> None:
+    # The namespace array tests after it need ip_forward, the FORWARD policy and br_netfilter
+    # as they were: the dockerd it starts must not touch them, and it puts them back anyway.
+    script = ROOT / "docker" / "test-compose.sh"
+    assert subprocess.run(["bash", "-n", str(script)], timeout=30).returncode == 0
+    text = script.read_text()
+    for flag in ("--iptables=false", "--ip-forward=false", "--bridge=none"):
+        assert flag in text, flag
+    for saved in ("ip_forward", "bridge-nf-call-iptables", "-P FORWARD", "trap cleanup EXIT"):
+        assert saved in text, saved
+    make = subprocess.run(["make", "-n", "test-compose"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=30)
+    assert make.returncode == 0 and "docker/test-compose.sh" in make.stdout
