@@ -24,7 +24,8 @@ OUT = ROOT / "build" / "native"
 # on Python's bool-is-int, which compiled code enforces differently) and costs little.
 MODULES = [
     "dlba/proxy/backend_pool.py", "dlba/proxy/client_connection.py",
-    "dlba/proxy/core_exchange.py", "dlba/proxy/core_io.py", "dlba/proxy/core_session.py",
+    "dlba/proxy/core_exchange.py", "dlba/proxy/core_framing.py", "dlba/proxy/core_io.py",
+    "dlba/proxy/core_session.py",
     "dlba/proxy/http_head.py", "dlba/proxy/node_stats.py", "dlba/proxy/proxy_context.py",
     "dlba/proxy/worker_pool.py",
     "dlba/scheduling/cookie_injection.py", "dlba/scheduling/hash_ring.py",
