@@ -148,3 +148,25 @@ def test_client_gone_while_connecting_returns_the_link_to_its_pool(tmp_path: Pat
     pb = playbook(tmp_path)
     pb >> data(GET) << ("open", 1) >> client_closed() >> connected("b1") << ("b_release", "b1")
     pb.idle()
+
+
+def test_https_answers_carry_hsts_and_the_injected_cookie(tmp_path: Path) -> None:
+    pb = playbook(tmp_path, scheme=b"https")
+    (pb >> data(GET) << ("open", 1) >> connected("b1")
+        << ("b_write", "b1", Has(b"X-Forwarded-Proto: https\r\n"))
+        >> head("b1", 200, ((b"Content-Length", b"0"), (b"Set-Cookie", b"JSESSIONID=abc")))
+        >> complete("b1")
+        << ("write", Has(b"Set-Cookie: JSESSIONID=abc\r\n", b"Set-Cookie: DLBASERVER=",
+                         b"; Secure", b"Strict-Transport-Security: max-age=31536000\r\n"))
+        << ("b_release", "b1"))
+    pb.idle()
+    assert pb.ctx.stats.cookie_injected == 1 and pb.ctx.stats.requests == 1
+
+
+def test_access_log_hook_counts_the_request_per_back_end(tmp_path: Path) -> None:
+    pb = playbook(tmp_path)
+    (pb >> data(GET) << ("open", 1) >> connected("b1") << ("b_write", "b1", Starts(b"GET"))
+        >> response("b1", 502, b"bad") << ("write", Has(b"bad")) << ("b_release", "b1"))
+    pb.idle()
+    b = pb.ctx.stats.backend(1)
+    assert (b.requests, b.bytes_out, b.errors) == (1, 3, 1)

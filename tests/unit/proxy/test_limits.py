@@ -185,3 +185,15 @@ def test_client_not_writable_then_writable_without_a_back_end(tmp_path: Path) ->
     pb = playbook(tmp_path)
     pb >> client_writable(False) >> client_writable(True)
     pb.idle()
+
+
+def test_a_bug_under_a_parser_callback_is_a_500_not_a_crash(tmp_path: Path) -> None:
+    pb = playbook(tmp_path)
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("a bug")
+
+    pb.ctx.selector.select = broken  # type: ignore[method-assign,assignment]
+    pb >> data(GET) << ("write", Starts(b"HTTP/1.1 500 Internal Server Error\r\n"))
+    pb << ("shut_write",)
+    pb.idle()
