@@ -197,3 +197,10 @@ def test_a_bug_under_a_parser_callback_is_a_500_not_a_crash(tmp_path: Path) -> N
     pb >> data(GET) << ("write", Starts(b"HTTP/1.1 500 Internal Server Error\r\n"))
     pb << ("shut_write",)
     pb.idle()
+
+
+def test_connect_is_refused_as_such(tmp_path: Path) -> None:
+    pb = playbook(tmp_path)
+    pb >> data(b"CONNECT /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    pb << ("write", Has(b"HTTP/1.1 400 ", b"CONNECT is for forward proxies")) << ("shut_write",)
+    pb.idle()
