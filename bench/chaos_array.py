@@ -22,6 +22,7 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
+from bench import chaos_growth
 from dlba.local_array import processes
 from dlba.local_array.config_gen import StatePaths
 from dlba.local_array.topology import ADMIN_PORT, node_front_address
@@ -48,17 +49,36 @@ def children(pid: int) -> list[int]:
     return out
 
 
-def rss_kb_and_fds(pid: int) -> tuple[int, int]:
-    rss = 0
+def rss_kb(pid: int) -> int:
     with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
-                rss = int(line.split()[1])
-    try:
-        fds = len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        fds = 0
-    return rss, fds
+                return int(line.split()[1])
+    return 0
+
+
+def fd_targets(pid: int) -> list[str]:
+    """readlink() of each of `pid`'s descriptors ("socket:[INODE]", "pipe:[...]", a path)."""
+    out = []
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    return out
+
+
+def node_sample(pid: int) -> dict[str, int]:
+    """RSS and descriptors of a node's process and its workers, with how many descriptors are
+    established TCP connections (of clients, to back ends) in the node's namespace, read
+    together from /proc (PID's net/tcp lists its namespace's sockets)."""
+    pids = [pid, *children(pid)]
+    tables = []
+    for name in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/net/{name}") as f:
+            tables.append(f.read())
+    targets = [t for p in pids for t in fd_targets(p)]
+    counts = chaos_growth.fd_counts(targets, chaos_growth.established_sockets(tables))
+    return {"rss_kb": sum(rss_kb(p) for p in pids), **counts}
 
 
 @dataclass
@@ -160,7 +180,8 @@ class Monitor:
         self.arr, self.t0 = arr, t0
         self.roles: list[dict[str, Any]] = []  # changes only: {"t", "roles": {"n1": ...}}
         self.tables: list[dict[str, Any]] = []  # {"t", "version", "assignments"}
-        self.samples: list[dict[str, Any]] = []  # {"t", "node", "pid", "rss_kb", "fds"}
+        # {"t", "node", "pid", "rss_kb", "fds", "socket_fds", "conn_fds", "client_conns", ...}
+        self.samples: list[dict[str, Any]] = []
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._poll_in_client, daemon=True),
                         threading.Thread(target=self._sample, daemon=True)]
@@ -213,10 +234,6 @@ class Monitor:
                 pid = self.arr.live_pid(f"n{k}")
                 if pid is None:
                     continue
-                rss, fds = 0, 0
-                for p in [pid, *children(pid)]:
-                    r, f = rss_kb_and_fds(p)
-                    rss, fds = rss + r, fds + f
-                self.samples.append({"t": self.now(), "node": f"n{k}", "pid": pid,
-                                     "rss_kb": rss, "fds": fds})
+                t = self.now()
+                self.samples.append({"t": t, "node": f"n{k}", "pid": pid, **node_sample(pid)})
             self.stop.wait(2.0)

@@ -2,8 +2,8 @@
 
 Inputs: the load generator's records (bench.chaos_load), the faults that happened (with the
 node or back end each hit and when it was repaired), the monitor's role changes, client-table
-snapshots and memory samples (bench.chaos_array.Monitor). What each figure counts is in
-bench/README.md ("Chaos soak").
+snapshots and memory samples (bench.chaos_array.Monitor; their figures: bench.chaos_growth).
+What each figure counts is in bench/README.md ("Chaos soak").
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import bisect
 import ipaddress
 import itertools
 from typing import Any
+
+from bench import chaos_growth
 
 CLIENT_IP = int(ipaddress.IPv4Address("198.18.0.2"))
 IDEMPOTENT = ("keepalive_http", "keepalive_https", "newconn_http", "newconn_https", "session",
@@ -120,33 +122,13 @@ def failovers(roles: list[dict[str, Any]]) -> tuple[int, float, list[dict[str, A
     return len(changes), round(dual, 3), changes
 
 
-def growth(samples: list[dict[str, Any]], after: float) -> dict[str, Any]:
-    """Per node whose main process lived through the whole run: last minus first sample
-    taken after `after` (the warm-up's end), of RSS (MB) and descriptors (node + workers)."""
-    per: dict[str, list[dict[str, Any]]] = {}
-    for s in samples:
-        per.setdefault(s["node"], []).append(s)
-    out: dict[str, Any] = {}
-    for node, ss in per.items():
-        if len({s["pid"] for s in ss}) != 1:
-            continue  # restarted: its figures start again from nothing
-        late = [s for s in ss if s["t"] >= after]
-        if len(late) >= 2:
-            out[node] = {"rss_mb": round((late[-1]["rss_kb"] - late[0]["rss_kb"]) / 1024, 1),
-                         "fds": late[-1]["fds"] - late[0]["fds"],
-                         "rss_first_mb": round(late[0]["rss_kb"] / 1024, 1),
-                         "fds_first": late[0]["fds"], "from_t": late[0]["t"],
-                         "to_t": late[-1]["t"]}
-    return out
-
-
 def figures(load: dict[str, Any], faults: list[dict[str, Any]], monitor: dict[str, Any],
             duration: float, warmup: float) -> dict[str, Any]:
     counts = load["counts"]
     t = transfer_verdicts(load["transfers"], faults, monitor["tables"])
     s = sessions_moved(load["sessions"], faults)
     n_failovers, dual_s, changes = failovers(monitor["roles"])
-    g = growth(monitor["samples"], warmup)
+    g = chaos_growth.growth(monitor["samples"], warmup, duration)
     failures = []
     for f in load["failures"][:100]:  # each attempt's node, from its source port
         nodes = []
@@ -162,13 +144,16 @@ def figures(load: dict[str, Any], faults: list[dict[str, Any]], monitor: dict[st
         "sessions_moved": len(s["moved"]),
         "failovers": n_failovers,
         "max_gap_s": round(max_gap(load["probes_ok"], warmup, duration), 3),
-        "rss_growth_mb": max((v["rss_mb"] for v in g.values()), default=None),
-        "fd_growth": max((v["fds"] for v in g.values()), default=None),
+        "rss_growth_mb": chaos_growth.top(g, "rss_mb"),
+        "fd_growth": chaos_growth.top(g, "fds_not_conn"),
+        "rss_growth_raw_mb": chaos_growth.top(g, "rss_raw_mb"),
+        "fd_growth_raw": chaos_growth.top(g, "fds_raw"),
         "dual_scheduler_s": dual_s,
         "detail": {
             "counts": counts, "transfers": {k: v for k, v in t.items() if k != "broken"},
             "broken": t["broken"][:50], "sessions": s, "scheduler_changes": changes,
-            "growth_per_node": g, "probes_ok": len(load["probes_ok"]),
+            "growth_per_node": g, "samples": chaos_growth.series(monitor["samples"]),
+            "probes_ok": len(load["probes_ok"]),
             "probes_failed": load["probes_failed"], "failures": failures,
         },
     }

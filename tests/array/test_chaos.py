@@ -40,8 +40,12 @@ def test_chaos_soak_60s_meets_its_targets(tmp_path: Path) -> None:
     assert r["sessions_moved"] == 0, json.dumps(r["detail"]["sessions"])[:2000]
     assert r["failovers"] >= 1, why
     assert r["max_gap_s"] < 3.0
-    assert r["rss_growth_mb"] is not None and r["rss_growth_mb"] < 50
-    # Descriptors: the idle crowd (300, spread over the nodes) comes and goes; a leak of one
-    # per request (thousands) would not fit.
-    assert r["fd_growth"] is not None and r["fd_growth"] < 200
+    # Leaks, apart from the connections a node holds (bench/README.md): descriptors that are not
+    # established connections stay flat (a leak of one per request would be thousands), and
+    # RSS between two samples at the same connection count, at least 10 s apart, grows little.
+    growth = json.dumps(r["detail"]["growth_per_node"])[:3000]
+    assert r["fd_growth"] is not None and r["fd_growth"] < 30, growth
+    assert r["rss_growth_mb"] is not None and r["rss_growth_mb"] < 20, growth
+    steady = r["detail"]["growth_per_node"]["n1"]  # never killed whole
+    assert steady["rss_span"] and steady["rss_span"]["s"] >= 10, growth
     assert r["hostile"]["counters"].get("smuggled_418", 0) == 0
