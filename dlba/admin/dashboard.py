@@ -232,25 +232,23 @@ def who(request: web.Request) -> str:
     return f"via={via} peer={request.remote} ua={request.headers.get('User-Agent', '-')[:60]!r}"
 
 
-def register_dashboard(app: web.Application, view: NodeView, token: str) -> None:
-    """Add the dashboard's routes and its gate middleware to the (not yet started) admin app.
+class _Routes:
+    """The dashboard's handlers, over one Dashboard, the node's view and the admin token."""
 
-    The gate runs before the admin API's auth middleware: it answers `GET /?token=` itself
-    (checking the token) and refuses cookie-authenticated state changes without the CSRF token.
-    """
-    dash = Dashboard(view, token)
-    app[DASHBOARD_KEY] = dash
-    app.on_cleanup.append(dash.close)
+    def __init__(self, dash: Dashboard, view: NodeView, token: str) -> None:
+        self.dash = dash
+        self.view = view
+        self.token = token
 
     @web.middleware
-    async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def gate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path == "/" and "token" in request.query:
-            return login(request)
+            return self.login(request)
         cookie_only = not request.headers.get("Authorization") and _same(
-            request.cookies.get(COOKIE, ""), token)
+            request.cookies.get(COOKIE, ""), self.token)
         if (request.method not in SAFE_METHODS and cookie_only
-                and not _same(request.headers.get(CSRF_HEADER, ""), dash.csrf)):
-            events.warning("event=csrf_refused node=%s method=%s path=%s %s", view.name,
+                and not _same(request.headers.get(CSRF_HEADER, ""), self.dash.csrf)):
+            events.warning("event=csrf_refused node=%s method=%s path=%s %s", self.view.name,
                            request.method, request.path, who(request))
             return web.json_response(
                 {"error": f"{CSRF_HEADER} header required with the dashboard cookie"},
@@ -258,22 +256,23 @@ def register_dashboard(app: web.Application, view: NodeView, token: str) -> None
             )
         return await handler(request)
 
-    def login(request: web.Request) -> web.Response:
-        if not _same(request.query.get("token", ""), token):
-            events.warning("event=dashboard_login_refused node=%s %s", view.name, who(request))
+    def login(self, request: web.Request) -> web.Response:
+        if not _same(request.query.get("token", ""), self.token):
+            events.warning("event=dashboard_login_refused node=%s %s", self.view.name,
+                           who(request))
             return web.json_response({"error": "bad admin token"}, status=401)
         resp = web.Response(status=303, headers={"Location": "/", "Cache-Control": "no-store",
                                                  "Referrer-Policy": "no-referrer"})
-        resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/",
+        resp.set_cookie(COOKIE, self.token, httponly=True, samesite="Strict", path="/",
                         max_age=COOKIE_MAX_AGE_S, secure=request.secure)
-        events.info("event=dashboard_login node=%s %s", view.name, who(request))
+        events.info("event=dashboard_login node=%s %s", self.view.name, who(request))
         return resp
 
-    async def page(_: web.Request) -> web.Response:
+    async def page(self, _: web.Request) -> web.Response:
         return web.Response(body=(STATIC_DIR / "dashboard.html").read_bytes(),
                             content_type="text/html", charset="utf-8", headers=PAGE_HEADERS)
 
-    async def static(request: web.Request) -> web.Response:
+    async def static(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         kind = STATIC_FILES.get(name)
         if kind is None:
@@ -282,17 +281,19 @@ def register_dashboard(app: web.Application, view: NodeView, token: str) -> None
                             charset="utf-8", headers={"Cache-Control": "no-cache",
                                                       "X-Content-Type-Options": "nosniff"})
 
-    async def data(_: web.Request) -> web.Response:
-        return web.json_response(await dash.snapshot(), headers={"Cache-Control": "no-store"})
+    async def data(self, _: web.Request) -> web.Response:
+        return web.json_response(await self.dash.snapshot(),
+                                 headers={"Cache-Control": "no-store"})
 
-    async def scheduler_json(_: web.Request) -> web.Response:
-        part = dash.local_scheduler_part()
+    async def scheduler_json(self, _: web.Request) -> web.Response:
+        part = self.dash.local_scheduler_part()
         if part is None:
             return web.json_response(
-                {"error": "not the scheduler", "scheduler": view.scheduler_name()}, status=409)
+                {"error": "not the scheduler", "scheduler": self.view.scheduler_name()},
+                status=409)
         return web.json_response(part)
 
-    async def backend_everywhere(request: web.Request) -> web.Response:
+    async def backend_everywhere(self, request: web.Request) -> web.Response:
         action = request.match_info["action"]
         if action not in BACKEND_ACTIONS:
             return web.json_response({"error": f"action must be one of {BACKEND_ACTIONS}"},
@@ -302,14 +303,15 @@ def register_dashboard(app: web.Application, view: NodeView, token: str) -> None
         except ValueError:
             return web.json_response({"error": "back-end id must be an integer"}, status=400)
         events.warning("event=dashboard_action node=%s action=%s backend=%d scope=array %s",
-                       view.name, action, bid, who(request))
-        names = [n.name for n in view.ctx.config.nodes]
+                       self.view.name, action, bid, who(request))
+        names = [n.name for n in self.view.ctx.config.nodes]
         results = await asyncio.gather(
-            *(dash.forward("POST", n, f"/backends/{bid}/{action}") for n in names))
+            *(self.dash.forward("POST", n, f"/backends/{bid}/{action}") for n in names))
         ok = all(r["status"] == 200 for r in results)
         return web.json_response({"ok": ok, "results": results}, status=200 if ok else 502)
 
-    async def node_action(request: web.Request) -> web.Response:
+    async def node_action(self, request: web.Request) -> web.Response:
+        view, dash = self.view, self.dash
         name, action = request.match_info["name"], request.match_info["action"]
         if action not in NODE_ACTIONS:
             return web.json_response({"error": f"action must be one of {NODE_ACTIONS}"},
@@ -331,24 +333,35 @@ def register_dashboard(app: web.Application, view: NodeView, token: str) -> None
         status = result["status"] if result["status"] in (200, 404, 409) else 502
         return web.json_response(result, status=status)
 
-    async def panic(request: web.Request) -> web.Response:
+    async def panic(self, request: web.Request) -> web.Response:
         on = request.method == "POST"
-        name = view.scheduler_name()
+        name = self.view.scheduler_name()
         events.warning("event=dashboard_action node=%s action=panic_%s scheduler=%s %s",
-                       view.name, "on" if on else "off", name, who(request))
+                       self.view.name, "on" if on else "off", name, who(request))
         if not name:
             return web.json_response({"error": "no scheduler (standalone node?)"}, status=409)
-        result = await dash.forward(request.method, name, "/panic")
-        dash._cache = None  # show the new table on the next poll
+        result = await self.dash.forward(request.method, name, "/panic")
+        self.dash._cache = None  # show the new table on the next poll
         status = result["status"] if result["status"] in (200, 409) else 502
         return web.json_response(result, status=status)
 
-    app.middlewares.insert(0, gate)
-    app.router.add_get("/", page)
-    app.router.add_get("/static/{name}", static)
-    app.router.add_get("/dashboard.json", data)
-    app.router.add_get("/dashboard/scheduler.json", scheduler_json)
-    app.router.add_post("/dashboard/backends/{id}/{action}", backend_everywhere)
-    app.router.add_post("/dashboard/nodes/{name}/{action}", node_action)
-    app.router.add_post("/dashboard/panic", panic)
-    app.router.add_delete("/dashboard/panic", panic)
+
+def register_dashboard(app: web.Application, view: NodeView, token: str) -> None:
+    """Add the dashboard's routes and its gate middleware to the (not yet started) admin app.
+
+    The gate runs before the admin API's auth middleware: it answers `GET /?token=` itself
+    (checking the token) and refuses cookie-authenticated state changes without the CSRF token.
+    """
+    dash = Dashboard(view, token)
+    app[DASHBOARD_KEY] = dash
+    app.on_cleanup.append(dash.close)
+    r = _Routes(dash, view, token)
+    app.middlewares.insert(0, r.gate)
+    app.router.add_get("/", r.page)
+    app.router.add_get("/static/{name}", r.static)
+    app.router.add_get("/dashboard.json", r.data)
+    app.router.add_get("/dashboard/scheduler.json", r.scheduler_json)
+    app.router.add_post("/dashboard/backends/{id}/{action}", r.backend_everywhere)
+    app.router.add_post("/dashboard/nodes/{name}/{action}", r.node_action)
+    app.router.add_post("/dashboard/panic", r.panic)
+    app.router.add_delete("/dashboard/panic", r.panic)
