@@ -158,6 +158,25 @@ def _node_sysctls(vip_dev: str) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+def _host(ns: str, role: Role, index: int, veth: str, bridge: str, address: str,
+          default_dev: str | None = None) -> Namespace:
+    """A one-interface namespace (`eth0`) on one bridge: the client, a back end, redis."""
+    return Namespace(ns, role, index, (Endpoint(ns, "eth0", veth, bridge, address),),
+                     vip_on_lo=False, sysctls=(), default_dev=default_dev)
+
+
+def _node(prefix: str, k: int, front_br: str, back_br: str) -> Namespace:
+    ns = f"{prefix}n{k}"
+    return Namespace(
+        ns, Role.NODE, k,
+        (
+            Endpoint(ns, "front", f"{prefix}n{k}f", front_br, node_front_address(k)),
+            Endpoint(ns, "back", f"{prefix}n{k}b", back_br, node_back_address(k)),
+        ),
+        vip_on_lo=True, sysctls=_node_sysctls("front"), default_dev=None,
+    )
+
+
 def make_plan(
     nodes: int = 3,
     backends: int = 3,
@@ -174,64 +193,16 @@ def make_plan(
     if not prefix or not prefix.replace("-", "").isalnum():
         raise ValueError(f"prefix must be letters, digits and '-', got {prefix!r}")
     front_br, back_br = f"{prefix}sw", f"{prefix}bk"
-    spaces: list[Namespace] = []
-
-    client = f"{prefix}client"
-    spaces.append(
-        Namespace(
-            client,
-            Role.CLIENT,
-            0,
-            (Endpoint(client, "eth0", f"{prefix}ce", front_br, CLIENT_ADDRESS),),
-            vip_on_lo=False,
-            sysctls=(),
-            # On-link default: the client ARPs for whatever it talks to, the VIP included,
-            # like a host on the same switch as a hardware load balancer.
-            default_dev="eth0",
-        )
-    )
-    for k in range(1, nodes + 1):
-        ns = f"{prefix}n{k}"
-        spaces.append(
-            Namespace(
-                ns,
-                Role.NODE,
-                k,
-                (
-                    Endpoint(ns, "front", f"{prefix}n{k}f", front_br, node_front_address(k)),
-                    Endpoint(ns, "back", f"{prefix}n{k}b", back_br, node_back_address(k)),
-                ),
-                vip_on_lo=True,
-                sysctls=_node_sysctls("front"),
-                default_dev=None,
-            )
-        )
-    for j in range(1, backends + 1):
-        ns = f"{prefix}b{j}"
-        spaces.append(
-            Namespace(
-                ns,
-                Role.BACKEND,
-                j,
-                (Endpoint(ns, "eth0", f"{prefix}b{j}e", back_br, backend_address(j)),),
-                vip_on_lo=False,
-                sysctls=(),
-                default_dev=None,
-            )
-        )
+    # On-link default for the client: it ARPs for whatever it talks to, the VIP included,
+    # like a host on the same switch as a hardware load balancer.
+    spaces = [_host(f"{prefix}client", Role.CLIENT, 0, f"{prefix}ce", front_br, CLIENT_ADDRESS,
+                    default_dev="eth0")]
+    spaces += [_node(prefix, k, front_br, back_br) for k in range(1, nodes + 1)]
+    spaces += [_host(f"{prefix}b{j}", Role.BACKEND, j, f"{prefix}b{j}e", back_br,
+                     backend_address(j)) for j in range(1, backends + 1)]
     if redis:
-        ns = f"{prefix}redis"
-        spaces.append(
-            Namespace(
-                ns,
-                Role.REDIS,
-                0,
-                (Endpoint(ns, "eth0", f"{prefix}re", back_br, REDIS_ADDRESS),),
-                vip_on_lo=False,
-                sysctls=(),
-                default_dev=None,
-            )
-        )
+        spaces.append(_host(f"{prefix}redis", Role.REDIS, 0, f"{prefix}re", back_br,
+                            REDIS_ADDRESS))
     plan = Plan(
         prefix=prefix,
         nodes=nodes,
