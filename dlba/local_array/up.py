@@ -30,6 +30,7 @@ from dlba.local_array.topology import (
     DEFAULT_PREFIX,
     REDIS_ADDRESS,
     REDIS_PORT,
+    Plan,
     make_plan,
 )
 
@@ -190,6 +191,43 @@ def _banner(lines: list[str]) -> None:
     print("\n".join(lines), flush=True)
 
 
+def _start_processes(plan: Plan, state: StatePaths, commands: list[supervisor.Supervised]) -> None:
+    """redis, the back ends, then the nodes, each waited for (a process that dies says so)."""
+    started: list[processes.Started] = []
+    if plan.redis:
+        r = processes.start("redis", redis_command(state), state.root, plan.redis_ns)
+        started.append(r)
+        processes.wait_for_port(REDIS_ADDRESS, REDIS_PORT, plan.redis_ns, START_DEADLINE_S, [r])
+    for j in range(1, plan.backends + 1):
+        name = plan.backend_name(j)
+        cmd = backend_command(name, plan.backend_endpoint(j))
+        started.append(processes.start(name, cmd, state.root, plan.backend_ns(j)))
+    for j in range(1, plan.backends + 1):
+        # Checked from node 1's namespace: proves the back-end network, not just the server.
+        processes.wait_for_port(plan.backend_address(j), BACKEND_PORT, plan.node_ns(1),
+                                START_DEADLINE_S, started)  # fmt: skip
+    for node in commands:
+        started.append(processes.start(node.name, node.argv, state.root, node.netns))
+    for k in range(1, plan.nodes + 1):
+        _wait_healthz(plan.node_front(k), plan.client_ns, started)
+
+
+def _print_banner(plan: Plan, state: StatePaths, token: str, detach: bool) -> None:
+    ca = state.certs / "ca.pem"
+    curl = f"ip netns exec {plan.client_ns} curl"
+    _banner([
+        f"DLBA array up: {_count(plan.nodes, 'node')}, {_count(plan.backends, 'back end')}"
+        + (", redis" if plan.redis else "") + f" (state {state.root})",
+        f"  VIP        http://{plan.vip}/   https://{plan.vip}/",
+        f"  dashboard  {plan.admin_url(1)}?token={token}"
+        + ("" if plan.host_address else "   (from this host: add --host-access)"),
+        f"  try        {curl} -s http://{plan.vip}/whoami",
+        f"             {curl} -s --cacert {ca} https://{plan.vip}/whoami",
+        f"  logs       {state.logs}/",
+        "dlba down stops it." if detach else "Ctrl-C stops and removes the array.",
+    ])  # fmt: skip
+
+
 def _up_netns(args: argparse.Namespace, state: StatePaths) -> int:
     if _live_recorded(state):
         print(f"dlba up: an array is already running from {state.root}; run dlba down first")
@@ -232,38 +270,8 @@ def _up_netns(args: argparse.Namespace, state: StatePaths) -> int:
     netns_builder.build(plan, owner=str(state.root))
     detached = False
     try:
-        started: list[processes.Started] = []
-        if plan.redis:
-            r = processes.start("redis", redis_command(state), state.root, plan.redis_ns)
-            started.append(r)
-            processes.wait_for_port(REDIS_ADDRESS, REDIS_PORT, plan.redis_ns, START_DEADLINE_S, [r])
-        for j in range(1, plan.backends + 1):
-            name = plan.backend_name(j)
-            cmd = backend_command(name, plan.backend_endpoint(j))
-            started.append(processes.start(name, cmd, state.root, plan.backend_ns(j)))
-        for j in range(1, plan.backends + 1):
-            # Checked from node 1's namespace: proves the back-end network, not just the server.
-            processes.wait_for_port(plan.backend_address(j), BACKEND_PORT, plan.node_ns(1),
-                                    START_DEADLINE_S, started)  # fmt: skip
-        for node in commands:
-            started.append(processes.start(node.name, node.argv, state.root, node.netns))
-        for k in range(1, plan.nodes + 1):
-            _wait_healthz(plan.node_front(k), plan.client_ns, started)
-
-        token = (user_token or state.token).read_text().strip()
-        ca = state.certs / "ca.pem"
-        curl = f"ip netns exec {plan.client_ns} curl"
-        _banner([
-            f"DLBA array up: {_count(plan.nodes, 'node')}, {_count(plan.backends, 'back end')}"
-            + (", redis" if plan.redis else "") + f" (state {state.root})",
-            f"  VIP        http://{plan.vip}/   https://{plan.vip}/",
-            f"  dashboard  {plan.admin_url(1)}?token={token}"
-            + ("" if plan.host_address else "   (from this host: add --host-access)"),
-            f"  try        {curl} -s http://{plan.vip}/whoami",
-            f"             {curl} -s --cacert {ca} https://{plan.vip}/whoami",
-            f"  logs       {state.logs}/",
-            "dlba down stops it." if args.detach else "Ctrl-C stops and removes the array.",
-        ])  # fmt: skip
+        _start_processes(plan, state, commands)
+        _print_banner(plan, state, (user_token or state.token).read_text().strip(), args.detach)
         _keep_running(args.detach, state)
         if args.detach:
             detached = True
