@@ -3,7 +3,7 @@
 OpenSSL 3's default list also has X448 and P-521, which audits flag. Python's ssl (before
 3.15) can only narrow the list to one curve (``set_ecdh_curve``), and not to X25519, so the
 list is set with ``SSL_CTX_set1_groups_list`` on the context's ``SSL_CTX *``, reached the way
-the shared ticket keys reach it (``dlba/tls/tickets.py``: CPython's PySSLContext layout,
+the shared ticket keys reach it (``dlba/tls/openssl_ctx.py``: CPython's PySSLContext layout,
 checked against the context's own view before use). Once per context at start-up; nothing
 per handshake. The list applies to TLS 1.3 key shares and to TLS 1.2 ECDHE alike.
 """
@@ -14,7 +14,7 @@ import ctypes
 import logging
 import ssl
 
-from dlba.tls.tickets import TicketKeysUnsupported, reach_ssl_ctx
+from dlba.tls.openssl_ctx import SSLCtxUnreachable, reach_ssl_ctx
 
 log = logging.getLogger("dlba.tls")
 
@@ -34,8 +34,8 @@ def set_groups(ctx: ssl.SSLContext, groups: tuple[str, ...] = GROUPS) -> bool:
         lib, ptr = reach_ssl_ctx(ctx)
         names = ctypes.cast(ctypes.c_char_p(":".join(groups).encode("ascii")), ctypes.c_void_p)
         if lib.ctx_ctrl(ptr, _SSL_CTRL_SET_GROUPS_LIST, 0, names) != 1:
-            raise TicketKeysUnsupported(f"OpenSSL refused the groups {':'.join(groups)}")
-    except TicketKeysUnsupported as exc:
+            raise SSLCtxUnreachable(f"OpenSSL refused the groups {':'.join(groups)}")
+    except SSLCtxUnreachable as exc:
         _warn_once(str(exc))
         ctx.set_ecdh_curve(FALLBACK_CURVE)
         return False

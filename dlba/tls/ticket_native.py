@@ -2,11 +2,11 @@
 ``dlba/tls/_ticket_cb.so``).
 
 OpenSSL runs the ticket-key callback in every full handshake and every resumption; the Python
-one (tls_tickets._Installed._on_ticket, through ctypes) cost ~30 us of a ~900 us handshake. The
-C library has a fixed number of slots, each a callback with its own key ring; a context takes a
-slot, and the slot's ring follows the context's :class:`~dlba.tls.tickets.TicketKeyRing` on
-every change. Without the library (not built, no free slot, or ``DLBA_TICKET_CALLBACK=python``)
-the Python callback does the same work.
+one (``dlba.tls.tickets._Installed._on_ticket``, through ctypes) cost ~30 us of a ~900 us
+handshake. The C library has a fixed number of slots, each a callback with its own key ring; a
+context takes a slot, and the slot's ring follows the context's
+:class:`~dlba.tls.tickets.TicketKeyRing` on every change. Without the library (not built, no
+free slot, or ``DLBA_TICKET_CALLBACK=python``) the Python callback does the same work.
 """
 
 from __future__ import annotations

@@ -11,12 +11,11 @@ Two parts:
   derives the keys of the current period and the two before from the cluster secret, the newest
   encrypts, all of them decrypt, rotation follows the clock (no clock or I/O inside);
 * :func:`install_ticket_keys`: Python's :mod:`ssl` has no API for ticket keys, so this installs
-  OpenSSL 3's ticket-key callback (``SSL_CTX_set_tlsext_ticket_key_evp_cb``) through ctypes on
-  the ``SSL_CTX *`` of an :class:`ssl.SSLContext`. The pointer is read from CPython's
-  ``PySSLContext`` object (``SSL_CTX *ctx`` is the first field after ``PyObject_HEAD``) and
-  checked against the context's own view of itself before anything is installed; when any step
-  does not hold, nothing is touched, one warning line is logged, and the caller keeps OpenSSL's
-  per-process ticket key.
+  OpenSSL 3's ticket-key callback (``SSL_CTX_set_tlsext_ticket_key_evp_cb``) on the context's
+  ``SSL_CTX *``, reached and checked by :mod:`dlba.tls.openssl_ctx`: the C callback of a free
+  slot (:mod:`dlba.tls.ticket_native`) or, without one, the Python callback here. When the
+  SSL_CTX cannot be reached, nothing is touched, one warning line is logged, and the caller
+  keeps OpenSSL's per-process ticket key.
 
 Key material never reaches a log: :class:`TicketKey`'s repr shows the (public, on-the-wire)
 key name only, and nothing in this module logs keys.
@@ -28,18 +27,23 @@ import ctypes
 import logging
 import os
 import ssl
-import sys
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
+from dlba.tls.openssl_ctx import (
+    HMAC_KEY_LEN,
+    OpenSSL,
+    SSLCtxUnreachable,
+    TicketCb,
+    reach_ssl_ctx,
+    set_ticket_key_cb,
+)
 from dlba.tls.ticket_native import NativeCallbacks, native_callbacks
 
 log = logging.getLogger("dlba.tls_tickets")
 
 KEY_NAME_LEN = 16
-HMAC_KEY_LEN = 32
 AES_KEY_LEN = 32
 RING_SIZE = 3             # encrypt with the newest, decrypt with the last three
 ROTATE_S = 3600.0          # tickets stay resumable for 2-3 rotation periods
@@ -164,17 +168,10 @@ class TicketKeyRing:
 
 
 # --- installing into OpenSSL ------------------------------------------------------------------
-# CPython versions whose _ssl.c starts PySSLContext with ``SSL_CTX *ctx`` right after
-# PyObject_HEAD (checked at run time on every context anyway, see _self_check).
-_KNOWN_LAYOUT = {(3, 10), (3, 11), (3, 12), (3, 13)}
-_SSL_CTRL_GET_MIN_PROTO_VERSION = 130
-_SSL_CTRL_GET_MAX_PROTO_VERSION = 131
-_OSSL_PARAM_UTF8_STRING = 4
-_OSSL_PARAM_OCTET_STRING = 5
-_OSSL_PARAM_UNMODIFIED = ctypes.c_size_t(-1).value
 _CB_ATTR = "_dlba_ticket_keys"
 _TLS1_3_VERSION = 0x0304
 _RESUME, _RESUME_AND_RENEW = 1, 2  # the ticket-key callback's answers for a decrypted ticket
+_warned = False
 
 
 def decrypt_result(current_key: bool, tls13: bool) -> int:
@@ -186,188 +183,23 @@ def decrypt_result(current_key: bool, tls13: bool) -> int:
     current would only cost an encryption per resumption)."""
     return _RESUME_AND_RENEW if tls13 or not current_key else _RESUME
 
-# int cb(SSL *s, unsigned char key_name[16], unsigned char iv[16], EVP_CIPHER_CTX *ctx,
-#        EVP_MAC_CTX *hctx, int enc)
-_TicketCb = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
-
-
-class _OsslParam(ctypes.Structure):
-    _fields_ = [("key", ctypes.c_char_p), ("data_type", ctypes.c_uint),
-                ("data", ctypes.c_void_p), ("data_size", ctypes.c_size_t),
-                ("return_size", ctypes.c_size_t)]
-
-
-class TicketKeysUnsupported(Exception):
-    """Shared ticket keys cannot be installed here; the message says why (no secrets)."""
-
-
-class _OpenSSL:
-    """The libssl/libcrypto functions we call, resolved through Python's own ``_ssl`` module so
-    they are exactly the library Python's ssl uses (dlsym on a dlopen handle searches that
-    object's dependencies: _ssl -> libssl -> libcrypto)."""
-
-    def __init__(self) -> None:
-        import _ssl
-
-        if sys.implementation.name != "cpython":
-            raise TicketKeysUnsupported(f"{sys.implementation.name} is not CPython")
-        if sys.version_info[:2] not in _KNOWN_LAYOUT:
-            raise TicketKeysUnsupported(f"Python {sys.version_info[0]}.{sys.version_info[1]}: "
-                                        "PySSLContext layout not verified")
-        if not ssl.OPENSSL_VERSION.startswith("OpenSSL ") or ssl.OPENSSL_VERSION_INFO < (3, 0):
-            raise TicketKeysUnsupported(f"{ssl.OPENSSL_VERSION}: OpenSSL 3 needed")
-        path = getattr(_ssl, "__file__", None)
-        if not path:
-            raise TicketKeysUnsupported("_ssl is built into the interpreter")
-        try:
-            lib = ctypes.CDLL(path)
-            version_num = lib.OpenSSL_version_num
-            version_num.restype = ctypes.c_ulong
-            version_num.argtypes = []
-            if version_num() != ssl.OPENSSL_VERSION_NUMBER:
-                raise TicketKeysUnsupported(
-                    f"libssl reached through _ssl is {version_num():#x}, "
-                    f"ssl module says {ssl.OPENSSL_VERSION_NUMBER:#x}")
-            self.get_options = lib.SSL_CTX_get_options
-            self.get_options.restype = ctypes.c_uint64
-            self.get_options.argtypes = [ctypes.c_void_p]
-            self.get_verify_mode = lib.SSL_CTX_get_verify_mode
-            self.get_verify_mode.restype = ctypes.c_int
-            self.get_verify_mode.argtypes = [ctypes.c_void_p]
-            self.ctx_ctrl = lib.SSL_CTX_ctrl
-            self.ctx_ctrl.restype = ctypes.c_long
-            self.ctx_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long,
-                                      ctypes.c_void_p]
-            self.ssl_version = lib.SSL_version
-            self.ssl_version.restype = ctypes.c_int
-            self.ssl_version.argtypes = [ctypes.c_void_p]
-            self.set_cb = lib.SSL_CTX_set_tlsext_ticket_key_evp_cb
-            self.set_cb.restype = ctypes.c_int
-            self.set_cb.argtypes = [ctypes.c_void_p, _TicketCb]
-            self.aes_256_cbc = lib.EVP_aes_256_cbc
-            self.aes_256_cbc.restype = ctypes.c_void_p
-            self.aes_256_cbc.argtypes = []
-            init_args: list[Any] = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                                    ctypes.c_char_p, ctypes.c_void_p]
-            self.encrypt_init = lib.EVP_EncryptInit_ex
-            self.encrypt_init.restype = ctypes.c_int
-            self.encrypt_init.argtypes = init_args
-            self.decrypt_init = lib.EVP_DecryptInit_ex
-            self.decrypt_init.restype = ctypes.c_int
-            self.decrypt_init.argtypes = init_args
-            self.mac_set_params = lib.EVP_MAC_CTX_set_params
-            self.mac_set_params.restype = ctypes.c_int
-            self.mac_set_params.argtypes = [ctypes.c_void_p, ctypes.POINTER(_OsslParam)]
-        except (OSError, AttributeError) as exc:
-            raise TicketKeysUnsupported(f"OpenSSL symbols not reachable: {exc}") from None
-        cipher = self.aes_256_cbc()
-        if not cipher:
-            raise TicketKeysUnsupported("EVP_aes_256_cbc unavailable")
-        self.cipher: int = cipher
-        self.ssl_version_address = int(ctypes.cast(self.ssl_version, ctypes.c_void_p).value or 0)
-        self._params: dict[bytes, tuple[Any, Any, Any]] = {}
-
-    def set_hmac_key(self, hctx: int, key: TicketKey) -> bool:
-        # The OSSL_PARAM array is built once per key, not per handshake: building it with
-        # ctypes cost more than the HMAC itself (it runs in every TLS handshake).
-        cached = self._params.get(key.name)
-        if cached is None:
-            hmac = ctypes.create_string_buffer(key.hmac_key, HMAC_KEY_LEN)
-            digest = ctypes.create_string_buffer(b"SHA256")
-            params = (_OsslParam * 3)(
-                _OsslParam(b"key", _OSSL_PARAM_OCTET_STRING,
-                           ctypes.cast(hmac, ctypes.c_void_p), HMAC_KEY_LEN,
-                           _OSSL_PARAM_UNMODIFIED),
-                _OsslParam(b"digest", _OSSL_PARAM_UTF8_STRING,
-                           ctypes.cast(digest, ctypes.c_void_p), 6, _OSSL_PARAM_UNMODIFIED),
-                _OsslParam(None, 0, None, 0, 0),
-            )
-            if len(self._params) >= 8:  # keys fall off the ring hourly: forget old ones
-                for buffers in self._params.values():
-                    ctypes.memset(buffers[1], 0, HMAC_KEY_LEN)
-                self._params.clear()
-            cached = self._params[key.name] = (params, hmac, digest)
-        return bool(self.mac_set_params(hctx, cached[0]) == 1)
-
-
-_openssl: _OpenSSL | None = None
-_warned = False
-
-
-def _load_openssl() -> _OpenSSL:
-    global _openssl
-    if _openssl is None:
-        _openssl = _OpenSSL()
-    return _openssl
-
-
-def _ctx_offset() -> int:
-    # sizeof(PyObject) of this build: PyObject_HEAD, then ``SSL_CTX *ctx``.
-    return int(object.__basicsize__)
-
-
-def ssl_ctx_pointer(ctx: ssl.SSLContext) -> int:
-    """The ``SSL_CTX *`` inside ``ctx`` as read from CPython's PySSLContext (unchecked: use
-    :func:`check_ssl_ctx_pointer` before handing it to OpenSSL)."""
-    import _ssl
-
-    if not isinstance(ctx, _ssl._SSLContext):
-        raise TicketKeysUnsupported(f"{type(ctx).__name__} is not an ssl.SSLContext")
-    value = ctypes.c_void_p.from_address(id(ctx) + _ctx_offset()).value
-    return int(value or 0)
-
-
-def check_ssl_ctx_pointer(lib: _OpenSSL, ctx: ssl.SSLContext, ptr: int) -> str | None:
-    """Why ``ptr`` is not ``ctx``'s SSL_CTX, or None when OpenSSL's view of it matches Python's:
-    options (64 bits), verify mode, minimum and maximum protocol versions."""
-    if ptr < 0x10000 or ptr % ctypes.alignment(ctypes.c_void_p):
-        return "SSL_CTX pointer is implausible"
-    options = lib.get_options(ptr)
-    if options != int(ctx.options):
-        return "SSL_CTX_get_options does not match SSLContext.options"
-    # Python reports SSL_VERIFY_PEER / | FAIL_IF_NO_PEER_CERT only (not POST_HANDSHAKE etc.).
-    mode = lib.get_verify_mode(ptr) & 0x03
-    expected_mode = {ssl.CERT_NONE: 0, ssl.CERT_OPTIONAL: 1, ssl.CERT_REQUIRED: 3}
-    if mode != expected_mode.get(ctx.verify_mode):
-        return "SSL_CTX_get_verify_mode does not match SSLContext.verify_mode"
-    for ctrl, py in ((_SSL_CTRL_GET_MIN_PROTO_VERSION, ctx.minimum_version),
-                     (_SSL_CTRL_GET_MAX_PROTO_VERSION, ctx.maximum_version)):
-        got = lib.ctx_ctrl(ptr, ctrl, 0, None)
-        want = 0 if py in (ssl.TLSVersion.MINIMUM_SUPPORTED,
-                           ssl.TLSVersion.MAXIMUM_SUPPORTED) else int(py)
-        if got != want:
-            return "SSL_CTX protocol version bounds do not match SSLContext"
-    return None
-
-
-def reach_ssl_ctx(ctx: ssl.SSLContext) -> tuple[_OpenSSL, int]:
-    """OpenSSL's functions and ``ctx``'s ``SSL_CTX *``, checked against the context's own view
-    of itself; TicketKeysUnsupported (saying why) when either cannot be had here."""
-    lib = _load_openssl()
-    ptr = ssl_ctx_pointer(ctx)
-    problem = check_ssl_ctx_pointer(lib, ctx, ptr)
-    if problem is not None:
-        raise TicketKeysUnsupported(problem)
-    return lib, ptr
-
 
 class _Installed:
     """What a context keeps alive: the ring it reads and the callback OpenSSL calls, the C one
     of a slot (dlba/tls/ticket_native.py) when there is one, else ``_on_ticket`` via ctypes."""
 
-    def __init__(self, lib: _OpenSSL, ring: TicketKeyRing,
+    def __init__(self, lib: OpenSSL, ring: TicketKeyRing,
                  native: NativeCallbacks | None = None) -> None:
         self.lib = lib
         self.native = native
         self.slot = native.take() if native is not None else None
         self.ring = ring
         if self.slot is None:
-            self.callback = _TicketCb(self._on_ticket)
+            self.callback = TicketCb(self._on_ticket)
         else:
             assert native is not None
             native.use_ssl_version(lib.ssl_version_address)
-            self.callback = _TicketCb(native.callback(self.slot))
+            self.callback = TicketCb(native.callback(self.slot))
             ring.subscribe(self._push)
 
     @property
@@ -405,7 +237,7 @@ class _Installed:
                     return 0
                 ctypes.memmove(key_name, key.name, KEY_NAME_LEN)
                 ctypes.memmove(iv, os.urandom(16), 16)
-                if not lib.set_hmac_key(hctx, key):
+                if not lib.set_hmac_key(hctx, key.name, key.hmac_key):
                     return 0
                 if lib.encrypt_init(cctx, lib.cipher, None, key.aes_key, iv) != 1:
                     return 0
@@ -414,7 +246,7 @@ class _Installed:
             if found is None:
                 return 0
             key, current = found
-            if not lib.set_hmac_key(hctx, key):
+            if not lib.set_hmac_key(hctx, key.name, key.hmac_key):
                 return 0
             if lib.decrypt_init(cctx, lib.cipher, None, key.aes_key, iv) != 1:
                 return 0
@@ -456,12 +288,14 @@ def install_ticket_keys(ctx: ssl.SSLContext, ring: TicketKeyRing) -> bool:
         # Attach before installing: the callback lives exactly as long as the context
         # (the SSL_CTX is freed in the same deallocation that drops this attribute).
         setattr(ctx, _CB_ATTR, holder)
-        if lib.set_cb(ptr, holder.callback) != 1:
+        try:
+            set_ticket_key_cb(lib, ptr, holder.callback)
+        except SSLCtxUnreachable:
             delattr(ctx, _CB_ATTR)
             holder.close()
-            raise TicketKeysUnsupported("SSL_CTX_set_tlsext_ticket_key_evp_cb failed")
+            raise
         weakref.finalize(ctx, holder.close)
-    except TicketKeysUnsupported as exc:
+    except SSLCtxUnreachable as exc:
         _warn_once(str(exc))
         return False
     return True

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from dlba.tls import context as tls
-from dlba.tls import tickets as tls_tickets
+from dlba.tls import openssl_ctx
 from tests.integration.loopback import loopback_array
 
 ALLOWED = ["X25519", "P-256", "P-384"]
@@ -103,7 +103,7 @@ def test_fallback_without_the_ssl_ctx_is_p256_alone(tmp_path: Path,
     normal = tls.server_context(paths.node_cert, paths.node_key)
     assert handshake(normal, client_p384) and handshake(normal, client_p256)
 
-    monkeypatch.setattr(tls_tickets, "check_ssl_ctx_pointer", lambda *_: "layout unknown")
+    monkeypatch.setattr(openssl_ctx, "check_ssl_ctx_pointer", lambda *_: "layout unknown")
     narrowed = tls.server_context(paths.node_cert, paths.node_key)
     assert not handshake(narrowed, client_p384)
     assert handshake(narrowed, client_p256)

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dlba.tls import openssl_ctx
 from dlba.tls import tickets as tls_tickets
 from dlba.tls.tickets import RING_SIZE, ROTATE_S, TicketKey, TicketKeyRing, derived_keys
 
@@ -117,26 +118,26 @@ def test_secrets_never_in_repr() -> None:
 
 # --- the installer's checks (ctypes on a real SSLContext, no sockets) -------------------------
 def test_pointer_self_check_matches_own_context_only() -> None:
-    lib = tls_tickets._load_openssl()
+    lib = openssl_ctx.load_openssl()
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.minimum_version = ssl.TLSVersion.TLSv1_2
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client.options |= ssl.OP_NO_COMPRESSION
-    ps, pc = tls_tickets.ssl_ctx_pointer(server), tls_tickets.ssl_ctx_pointer(client)
+    ps, pc = openssl_ctx.ssl_ctx_pointer(server), openssl_ctx.ssl_ctx_pointer(client)
     assert ps != pc
-    assert tls_tickets.check_ssl_ctx_pointer(lib, server, ps) is None
-    assert tls_tickets.check_ssl_ctx_pointer(lib, client, pc) is None
-    assert tls_tickets.check_ssl_ctx_pointer(lib, server, pc) is not None
-    assert tls_tickets.check_ssl_ctx_pointer(lib, client, ps) is not None
-    assert tls_tickets.check_ssl_ctx_pointer(lib, server, 0) is not None
+    assert openssl_ctx.check_ssl_ctx_pointer(lib, server, ps) is None
+    assert openssl_ctx.check_ssl_ctx_pointer(lib, client, pc) is None
+    assert openssl_ctx.check_ssl_ctx_pointer(lib, server, pc) is not None
+    assert openssl_ctx.check_ssl_ctx_pointer(lib, client, ps) is not None
+    assert openssl_ctx.check_ssl_ctx_pointer(lib, server, 0) is not None
 
 
 def test_wrong_layout_refused_with_one_warning(monkeypatch: pytest.MonkeyPatch,
                                                caplog: pytest.LogCaptureFixture) -> None:
     # One pointer further on is PySSLContext.alpn_protocols: NULL on a fresh context, so the
     # self-check refuses it before any OpenSSL call touches it.
-    offset = tls_tickets._ctx_offset()
-    monkeypatch.setattr(tls_tickets, "_ctx_offset", lambda: offset + 8)
+    offset = openssl_ctx._ctx_offset()
+    monkeypatch.setattr(openssl_ctx, "_ctx_offset", lambda: offset + 8)
     monkeypatch.setattr(tls_tickets, "_warned", False)
     ring = TicketKeyRing([key(7)])
     caplog.set_level(logging.WARNING, logger="dlba.tls_tickets")
