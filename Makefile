@@ -9,7 +9,8 @@ TICKET_SO := dlba/tls/_ticket_cb.so
 NATIVE := build/native/manifest.json
 PURE_TESTS := tests/unit tests/integration/test_tls_transport.py \
   tests/integration/test_connection_lifetime.py tests/integration/test_node_bad_input.py \
-  tests/integration/test_node_streaming.py
+  tests/integration/test_node_streaming.py tests/integration/test_node_audit.py \
+  tests/integration/test_backend_flow_control.py tests/integration/test_learned_sessions.py
 
 .PHONY: install run test lint bench clean
 
