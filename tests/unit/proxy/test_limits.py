@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from dlba.proxy.core_exchange import Exchange
+from dlba.proxy.core_session import ClientSession
 from tests.unit.proxy.playbook import (
     Has,
+    Recorder,
     Starts,
     body,
     client_writable,
@@ -187,13 +190,17 @@ def test_client_not_writable_then_writable_without_a_back_end(tmp_path: Path) ->
     pb.idle()
 
 
-def test_a_bug_under_a_parser_callback_is_a_500_not_a_crash(tmp_path: Path) -> None:
-    pb = playbook(tmp_path)
-
-    def broken(*_args: object) -> None:
+class _Broken(Recorder):
+    def open_backend(self, ex: Exchange, backend_id: int) -> None:
         raise RuntimeError("a bug")
 
-    pb.ctx.selector.select = broken  # type: ignore[method-assign,assignment]
+
+def test_a_bug_under_a_parser_callback_is_a_500_not_a_crash(tmp_path: Path) -> None:
+    # The bug sits in a call the core makes while llhttp's callback runs (the compiled
+    # selector's methods cannot be replaced, so the recorder's open_backend raises).
+    pb = playbook(tmp_path)
+    pb.io = _Broken(pb)
+    pb.session = ClientSession(pb.ctx, pb.io, b"http", "192.0.2.7", "192.0.2.7:5555", False)
     pb >> data(GET) << ("write", Starts(b"HTTP/1.1 500 Internal Server Error\r\n"))
     pb << ("shut_write",)
     pb.idle()
