@@ -15,6 +15,7 @@ commands:
   down           remove a crashed array:  dlba down [--state DIR]
   status         show the array's tables: dlba status [--json] [--admin URL]
   config push    commit a config:         dlba config push FILE
+  config check   validate, apply nothing: dlba config check FILE [--name NAME]
   certs init     make dev CA and certs:   dlba certs init [--dir DIR]
   demo-backend   demo web server:         dlba demo-backend --name B --listen HOST:PORT
 """
@@ -54,8 +55,12 @@ def _certs(argv: list[str]) -> int:
 
 
 def _config(argv: list[str]) -> int:
+    if argv and argv[0] == "check":
+        from dlba.config.check import config_check_main
+
+        return config_check_main(argv[1:])
     if not argv or argv[0] != "push":
-        print("usage: dlba config push FILE", file=sys.stderr)
+        print("usage: dlba config push FILE | dlba config check FILE", file=sys.stderr)
         return 2
     no_array = _no_array_at_state(argv[1:])
     if no_array:
