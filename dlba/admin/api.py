@@ -109,10 +109,18 @@ def make_admin_app(
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"ok": True, "node": view.name, "role": view.role()})
 
+    async def fresh_counters() -> None:
+        """The workers' periodic reports lag behind traffic: ask them now (bounded wait)."""
+        workers = getattr(view, "workers", None)  # test doubles of a view may have none
+        if workers is not None:
+            await workers.refresh()
+
     async def status(_: web.Request) -> web.Response:
+        await fresh_counters()
         return web.json_response(status_json(view))
 
     async def metrics(_: web.Request) -> web.Response:
+        await fresh_counters()
         return web.Response(
             body=render(view.collector),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},

@@ -48,6 +48,8 @@ class Worker:
         elif op == "sessions":
             now = self.ctx.loop.time()
             self.ctx.selector.learned.merge(from_wire(msg["items"], now, SESSIONS_BATCH), now)
+        elif op == "report":
+            self.send_stats(int(msg["seq"]))
         elif op == "config":
             try:
                 config = parse_config(msg["text"], self.ctx.config.path)
@@ -65,10 +67,13 @@ class Worker:
                 events.warning("event=worker_bad_command reason=%r", str(e))
         stop.set()  # the supervisor is gone: so are we
 
+    def send_stats(self, seq: int | None = None) -> None:
+        self.writer.write(json.dumps(stats_json(
+            self.ctx.stats, self.ctx.table, self.ctx.selector.learned, seq)).encode() + b"\n")
+
     async def report(self) -> None:
         while True:
-            self.writer.write(json.dumps(stats_json(
-                self.ctx.stats, self.ctx.table, self.ctx.selector.learned)).encode() + b"\n")
+            self.send_stats()
             await asyncio.sleep(STATS_S)
 
     async def share_sessions(self) -> None:

@@ -35,6 +35,7 @@ from dlba.scheduling.web_server_status_table import AdminAction, WebServerStatus
 
 events = logging.getLogger("dlba.event")
 STATS_S = 0.5
+REFRESH_S = 0.25  # how long a status request waits for the workers' fresh reports
 SESSIONS_S = 0.05  # a worker sends the session ids it learned this often
 SESSIONS_BATCH = 1000  # learned session records per control-channel line
 SUMMED_ROW_FIELDS = ("hits", "open_connections", "unable_to_connect", "cookie_groups",
@@ -71,10 +72,12 @@ def histogram_json(h: LatencyHistogram) -> dict[str, Any]:
 
 
 def stats_json(stats: NodeStats, table: WebServerStatusTable,
-               learned: LearnedSessions | None = None) -> dict[str, Any]:
-    """What a worker reports: its counters and its view of each back end."""
+               learned: LearnedSessions | None = None, seq: int | None = None) -> dict[str, Any]:
+    """What a worker reports: its counters and its view of each back end (`seq`: the number
+    of the supervisor's request this report answers, if any)."""
     return {
         "op": "stats",
+        "seq": seq,
         "learned": {"learned": learned.learned_total if learned else 0,
                     "selections": learned.selections if learned else 0},
         "node": {k: getattr(stats, k) for k in NODE_COUNTERS},
@@ -121,6 +124,11 @@ class WorkerPool:
         # The node's learned session ids: what one worker learns goes to the others (and, by
         # dlba/cluster/session_sync.py, to the peers); a new worker starts from all of it.
         self.learned: LearnedSessions | None = None
+        # Fresh reports on demand: each request for one carries a number, each worker answers
+        # with it, so a report already under way when we asked is not taken for the answer.
+        self.report_seq = 0
+        self.answered: dict[int, int] = {}  # pid -> the last request number it answered
+        self.report_arrived = asyncio.Event()
         table.pool = self
 
     async def start(self) -> None:
@@ -185,7 +193,30 @@ class WorkerPool:
                 elif msg.get("op") == "stats":
                     self.reports[pid] = msg
                     self.last_report[pid] = time.monotonic()
+                    if isinstance(msg.get("seq"), int):
+                        self.answered[pid] = msg["seq"]
                     self._merge()
+                    self.report_arrived.set()
+
+    async def refresh(self, timeout: float = REFRESH_S) -> bool:
+        """Ask every live worker for its counters now and wait (at most `timeout`) until they
+        are merged: the periodic reports lag up to STATS_S behind traffic, and a status asked
+        right after a request must count it. False if some worker did not answer in time (its
+        last periodic report stands)."""
+        self.report_seq += 1
+        seq = self.report_seq
+        live = [p.pid for p in self.procs if p is not None and p.poll() is None]
+        self.send({"op": "report", "seq": seq})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while any(self.answered.get(pid, 0) < seq for pid in live):
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            self.report_arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.report_arrived.wait(), left)
+        return True
 
     # --- learned session ids ------------------------------------------------------------------
     def _replay_sessions(self, i: int) -> None:
