@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -177,19 +178,31 @@ async def run_node(config: Config, name: str, dataplane: str = "ebpf") -> None:
     await node.stop()
 
 
-def node_main(argv: list[str]) -> int:
-    import argparse
-
+def node_parser() -> argparse.ArgumentParser:
+    """`dlba node`'s arguments (also what the systemd unit's test parses its command with)."""
     p = argparse.ArgumentParser(prog="dlba node", description="run one DLBA node")
-    p.add_argument("--config", required=True)
-    p.add_argument("--name", required=True)
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--config", required=True, help="the array's config file (TOML)")
+    p.add_argument("--name", required=True,
+                   help="this node's name: its [[nodes]] entry in the config")
+    p.add_argument("--log-level", default="INFO",
+                   help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     p.add_argument(
         "--dataplane", choices=("ebpf", "afpacket"), default="ebpf",
         help="scheduler data plane when this node holds the role (default: ebpf, falling "
         "back to afpacket when BPF cannot load)",
     )
-    args = p.parse_args(argv)
+    p.add_argument("--check", action="store_true",
+                   help="check this machine can run the node (config, ARP sysctls, "
+                        "capabilities, BPF, kernel) and exit: 0 ready, 2 naming what is missing")
+    return p
+
+
+def node_main(argv: list[str]) -> int:
+    args = node_parser().parse_args(argv)
+    if args.check:
+        from dlba.node_check import node_check_main
+
+        return node_check_main(args.config, args.name, args.dataplane)
     setup_logging(args.log_level)
     try:
         config = load_node_config(args.config, args.name)
