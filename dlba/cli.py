@@ -8,6 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 USAGE = """usage: dlba COMMAND [ARGS]
+       dlba --version | dlba help [COMMAND [SUBCOMMAND]]
+
+Run and operate a DLBA array: load-balancing nodes that share one virtual IP.
 
 commands:
   node           run one node:            dlba node --config FILE --name NAME
@@ -18,7 +21,43 @@ commands:
   config check   validate, apply nothing: dlba config check FILE [--name NAME]
   certs init     make dev CA and certs:   dlba certs init [--dir DIR]
   demo-backend   demo web server:         dlba demo-backend --name B --listen HOST:PORT
+  help           help on a command:       dlba help [COMMAND [SUBCOMMAND]]
+
+`dlba COMMAND --help` (or `dlba help COMMAND`) describes a command and each of its options.
 """
+
+CONFIG_USAGE = """usage: dlba config SUBCOMMAND [ARGS]
+
+Manage the array's configuration (a TOML file, see docs/ for its keys).
+
+subcommands:
+  push FILE      validate FILE, then commit it to every node of the array (or to none)
+  check FILE     validate FILE as a node would, apply nothing (exit 0 ok, 2 with the problems)
+
+`dlba config SUBCOMMAND --help` describes its options.
+"""
+
+CERTS_USAGE = """usage: dlba certs SUBCOMMAND [ARGS]
+
+Make the development certificates and secrets an array needs.
+
+subcommands:
+  init           make the dev CA, node certificate, cluster secret and admin token
+
+`dlba certs SUBCOMMAND --help` describes its options.
+"""
+
+
+def _group_usage(argv: list[str], usage: str) -> int | None:
+    """A command group asked for help (exit 0, stdout) or given no subcommand (exit 2,
+    stderr); None when argv names a subcommand to run."""
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage, end="")
+        return 0
+    if not argv:
+        print(usage, file=sys.stderr, end="")
+        return 2
+    return None
 
 
 def _node(argv: list[str]) -> int:
@@ -46,8 +85,12 @@ def _status(argv: list[str]) -> int:
 
 
 def _certs(argv: list[str]) -> int:
-    if not argv or argv[0] != "init":
-        print("usage: dlba certs init [--dir DIR]", file=sys.stderr)
+    asked = _group_usage(argv, CERTS_USAGE)
+    if asked is not None:
+        return asked
+    if argv[0] != "init":
+        print(f"dlba certs: unknown subcommand {argv[0]!r}\n{CERTS_USAGE}", file=sys.stderr,
+              end="")
         return 2
     from dlba.tls.certs import certs_init_main
 
@@ -55,12 +98,16 @@ def _certs(argv: list[str]) -> int:
 
 
 def _config(argv: list[str]) -> int:
-    if argv and argv[0] == "check":
+    asked = _group_usage(argv, CONFIG_USAGE)
+    if asked is not None:
+        return asked
+    if argv[0] == "check":
         from dlba.config.check import config_check_main
 
         return config_check_main(argv[1:])
-    if not argv or argv[0] != "push":
-        print("usage: dlba config push FILE | dlba config check FILE", file=sys.stderr)
+    if argv[0] != "push":
+        print(f"dlba config: unknown subcommand {argv[0]!r}\n{CONFIG_USAGE}", file=sys.stderr,
+              end="")
         return 2
     no_array = _no_array_at_state(argv[1:])
     if no_array:
@@ -116,11 +163,48 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
 }
 
 
+def version() -> str:
+    """The installed distribution's version; from pyproject.toml when run from a source tree
+    that was never installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("dlba")
+    except PackageNotFoundError:
+        import tomllib
+
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        try:
+            return str(tomllib.loads(pyproject.read_text())["project"]["version"])
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "unknown"
+
+
+def _help(argv: list[str]) -> int:
+    """`dlba help [COMMAND [SUBCOMMAND]]`: the same text as `dlba COMMAND ... --help`."""
+    if not argv:
+        print(USAGE, end="")
+        return 0
+    if argv[0] not in COMMANDS or argv[0].startswith("_"):
+        print(f"dlba help: unknown command {argv[0]!r}\n{USAGE}", file=sys.stderr, end="")
+        return 2
+    try:
+        return main([*argv[:2], "--help"])
+    except SystemExit as e:  # argparse exits after printing a command's help
+        return e.code if isinstance(e.code, int) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help"):
-        print(USAGE, end="")
+        print(USAGE, end="", file=sys.stdout if args else sys.stderr)
         return 0 if args else 2
+    if args[0] in ("-V", "--version"):
+        print(f"dlba {version()}")
+        return 0
+    if args[0] == "help":
+        return _help(args[1:])
     cmd = COMMANDS.get(args[0])
     if cmd is None:
         print(f"dlba: unknown command {args[0]!r}\n{USAGE}", file=sys.stderr, end="")

@@ -28,7 +28,9 @@ def stop_processes(state: StatePaths) -> list[str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dlba down")
+    p = argparse.ArgumentParser(
+        prog="dlba down", description="Remove what `dlba up` left of a crashed or detached "
+        "array: its processes, namespaces and links, as its state folder records them.")
     p.add_argument("--state", default="./run", help="state folder (default ./run)")
     # Tests build private arrays under another prefix next to a user's `dlba-` array.
     p.add_argument("--prefix", default=None, help=argparse.SUPPRESS)

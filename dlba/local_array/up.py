@@ -56,8 +56,8 @@ def redis_command(state: StatePaths) -> list[str]:
     ]  # fmt: skip
 
 
-def _parser(prog: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog)
+def _parser(prog: str, description: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--state", default="./run", help="state folder (default ./run)")
     # Tests build private arrays under another prefix next to a user's `dlba-` array.
     p.add_argument("--prefix", default=None, help=argparse.SUPPRESS)
@@ -65,7 +65,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 
 
 def _up_parser() -> argparse.ArgumentParser:
-    p = _parser("dlba up")
+    p = _parser("dlba up", "Run a local array on this machine: nodes, demo back ends and a "
+                "client, each in its own network namespace, sharing one VIP.")
     p.add_argument("--config", help="run the nodes with this config instead of a generated one")
     p.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
     p.add_argument("--backends", type=int, default=3, help="number of demo back ends (default 3)")
