@@ -11,13 +11,19 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.table import Table
 
 from dlba.config import ConfigError
 from dlba.local_array.running import NoArrayRunning, running_record
 
 TIMEOUT_S = 2.0
+NODE_COLS = ("name", "address", "mac", "ip_groups", "avg_response_ms", "hits",
+             "open_connections", "failed", "enabled", "weight")
+BACKEND_COLS = ("id", "address", "state", "cookie_groups", "avg_response_ms", "hits",
+                "open_connections", "unable_to_connect", "weight")
+HEADERS = {"avg_response_ms": "avg_ms", "open_connections": "open", "cookie_groups": "groups",
+           "unable_to_connect": "unreachable", "ip_groups": "groups"}
 
 
 def fetch(url: str, token: str) -> Any:
@@ -82,7 +88,58 @@ def gather(urls: list[str], token: str) -> dict[str, Any]:
     else:  # a standalone node, or no scheduler reachable: each node's own rows
         doc["nodes"] = [row for s in statuses for row in s.get("nodes", [])]
         doc["backends"] = first.get("backends", [])
+    draining = {b.get("id") for s in statuses for b in s.get("backends", [])
+                if b.get("state") == "draining"}
+    doc["backends"] = [{**b, "state": backend_state(b, b.get("id") in draining)}
+                       for b in doc["backends"]]
     return doc
+
+
+def backend_state(row: dict[str, Any], draining: bool) -> str:
+    """up, down, draining or disabled, from a summary row (failed on every node, enabled on
+    every node) and whether some node drains it. A disabled back end also drains on the
+    nodes: the operator's word comes first, but a failed one needs attention first."""
+    if row.get("failed"):
+        return "down"
+    if not row.get("enabled", True):
+        return "disabled"
+    if draining or row.get("state") == "draining":
+        return "draining"
+    return "up"
+
+
+def cell(value: Any) -> str:
+    """A figure as an operator reads it: times to 0.1 ms, no float noise."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return "" if value is None else str(value)
+
+
+def status_table(title: str, cols: tuple[str, ...], rows: list[dict[str, Any]],
+                 width: int) -> RenderableType:
+    """One table, never cutting an address: one row per line when it fits in `width`, else
+    each row on two lines (names and address, then the figures) so a 45-character IPv6
+    address with its port still shows whole in an 80-column terminal."""
+    cells = [[cell(r.get(c)) for c in cols] for r in rows]
+    heads = [HEADERS.get(c, c) for c in cols]
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(heads)]
+    if sum(widths) + 3 * len(cols) + 1 <= width:
+        table = Table(title=title)
+        for h, w in zip(heads, widths, strict=True):
+            table.add_column(h, no_wrap=True, min_width=w, overflow="fold")
+        for r, row in zip(rows, cells, strict=True):
+            table.add_row(*row, style="red" if r.get("failed") else None)
+        return table
+    table = Table(title=title)
+    table.add_column(f"{heads[0]} / {heads[1]}", no_wrap=True, overflow="fold",
+                     min_width=max(widths[1], 20))
+    table.add_column("figures", overflow="fold")
+    for r, row in zip(rows, cells, strict=True):
+        figures = "  ".join(f"{h}={v}" for h, v in zip(heads[2:], row[2:], strict=True))
+        table.add_row(f"{row[0]}\n{row[1]}", figures, style="red" if r.get("failed") else None)
+    return table
 
 
 def confirm_scheduler(doc: dict[str, Any], statuses: list[dict[str, Any]],
@@ -121,25 +178,10 @@ def render(doc: dict[str, Any], console: Console) -> None:
     skew = version_skew(doc)
     if skew:
         console.print(f"[bold yellow]warning:[/bold yellow] {skew}")
-    nodes = Table(title="DLBA server status table (Fig. 5)")
-    for col in ("name", "address", "mac", "ip_groups", "avg_response_ms", "hits",
-                "open_connections", "failed", "enabled", "weight"):
-        nodes.add_column(col)
-    for n in doc.get("nodes", []):
-        nodes.add_row(*(str(n.get(c, "")) for c in (
-            "name", "address", "mac", "ip_groups", "avg_response_ms", "hits",
-            "open_connections", "failed", "enabled", "weight")),
-            style="red" if n.get("failed") else None)
-    console.print(nodes)
-    backends = Table(title="Web server status table (Fig. 7/8)")
-    cols = ("id", "address", "state", "cookie_groups", "avg_response_ms", "hits",
-            "open_connections", "unable_to_connect", "failed", "enabled", "weight")
-    for col in cols:
-        backends.add_column(col)
-    for b in doc.get("backends", []):
-        backends.add_row(*(str(b.get(c, "")) for c in cols),
-                         style="red" if b.get("failed") else None)
-    console.print(backends)
+    console.print(status_table("DLBA server status table (Fig. 5)", NODE_COLS,
+                               doc.get("nodes", []), console.width))
+    console.print(status_table("Web server status table (Fig. 7/8)", BACKEND_COLS,
+                               doc.get("backends", []), console.width))
     if doc.get("last_sweep"):
         console.print(f"last sweep: {time.ctime(doc['last_sweep'])}")
     for e in doc.get("unreachable", []):
