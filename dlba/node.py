@@ -140,7 +140,7 @@ class NodeRuntime:
         if self.agent is not None:
             await self.agent.start()
         self._janitor = asyncio.ensure_future(self.ctx.janitor())
-        events.warning(
+        events.info(
             "event=node_started node=%s http=%s https=%s admin=%s backends=%d native=%s",
             self.name, ",".join(map(str, node.listen)) or "-",
             ",".join(map(str, node.listen_tls)) or "-", admin_addr, len(cfg.backends),

@@ -168,7 +168,7 @@ class SchedulerRole:
         ]
         if self.heartbeat_key is not None:
             self.tasks.append(asyncio.ensure_future(self._heartbeat_servers(self.heartbeat_key)))
-        events.warning(
+        events.info(
             "event=scheduler_started node=%s vip=%s dataplane=%s buckets=%d live=%s",
             self.names[self.index], self.vip, type(dp).__name__, self.table.size,
             ",".join(n for i, n in enumerate(self.names) if self.table.is_live(i)),
@@ -264,7 +264,7 @@ class SchedulerRole:
                            source)
         else:
             self.table.node_joined(change.node, now)
-            events.warning("event=node_joined node=%s by=%s", name, source)
+            events.info("event=node_joined node=%s by=%s", name, source)
         self.pending_push = asyncio.ensure_future(self.push_now())
 
     async def _heartbeat_servers(self, key: bytes) -> None:
@@ -352,7 +352,7 @@ class SchedulerRole:
         if dp is not None:
             dp.set_port_rules(*port_rules(config))
             dp.set_deny(list(config.cluster.deny))
-        events.warning("event=scheduler_reconfigured node=%s weights=%s ports=%d deny=%d",
+        events.info("event=scheduler_reconfigured node=%s weights=%s ports=%d deny=%d",
                        self.names[self.index], ",".join(str(n.weight) for n in config.nodes),
                        len(config.ports), len(config.cluster.deny))
 
@@ -362,7 +362,7 @@ class SchedulerRole:
         i = self.names.index(name)
         self.status.set_enabled(i, enabled)
         self.table.set_weight(i, self.status.table_weights()[i])
-        events.warning("event=node_%s node=%s", "enabled" if enabled else "disabled", name)
+        events.info("event=node_%s node=%s", "enabled" if enabled else "disabled", name)
 
     def panic(self, on: bool) -> None:
         now = time.monotonic()
@@ -372,4 +372,4 @@ class SchedulerRole:
             events.warning("event=panic_on buckets_moved=%d", moved)
         else:
             self.table.clear_panic()
-            events.warning("event=panic_off")
+            events.info("event=panic_off")

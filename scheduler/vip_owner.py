@@ -220,7 +220,7 @@ class VipOwner:
         """Stop (True) or resume (False) answering ARP while keeping the role (loop thread)."""
         if self.responder is not None and self.responder.held != held:
             self.responder.held = held
-            events.warning("event=vip_arp_%s vip=%s interface=%s",
+            events.info("event=vip_arp_%s vip=%s interface=%s",
                            "held" if held else "resumed", self.vip, self.ifname)
 
     def announce(self, mac: bytes, announcements: int = 3) -> None:
@@ -229,7 +229,7 @@ class VipOwner:
         with contextlib.suppress(OSError, NetlinkError):
             remove_from_interface(self.ifname, self.vip)
         gratuitous_arp(self.ifname, self.vip, mac, announcements)
-        events.warning("event=vip_taken vip=%s interface=%s mac=%s", self.vip, self.ifname,
+        events.info("event=vip_taken vip=%s interface=%s mac=%s", self.vip, self.ifname,
                        mac_text(mac))
 
     def release(self) -> None:
@@ -237,4 +237,4 @@ class VipOwner:
         if self.responder is not None:
             self.responder.stop()
             self.responder = None
-            events.warning("event=vip_released vip=%s interface=%s", self.vip, self.ifname)
+            events.info("event=vip_released vip=%s interface=%s", self.vip, self.ifname)

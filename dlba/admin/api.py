@@ -138,7 +138,7 @@ def make_admin_app(
         if row is None:
             return web.json_response({"error": f"no back end {bid}"}, status=404)
         view.ctx.table.set_admin(bid, action)  # type: ignore[arg-type]
-        events.warning(
+        events.info(
             "event=admin_action node=%s action=%s backend=%d peer=%s", view.name, action, bid,
             request.remote,
         )

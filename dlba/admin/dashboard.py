@@ -302,7 +302,7 @@ class _Routes:
             bid = int(request.match_info["id"])
         except ValueError:
             return web.json_response({"error": "back-end id must be an integer"}, status=400)
-        events.warning("event=dashboard_action node=%s action=%s backend=%d scope=array %s",
+        events.info("event=dashboard_action node=%s action=%s backend=%d scope=array %s",
                        self.view.name, action, bid, who(request))
         names = [n.name for n in self.view.ctx.config.nodes]
         results = await asyncio.gather(
@@ -319,7 +319,7 @@ class _Routes:
         if name not in {n.name for n in view.ctx.config.nodes}:
             return web.json_response({"error": f"no node {name!r} in the config"}, status=404)
         scheduler = view.scheduler_name()
-        events.warning("event=dashboard_action node=%s action=node_%s target=%s scheduler=%s %s",
+        events.info("event=dashboard_action node=%s action=node_%s target=%s scheduler=%s %s",
                        view.name, action, name, scheduler, who(request))
         if not scheduler:
             return web.json_response({"error": "no scheduler (standalone node?)"}, status=409)
@@ -336,7 +336,7 @@ class _Routes:
     async def panic(self, request: web.Request) -> web.Response:
         on = request.method == "POST"
         name = self.view.scheduler_name()
-        events.warning("event=dashboard_action node=%s action=panic_%s scheduler=%s %s",
+        events.info("event=dashboard_action node=%s action=panic_%s scheduler=%s %s",
                        self.view.name, "on" if on else "off", name, who(request))
         if not name:
             return web.json_response({"error": "no scheduler (standalone node?)"}, status=409)

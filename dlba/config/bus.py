@@ -90,7 +90,7 @@ class ConfigBusWatcher:
         self.up = up
         version = self.reloader.node.config_version
         if up:
-            events.warning("event=config_bus_up node=%s url=%s version=%d", self.name,
+            events.info("event=config_bus_up node=%s url=%s version=%d", self.name,
                            self.url, version)
         else:
             # One line per outage, not one per retry.

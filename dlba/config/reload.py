@@ -181,7 +181,7 @@ class ConfigReloader:
         staged = validate_candidate(text, self.node.name, self.node.config, workers)
         staged.version = version
         self.staged = staged
-        events.warning("event=config_staged node=%s version=%d", self.node.name, version)
+        events.info("event=config_staged node=%s version=%d", self.node.name, version)
         return staged
 
     def abort(self) -> int | None:
@@ -237,7 +237,7 @@ class ConfigReloader:
             agent.reconfigure(staged.config)
         node.checks.start()  # start() stops the old checks: back ends may have come or gone
         node.config_version = version
-        events.warning(
+        events.info(
             "event=config_committed node=%s version=%d backends=%d policy=%s", node.name,
             version, len(staged.config.backends), staged.config.scheduling.policy,
         )

@@ -171,7 +171,7 @@ class Listeners:
         for server in stale.values():
             server.close()
         if opened or len(have) != len(self._have()):
-            events.warning(
+            events.info(
                 "event=listeners_changed node=%s listening=%s", name,
                 ",".join(f"{k}:{a}" for k, a in self._have()),
             )

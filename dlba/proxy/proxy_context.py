@@ -140,7 +140,7 @@ class ProxyContext:
     def backend_connect_ok(self, backend_id: int) -> None:
         if self.table.on_connect_success(backend_id, self.loop.time()):
             row = self.table.get(backend_id)
-            events.warning(
+            events.info(
                 "event=backend_up node=%s backend=%d address=%s", self.node_name, backend_id,
                 row.address if row else "?",
             )

@@ -287,7 +287,7 @@ class WorkerPool:
             if old is not None:
                 old.terminate()
                 self.retiring.append(old)
-        events.warning("event=workers_replaced node=%s count=%d", self.name, self.count)
+        events.info("event=workers_replaced node=%s count=%d", self.name, self.count)
 
     def _write(self, i: int, msg: dict[str, Any]) -> None:
         w = self.writers[i]

@@ -190,7 +190,7 @@ class NodeAgent:
         if health.healthy != self.proxy_ok:
             self.proxy_ok = health.healthy
             if health.healthy:
-                events.warning("event=proxy_healthy node=%s", self.name)
+                events.info("event=proxy_healthy node=%s", self.name)
             else:
                 events.warning("event=proxy_unhealthy node=%s reason=%r", self.name,
                                health.reason)
@@ -236,7 +236,7 @@ class NodeAgent:
             # A peer whose pings to its scheduler work vouches for it, even if that
             # scheduler's status channel does not answer us (a stuck daemon, a firewall).
             if self.election.on_scheduler_seen(followed, now) is Decision.STAY_SERVER:
-                events.warning("event=following node=%s scheduler=%s via=peers", self.name,
+                events.info("event=following node=%s scheduler=%s via=peers", self.name,
                                self.by_address.get(followed, followed))
                 self._pull_soon()
             return

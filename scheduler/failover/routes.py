@@ -76,7 +76,7 @@ def _scheduler_routes(agent: Agent, app: web.Application) -> None:
             return not_scheduler()
         on = request.method == "POST"
         role.panic(on)
-        events.warning("event=admin_action node=%s action=panic_%s peer=%s", agent.name,
+        events.info("event=admin_action node=%s action=panic_%s peer=%s", agent.name,
                        "on" if on else "off", request.remote)
         await role.push_now()
         return web.json_response({"panic": on, "table_version": role.table.version})
@@ -88,7 +88,7 @@ def _scheduler_routes(agent: Agent, app: web.Application) -> None:
         if name not in agent.names or action not in ("enable", "disable"):
             return web.json_response({"error": "unknown node or action"}, status=404)
         role.set_node_enabled(name, action == "enable")
-        events.warning("event=admin_action node=%s action=node_%s target=%s peer=%s",
+        events.info("event=admin_action node=%s action=node_%s target=%s peer=%s",
                        agent.name, action, name, request.remote)
         return web.json_response(role.node_rows()[agent.names.index(name)])
 

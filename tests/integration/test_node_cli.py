@@ -97,6 +97,9 @@ async def test_valid_config_serves_http_and_tls(tmp_path: Path) -> None:
             err = (await proc.stderr.read()).decode()
         assert rc == 0, err
         assert "event=node_started node=n1" in err
+        # an ordinary start is news, not something to look into
+        assert "INFO dlba.event event=node_started node=n1" in err
+        assert "WARNING dlba.event" not in err, err
     finally:
         await backend.cleanup()
 
