@@ -204,24 +204,35 @@ def connect_many(ns: str, sports: list[int], timeout: float = 3.0) -> list[list[
     return result
 
 
+def serve_on_nodes(names: dict[str, str]) -> list[subprocess.Popen[str]]:
+    """One SERVER per node namespace, each ready when this returns (the caller kills them)."""
+    procs: list[subprocess.Popen[str]] = []
+    for role in NODE_ORDER:
+        p = subprocess.Popen(
+            ["ip", "netns", "exec", names[role], sys.executable, "-c", SERVER,
+             role, VIP, str(PORT)],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        procs.append(p)
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    return procs
+
+
+def stop_servers(procs: list[subprocess.Popen[str]]) -> None:
+    for p in procs:
+        p.kill()  # by PID
+        p.wait(5)
+
+
 @pytest.fixture
 def topology(netns_names: dict[str, str], bpf_object: Path) -> Iterator[dict[str, str]]:
     procs: list[subprocess.Popen[str]] = []
     try:
         build_topology(netns_names)
-        for role in NODE_ORDER:
-            p = subprocess.Popen(
-                ["ip", "netns", "exec", netns_names[role], sys.executable, "-c", SERVER,
-                 role, VIP, str(PORT)],
-                stdout=subprocess.PIPE, text=True,
-            )  # fmt: skip
-            procs.append(p)
-            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        procs = serve_on_nodes(netns_names)
         yield netns_names
     finally:
-        for p in procs:
-            p.kill()  # by PID
-            p.wait(5)
+        stop_servers(procs)
 
 
 @pytest.mark.parametrize("kind", ["ebpf", "afpacket"])

@@ -29,11 +29,12 @@ from tests.array.test_dataplane_forwarding import (
     HOSTS,
     NODE_ORDER,
     PORT,
-    SERVER,
     VIP,
     Plane,
     link_info,
+    serve_on_nodes,
     sh,
+    stop_servers,
 )
 
 pytestmark = pytest.mark.array
@@ -101,19 +102,10 @@ def topology(names: dict[str, str], bpf_object: Path) -> Iterator[dict[str, str]
     procs: list[subprocess.Popen[str]] = []
     try:
         build(names)
-        for role in NODE_ORDER:
-            p = subprocess.Popen(
-                ["ip", "netns", "exec", names[role], sys.executable, "-c", SERVER,
-                 role, VIP, str(PORT)],
-                stdout=subprocess.PIPE, text=True,
-            )  # fmt: skip
-            procs.append(p)
-            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        procs = serve_on_nodes(names)
         yield names
     finally:
-        for p in procs:
-            p.kill()  # by PID
-            p.wait(5)
+        stop_servers(procs)
 
 
 def port_for(owner: int) -> int:
