@@ -155,6 +155,11 @@ def _node_sysctls(vip_dev: str) -> tuple[tuple[str, str], ...]:
         out.append((f"net.ipv4.conf.{dev}.arp_announce", "2"))
     for dev in ("all", "default", vip_dev, "back"):
         out.append((f"net.ipv4.conf.{dev}.rp_filter", "0"))
+    # No TIME_WAIT: a bucket that moves (its node failed) may land on a node still holding
+    # the same 4-tuple in TIME_WAIT from a connection it closed first; TIME_WAIT answers the
+    # moved flow with bare ACKs and re-arms itself, never a reset, so the client hangs until
+    # its own timeout instead of retrying at once.
+    out.append(("net.ipv4.tcp_max_tw_buckets", "0"))
     return tuple(out)
 
 
