@@ -1,4 +1,4 @@
-"""The operator's dashboard on every node's admin listener (issue 6, points 1 and 2).
+"""The operator's dashboard on every node's admin listener.
 
 Routes added to the admin app by `register_dashboard(app, view, token)`:
 

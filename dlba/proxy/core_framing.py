@@ -9,6 +9,7 @@ http_head.BadRequest, which the session answers.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import TYPE_CHECKING
 
 import httptools
@@ -250,8 +251,8 @@ class RequestFraming:
         self.timer = timer
         self.deadline = self.ctx.loop.time() + delay
 
+    @abstractmethod
     def _request(self, keep_alive: bool, upgrade: bool, chunked: bool, length: int,
                  cookie_header: str | None, plain: bool, host: bytes, no_host: bool) -> None:
         """A checked request head (ClientSession makes it an exchange)."""
-        raise NotImplementedError
 

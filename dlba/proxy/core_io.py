@@ -8,6 +8,7 @@ vtable (a typing.Protocol would be a generic Python call on the hot path).
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, TypeVar
 
@@ -56,11 +57,13 @@ class ClientIO:
 
     __slots__ = ()
 
+    @abstractmethod
     def write(self, data: bytes) -> None:
-        raise NotImplementedError
+        """Send these bytes (in order, after anything sent before)."""
 
+    @abstractmethod
     def writelines(self, pieces: list[bytes]) -> None:
-        raise NotImplementedError
+        """Send these pieces as one write."""
 
     def cork(self) -> None:
         """Hold TLS records until uncork: the last bytes and a close leave in one segment."""
@@ -68,30 +71,34 @@ class ClientIO:
     def uncork(self) -> None:
         pass
 
+    @abstractmethod
     def pause_reading(self) -> None:
-        raise NotImplementedError
+        """Stop reading until resume_reading."""
 
+    @abstractmethod
     def resume_reading(self) -> None:
-        raise NotImplementedError
+        """Read again."""
 
+    @abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Close (over TLS: close_notify first), without waiting for the peer."""
 
+    @abstractmethod
     def abort(self) -> None:
-        raise NotImplementedError
+        """Reset the connection."""
 
+    @abstractmethod
     def shut_write(self) -> bool:
         """Shut our side (FIN, or TLS close_notify) and keep reading: whether that was done."""
-        raise NotImplementedError
 
     def local_host(self) -> bytes:
         """The address the client dialled (a redirect for a request without a Host)."""
         return b"localhost"
 
+    @abstractmethod
     def open_backend(self, ex: Exchange, backend_id: int) -> None:
         """A connection to back end `backend_id` for `ex`: reported by ex.backend_connected
         (at once for an idle pooled one) or ex.backend_connect_failed."""
-        raise NotImplementedError
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
@@ -103,27 +110,30 @@ class BackendLink:
     def __init__(self) -> None:
         self.reused = 0  # requests it carried before this one (0: a fresh connection)
 
+    @abstractmethod
     def bind(self, ex: Exchange, head_request: bool) -> None:
         """Report this connection's next response to `ex` (a HEAD request's has no body)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def write(self, data: bytes) -> None:
-        raise NotImplementedError
+        """Send these bytes (in order, after anything sent before)."""
 
+    @abstractmethod
     def pause_reading(self) -> None:
-        raise NotImplementedError
+        """Stop reading until resume_reading."""
 
+    @abstractmethod
     def resume_reading(self) -> None:
-        raise NotImplementedError
+        """Read again."""
 
+    @abstractmethod
     def release(self) -> None:
         """Back to its pool, idle (the response is complete)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def abort(self) -> None:
         """Reset it; nothing more is reported to the exchange."""
-        raise NotImplementedError
 
+    @abstractmethod
     def authority(self) -> bytes:
         """host:port of the back end (the Host of a request that came without one)."""
-        raise NotImplementedError

@@ -1,4 +1,4 @@
-"""Back-end selection for one request, in the order of patent 003 and issue 2, point 4:
+"""Back-end selection for one request, in the order of patent 003:
 
 1. the injected persistence cookie (signed back-end id, "Cookie Injection");
 2. a session id -- a session cookie or a URL session parameter -- that a back end was seen
