@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dlba.config.reader import ConfigError, HostPort, parse_host_port
+from dlba.config.services import ClassConfig, PoolConfig, ServiceConfig
 
 POLICIES = ("least_conn", "weighted_rr", "response_time", "url_hash", "p2c")
 
@@ -94,6 +95,8 @@ class BackendConfig:
     enabled: bool = True
     agent: HostPort | None = None
     health: str = ""
+    pool: str = "default"
+    maxconn: int = 0  # 0: no limit; beyond it requests queue in the pool
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,11 @@ class Config:
     admin: AdminConfig
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     text: str = ""
+    # Never empty when read from a file: without [[services]], the implicit service on
+    # cluster.vip; pools always hold "default" (dlba/config/services.py).
+    services: tuple[ServiceConfig, ...] = ()
+    pools: tuple[PoolConfig, ...] = ()
+    classes: tuple[ClassConfig, ...] = ()
 
     def node(self, name: str) -> NodeConfig:
         for n in self.nodes:
@@ -162,6 +170,16 @@ class Config:
                 return b
         return None
 
+    def pool(self, name: str) -> PoolConfig | None:
+        return next((p for p in self.pools if p.name == name), None)
+
+    def pool_backends(self, name: str) -> tuple[BackendConfig, ...]:
+        return tuple(b for b in self.backends if b.pool == name)
+
+    def vip_addresses(self) -> tuple[str, ...]:
+        """Every VIP the array answers (prefixes expanded), in order, each once."""
+        return tuple(dict.fromkeys(a for s in self.services for a in s.addresses()))
+
     def read_secret(self) -> bytes:
         """The HMAC key shared by the array: hex text in the file (as `dlba certs init` makes)."""
         text = _read_file_value(self, "cluster.secret_file", self.cluster.secret_file)
@@ -179,6 +197,10 @@ class Config:
                ("tls.key", self.tls.key), ("admin.token_file", self.admin.token_file)]
         for i, s in enumerate(self.tls.sni):
             out += [(f"tls.sni[{i}].cert", s.cert), (f"tls.sni[{i}].key", s.key)]
+        for i, svc in enumerate(x for x in self.services if not x.implicit):
+            for j, c in enumerate(svc.certs):
+                out += [(f"services[{i}].certs[{j}].cert", c.cert),
+                        (f"services[{i}].certs[{j}].key", c.key)]
         return [(k, p) for k, p in out if p is not None]
 
 

@@ -35,6 +35,15 @@ from dlba.config.reader import (
     networks,
     unique,
 )
+from dlba.config.services import (
+    Indexed,
+    check_services,
+    effective_pools,
+    implicit_service,
+    read_class,
+    read_pool,
+    read_service,
+)
 
 
 def load_config(path: str | Path, *, check_files: bool = True) -> Config:
@@ -94,10 +103,20 @@ def collect_config(text: str, path: Path, *, check_files: bool = True
     unique(problems, "backends", [(i, str(b.id)) for i, b in backends], "id")
     admin = _admin(root.section("admin"), base)
     proxy = _proxy(root.section("proxy"))
+    pools, _ = root.each("pools", lambda r: read_pool(r, scheduling.policy))
+    services, _ = root.each("services",
+                            lambda r: read_service(r, base, tls.hsts, persistence.cookie))
+    classes, _ = root.each("classes", read_class)
+    check_services(problems, cluster.vip, Indexed(
+        pools, [(i, b.pool, b.maxconn) for i, b in backends], services, classes))
     root.done()
     cfg = Config(
         path, cluster, tuple(p for _, p in ports), tuple(n for _, n in nodes), tls,
         persistence, scheduling, tuple(b for _, b in backends), admin, proxy, text,
+        tuple(s for _, s in services)
+        or (implicit_service(cluster.vip, tls.hsts, persistence.cookie),),
+        effective_pools([p for _, p in pools], scheduling.policy, scheduling.url_hash_paths),
+        tuple(c for _, c in classes),
     )
     if check_files:
         _check_files_of(problems, cfg)
@@ -228,11 +247,14 @@ def _backend(r: Reader) -> BackendConfig:
     health = r.take("health", str, "")
     if health and not health.startswith("/"):
         r.report("health", f"expected a path starting with '/', got {health!r}")
+    maxconn = r.take("maxconn", int, 0)
+    if maxconn < 0:
+        r.report("maxconn", "must be >= 0 (0: no limit)")
     return BackendConfig(
         bid or 0, address or HostPort("127.0.0.1", 1), r.positive("weight", int, 100),
         r.take("enabled", bool, True),
         addr(r, "agent", agent, address.host if address else "127.0.0.1") if agent else None,
-        health,
+        health, r.take("pool", str, "default"), max(maxconn, 0),
     )
 
 

@@ -321,7 +321,7 @@ def test_parse_host_port_rejects(text: str) -> None:
 # --- hypothesis: any junk key, anywhere, is rejected by name ------------------------------------
 KNOWN = {
     "": {"cluster", "ports", "nodes", "tls", "persistence", "scheduling", "backends", "admin",
-         "proxy"},
+         "proxy", "pools", "services", "classes"},
     "cluster": {"vip", "buckets", "bucket_idle_s", "redis", "secret_file", "deny",
                 "default_node", "ping_interval_s", "ping_failures", "sweep_interval_s",
                 "sweep_retries"},
@@ -330,7 +330,7 @@ KNOWN = {
     "persistence": {"cookie", "session_cookies", "url_session_params", "same_site",
                     "learned_ttl_s", "learned_max"},
     "scheduling": {"policy", "url_hash_paths"},
-    "backends": {"id", "address", "weight", "enabled", "agent", "health"},
+    "backends": {"id", "address", "weight", "enabled", "agent", "health", "pool", "maxconn"},
     "admin": {"listen", "token_file"},
     "proxy": {"header_timeout_s", "keepalive_timeout_s", "connect_timeout_s",
               "backend_timeout_s", "max_header_line", "max_headers", "pool_size",
