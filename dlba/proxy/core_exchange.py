@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from dlba.proxy import http_head
@@ -25,10 +26,11 @@ from dlba.proxy.core_io import (
     SENT,
     TUNNELLING,
     BackendLink,
+    ExchangeClient,
+    mypyc_attr,
 )
 
 if TYPE_CHECKING:
-    from dlba.proxy.core_session import ClientSession
     from dlba.proxy.proxy_context import ProxyContext
 
 events = logging.getLogger("dlba.event")
@@ -37,6 +39,8 @@ RETAIN_LIMIT = 64 * 1024  # request bodies up to this size can be replayed on an
 MAX_ATTEMPTS = 4
 
 
+# h2_stream.H2Exchange (interpreted) subclasses it for HTTP/2 clients.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Exchange:
     __slots__ = (
         "attempts",
@@ -73,7 +77,7 @@ class Exchange:
     )
 
     def __init__(
-        self, client: ClientSession, method: bytes, target: bytes,
+        self, client: ExchangeClient, method: bytes, target: bytes,
         headers: list[tuple[bytes, bytes]], keep_alive: bool, upgrade: bool, chunked_in: bool,
         cookie_header: str | None = None, plain: bool = False, no_host: bool = False,
     ) -> None:
@@ -242,10 +246,7 @@ class Exchange:
         ctx = self.ctx
         self.last_activity = ctx.loop.time()
         if status < 200 and status != 101:
-            if self.http11:
-                client.io.write(http_head.response_head(
-                    status, reason, headers, (), chunked=False, keep_alive=True, upgrade=False
-                ))
+            self._informational(status, reason, headers)
             return
         self.status = status
         self.state = RECEIVING
@@ -268,10 +269,24 @@ class Exchange:
         ctx.selector.learn(headers, self.backend_id, self.last_activity)
         https = client.scheme == b"https"
         extra = ctx.inject_cookies(headers, self.backend_id, https) if status < 400 else ()
+        self._respond(status, reason, headers, extra, upgrade, ctx.hsts if https else b"")
+
+    # The client side's framing (HTTP/1.1 here; h2_stream.H2Exchange overrides these).
+    def _informational(self, status: int, reason: bytes,
+                       headers: list[tuple[bytes, bytes]]) -> None:
+        if self.http11:
+            self.client.io.write(http_head.response_head(
+                status, reason, headers, (), chunked=False, keep_alive=True, upgrade=False
+            ))
+
+    def _respond(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                 extra: Sequence[tuple[bytes, bytes]], upgrade: bool, hsts: bytes) -> None:
+        """The response head, held until the end of this read from the back end."""
+        client = self.client
         self.held.append(http_head.response_head(
             status, reason, headers, extra, chunked=self.rechunk,
             keep_alive=self.client_keep_alive and not client.closing, upgrade=upgrade,
-            keep_alive_header=not self.http11, hsts=ctx.hsts if https else b"",
+            keep_alive_header=not self.http11, hsts=hsts,
         ))
         if upgrade:
             self.flush()

@@ -25,6 +25,7 @@ from dlba.proxy.core_io import (
     NO_TIMER,
     READING,
     UPGRADING,
+    ExchangeClient,
 )
 from dlba.proxy.http_head import BadRequest as Reject
 
@@ -34,9 +35,9 @@ if TYPE_CHECKING:
 MAX_HEAD_BYTES = 64 * 1024
 
 
-class RequestFraming:
+class RequestFraming(ExchangeClient):
     __slots__ = (
-        "body_left", "ctx", "deadline", "fields_bytes", "head_bytes", "headers", "held_in",
+        "body_left", "deadline", "fields_bytes", "head_bytes", "headers", "held_in",
         "http11", "method", "parser", "state", "tail", "timer", "url", "watched",
     )
 

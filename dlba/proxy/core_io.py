@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 
 if TYPE_CHECKING:
     from dlba.proxy.core_exchange import Exchange
+    from dlba.proxy.proxy_context import ProxyContext
 
 _C = TypeVar("_C")
 
@@ -99,6 +100,54 @@ class ClientIO:
     def open_backend(self, ex: Exchange, backend_id: int) -> None:
         """A connection to back end `backend_id` for `ex`: reported by ex.backend_connected
         (at once for an idle pooled one) or ex.backend_connect_failed."""
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)
+class ExchangeClient:
+    """The client side of an exchange: an HTTP/1.1 connection (core_session.ClientSession,
+    through core_framing.RequestFraming) or one HTTP/2 stream (h2_stream.H2Stream). The fields
+    are what the request head to the back end and the access log need; the methods are the
+    flow control and the ending of one exchange. How the response is written to the client is
+    the exchange's own (Exchange writes HTTP/1.1, h2_stream.H2Exchange HTTP/2 frames)."""
+
+    __slots__ = ("ctx", "forwarding", "io", "peer", "peer_ip", "scheme", "writable")
+
+    ctx: ProxyContext
+    io: ClientIO  # the connection: open_backend, and HTTP/1.1's writes
+    scheme: bytes
+    peer_ip: str
+    peer: str
+    forwarding: bytes  # http_head.forwarding_lines of this client
+    writable: bool  # the client takes what we send (False: back ends feeding it are paused)
+
+    @property
+    def closing(self) -> bool:
+        """No further request follows this one (HTTP/1.1: an error is owed)."""
+        return False
+
+    @abstractmethod
+    def pause_reading(self) -> None:
+        """Stop taking this client's request body (back-pressure from the back end)."""
+
+    @abstractmethod
+    def resume_reading(self) -> None:
+        """Take the request body again."""
+
+    @abstractmethod
+    def exchange_done(self, ex: Exchange) -> None:
+        """`ex` is over (answered, failed or cut)."""
+
+    @abstractmethod
+    def start_tunnel(self, ex: Exchange) -> None:
+        """`ex` got its 101: bytes both ways from now on."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """End after what was sent (a tunnel's or an unframed body's end)."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Cut: what was sent must not look complete."""
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)

@@ -46,8 +46,8 @@ LINGER_S = 2.0  # how long input is drained after an error answer (nginx: linger
 class ClientSession(RequestFraming):
     # One lives per open client connection, idle keepalive ones included: no more fields than
     # needed, and the queue a list (a deque allocates a 64-slot block at once).
-    __slots__ = ("forwarding", "io", "parsing", "paused", "peer", "peer_ip", "queue", "redirect",
-                 "scheme", "tunnel", "writable")
+    # (io, scheme, peer, peer_ip, forwarding, writable: ExchangeClient's, the exchange's view)
+    __slots__ = ("parsing", "paused", "queue", "redirect", "tunnel")
 
     def __init__(self, ctx: ProxyContext, io: ClientIO, scheme: bytes, peer_ip: str, peer: str,
                  redirect: bool = False) -> None:
