@@ -12,6 +12,7 @@ Typical use by the scheduler role (inside the scheduler node's network namespace
     dp.set_self(2, mac_n3)
     dp.set_port_rules({80, 443}, {9000: 0}, default_node=None)
     dp.set_deny(["203.0.113.0/24"])
+    dp.set_vips({"198.18.0.100": None, "198.18.0.112": {80, 443}})   # seed 002: many VIPs
     dp.set_assignments(table)          # whenever the client table changes
     ... dp.last_access_ns(), dp.counters() ...
     dp.close()
@@ -65,6 +66,11 @@ class DataPlane(Protocol):
     def set_deny(self, cidrs: Sequence[str]) -> None:
         """IPv4 source CIDRs dropped in the data plane and counted (seed 000)."""
 
+    def set_vips(self, vips: Mapping[str, Collection[int] | None]) -> None:
+        """Every VIP address answered -> the ports its services name (None: every port, the
+        port rules decide). Replaces the set; before the first call only the VIP given at
+        construction is answered, on every port. A VIP left out is no longer answered."""
+
     def last_access_ns(self) -> list[int]:
         """Per bucket, CLOCK_MONOTONIC ns of the last packet (0 = never); tick resolution."""
 
@@ -107,6 +113,46 @@ def validate_ports(
         validate_node(default_node, "default node")
 
 
+MAX_VIP_PORTS = 65536  # DLBA_MAX_VIP_PORTS in dlba_tc.h
+
+
+def validate_vips(vips: Mapping[str, Collection[int] | None]
+                  ) -> dict[bytes, frozenset[int] | None]:
+    """VIP text -> ports, as packed addresses; raises ValueError on a bad address, port or size."""
+    from dlba.config.services import MAX_VIPS
+
+    out: dict[bytes, frozenset[int] | None] = {}
+    pairs = 0
+    for text, ports in vips.items():
+        key = ipaddress.IPv4Address(text).packed
+        if ports is None:
+            out[key] = None
+            continue
+        for port in ports:
+            if not 0 <= port <= 0xFFFF:
+                raise ValueError(f"port {port} outside 0..65535")
+        out[key] = frozenset(ports)
+        pairs += len(ports)
+    if len(out) > MAX_VIPS or pairs > MAX_VIP_PORTS:
+        raise ValueError(f"{len(out)} VIPs with {pairs} ports: at most {MAX_VIPS} and "
+                         f"{MAX_VIP_PORTS}")
+    return out
+
+
+def vip_map(config: Any) -> dict[str, frozenset[int] | None]:
+    """The data plane's VIPs from a Config (dlba/config/model.py): every address of every
+    service, with the union of the ports of the services on it; the implicit service (no
+    [[services]]) takes every port."""
+    out: dict[str, frozenset[int] | None] = {}
+    for svc in config.services:
+        for address in svc.addresses():
+            if svc.implicit:
+                out[address] = None
+            elif address not in out or out[address] is not None:
+                out[address] = frozenset(svc.ports) | (out.get(address) or frozenset())
+    return out
+
+
 def validate_cidrs(cidrs: Sequence[str]) -> list[ipaddress.IPv4Network]:
     return [ipaddress.IPv4Network(c, strict=False) for c in cidrs]
 
@@ -136,14 +182,14 @@ def make_dataplane(ifname: str, vip: str, buckets: int, prefer: str = "ebpf") ->
 TC_INGRESS = 0xFFFFFFF2  # clsact's ingress hook
 
 
-def _our_filter(msg: Any, bpf_prio: int, u32_prio: int) -> int | None:
+def _our_filter(msg: Any, bpf_prio: int, u32_prios: Collection[int]) -> int | None:
     """The priority of a filter (a pyroute2 tcmsg) one of our data planes installs, or None."""
     kind, prio = msg.get_attr("TCA_KIND"), int(msg["info"]) >> 16
     if kind == "bpf" and prio == bpf_prio:
         options = msg.get_attr("TCA_OPTIONS")
         name = options.get_attr("TCA_BPF_NAME") if options is not None else None
         return prio if name is None or "dlba" in str(name) else None
-    if kind == "u32" and prio == u32_prio:
+    if kind == "u32" and prio in u32_prios:
         return prio
     return None
 
@@ -157,7 +203,7 @@ def remove_leftovers(ifname: str, vip: str) -> list[str]:
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
-    from scheduler.dataplane_afpacket import TC_PRIO as U32_PRIO
+    from scheduler.dataplane_afpacket import TC_PRIOS as U32_PRIOS
     from scheduler.dataplane_ebpf import TC_PRIORITY as BPF_PRIO
     from scheduler.vip_owner import remove_from_interface
 
@@ -171,7 +217,7 @@ def remove_leftovers(ifname: str, vip: str) -> list[str]:
             filters = list(ipr.get_filters(index=index, parent=TC_INGRESS))
         except NetlinkError:  # no clsact qdisc: nothing of ours
             filters = []
-        prios = {p for m in filters if (p := _our_filter(m, BPF_PRIO, U32_PRIO)) is not None}
+        prios = {p for m in filters if (p := _our_filter(m, BPF_PRIO, U32_PRIOS)) is not None}
         for prio in sorted(prios):
             try:
                 # prio alone (protocol 0, no handle) removes every filter at that priority

@@ -4,7 +4,8 @@ Where the BPF program cannot load, the scheduler still routes (patent 003: chang
 the frame back out). The hard part is that the VIP is on every node, so the scheduler's own
 kernel would also accept frames that belong to other nodes (and answer them with RSTs). Design:
 
-* a classic tc filter on `front` (clsact ingress, u32 "ip dst == VIP", action mirred egress
+* a classic tc filter on `front` (clsact ingress, u32 "ip dst == VIP", one per VIP network
+  (seed 002: every service's VIPs, collapsed to prefixes), action mirred egress
   redirect) steals every IPv4 frame for the VIP from this kernel's stack and hands it to a tap
   device (`dlbaself`) whose file descriptor this process reads; nothing else is touched. (The
   simpler "AF_PACKET tap + u32 action drop" needs act_gact, which kernels built without it
@@ -43,6 +44,7 @@ from scheduler.dataplane import (
     validate_node,
     validate_ports,
     validate_table,
+    validate_vips,
 )
 from scheduler.frame_decision import Action, Reason, Rules, decide, node_u32
 
@@ -57,6 +59,9 @@ TAP_NAME = "dlbaself"
 TAP_ADDR = "169.254.0.77"
 TC_PARENT_INGRESS = 0xFFFFFFF2  # clsact's ingress hook
 TC_PRIO = 7
+# A new VIP set is stolen at the other priority before the old filters go: no frame for a VIP
+# kept across the change ever reaches this kernel's stack in between.
+TC_PRIOS = (TC_PRIO, TC_PRIO + 1)
 
 
 class AfPacketDataPlane:
@@ -79,6 +84,8 @@ class AfPacketDataPlane:
         self._tap_index = 0
         self._ifindex = 0
         self._made_clsact = False
+        self._networks = [ipaddress.IPv4Network(self._vip)]
+        self._prio = TC_PRIO
 
     # -- install / close ------------------------------------------------------------------------
 
@@ -121,29 +128,34 @@ class AfPacketDataPlane:
         sock.bind((self.ifname, 0))
         self._sock = sock
 
-    def _del_filter(self, ipr: IPRoute) -> None:
-        ipr.tc("del-filter", None, self._ifindex, parent=TC_PARENT_INGRESS, prio=TC_PRIO,
+    def _del_filter(self, ipr: IPRoute, prio: int = TC_PRIO) -> None:
+        ipr.tc("del-filter", None, self._ifindex, parent=TC_PARENT_INGRESS, prio=prio,
                protocol=ETH_P_IP)  # fmt: skip
 
     def _add_tc_steal(self) -> None:
         with IPRoute() as ipr:
             # A crashed run leaves its filter redirecting into a tap that is gone, which would
             # black-hole the VIP: ours replaces it (same priority).
-            with contextlib.suppress(NetlinkError):  # ENOENT: nothing to remove
-                self._del_filter(ipr)
+            for prio in TC_PRIOS:
+                with contextlib.suppress(NetlinkError):  # ENOENT: nothing to remove
+                    self._del_filter(ipr, prio)
             try:
                 ipr.tc("add", "clsact", self._ifindex)
                 self._made_clsact = True
             except NetlinkError:  # EEXIST: clsact already there
                 self._made_clsact = False
+            self._add_filters(ipr, self._prio)
+
+    def _add_filters(self, ipr: IPRoute, prio: int) -> None:
+        for net in self._networks:
             ipr.tc(
                 "add-filter",
                 "u32",
                 self._ifindex,
                 parent=TC_PARENT_INGRESS,
-                prio=TC_PRIO,
+                prio=prio,
                 protocol=ETH_P_IP,
-                keys=[f"0x{int(self._vip):08x}/0xffffffff+16"],
+                keys=[f"0x{int(net.network_address):08x}/0x{int(net.netmask):08x}+16"],
                 target=0x10001,  # a classid pyroute2 insists on; the action decides
                 action={
                     "kind": "mirred",
@@ -152,6 +164,19 @@ class AfPacketDataPlane:
                     "ifindex": self._tap_index,
                 },
             )
+
+    def _resteal(self) -> None:
+        """The filters for the current networks at the other priority, then the old ones go."""
+        if not self._ifindex:
+            return
+        old, new = self._prio, TC_PRIOS[1] if self._prio == TC_PRIOS[0] else TC_PRIOS[0]
+        with IPRoute() as ipr:
+            with contextlib.suppress(NetlinkError):
+                self._del_filter(ipr, new)
+            self._add_filters(ipr, new)
+            with contextlib.suppress(NetlinkError):
+                self._del_filter(ipr, old)
+        self._prio = new
 
     def close(self) -> None:
         self._stop.set()
@@ -164,7 +189,7 @@ class AfPacketDataPlane:
                     if self._made_clsact:
                         ipr.tc("del", "clsact", self._ifindex)
                     else:
-                        self._del_filter(ipr)
+                        self._del_filter(ipr, self._prio)
                 except NetlinkError:  # the interface or namespace is already gone
                     pass
             self._ifindex = 0
@@ -264,6 +289,23 @@ class AfPacketDataPlane:
     def set_deny(self, cidrs: Sequence[str]) -> None:
         validate_cidrs(cidrs)
         self._rules = replace(self._rules, deny=Rules.compile_deny(cidrs))
+
+    def set_vips(self, vips: Mapping[str, Collection[int] | None]) -> None:
+        wanted = validate_vips(vips)
+        main = self._vip.packed
+        others = {a: p for a, p in wanted.items() if a != main}
+        addresses = [ipaddress.IPv4Network(int.from_bytes(a, "big")) for a in wanted]
+        networks: list[ipaddress.IPv4Network] = list(ipaddress.collapse_addresses(addresses))
+        steal_more = set(networks) - set(self._networks)
+        if steal_more:  # steal the new VIPs first: the rules below expect their frames
+            self._networks = networks
+            self._resteal()
+        self._rules = replace(
+            self._rules, vip=main if main in wanted else b"\0" * 4,
+            vip_ports=wanted.get(main, frozenset()), vips=others)
+        if not steal_more and networks != self._networks:
+            self._networks = networks
+            self._resteal()
 
     def last_access_ns(self) -> list[int]:
         return list(self._last)

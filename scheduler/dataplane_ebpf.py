@@ -23,6 +23,7 @@ from scheduler.dataplane import (
     validate_node,
     validate_ports,
     validate_table,
+    validate_vips,
 )
 from scheduler.frame_decision import MAX_NODES, NO_NODE, node_u32
 
@@ -44,10 +45,12 @@ C_PULLED = MAX_NODES + 8
 C_ICMP = MAX_NODES + 9
 C_NUM = MAX_NODES + 10
 
-CONFIG = struct.Struct("=4sIII6s2xI")  # struct dlba_config
+VIP_ANY_PORT = 1
+CONFIG = struct.Struct("=4sIII6sBxI")  # struct dlba_config
 NODE = struct.Struct("=6sBx")  # struct dlba_node
 LPM_KEY = struct.Struct("=I4s")  # struct dlba_lpm_key
 U32 = struct.Struct("=I")
+VIP_PORT = struct.Struct("=4sI")  # struct dlba_vip_port
 
 
 def _u32_keys(n: int) -> bytes:
@@ -62,7 +65,11 @@ class EbpfDataPlane:
             raise FileNotFoundError(2, f"{obj_path} missing: run `make install` (clang)")
         self.ifname = ifname
         self.buckets = buckets
-        self._vip = ipaddress.IPv4Address(vip).packed
+        self._main_vip = ipaddress.IPv4Address(vip).packed
+        self._vip = self._main_vip  # 0.0.0.0 once a set_vips leaves the main VIP out
+        self._vip_flags = VIP_ANY_PORT
+        self._vips: dict[bytes, int] = {}  # the other VIPs in dlba_vips -> flags
+        self._vip_pairs: set[bytes] = set()  # dlba_vip_ports keys
         self._self = NO_NODE
         self._own_mac = b"\0" * 6
         self._default = NO_NODE
@@ -89,6 +96,8 @@ class EbpfDataPlane:
         self._nodes = bpf.Map(fd("dlba_nodes"), 4, NODE.size)
         self._ports = bpf.Map(fd("dlba_ports"), 4, 4)
         self._deny_map = bpf.Map(fd("dlba_deny"), LPM_KEY.size, 1)
+        self._vips_map = bpf.Map(fd("dlba_vips"), 4, 4)
+        self._vip_ports = bpf.Map(fd("dlba_vip_ports"), VIP_PORT.size, 1)
         self._outer = bpf.Map(fd("dlba_table"), 4, 4)
         self._last = bpf.Map(fd("dlba_last_access"), 4, 8)
         self._stats = bpf.Map(fd("dlba_stats"), 4, 8 * C_NUM)
@@ -99,7 +108,8 @@ class EbpfDataPlane:
 
     def _write_config(self) -> None:
         value = CONFIG.pack(
-            self._vip, self.buckets, self._self, self._default, self._own_mac, len(self._deny)
+            self._vip, self.buckets, self._self, self._default, self._own_mac, self._vip_flags,
+            len(self._deny),
         )
         self._config.update(U32.pack(0), value)
 
@@ -168,6 +178,28 @@ class EbpfDataPlane:
             self._deny_map.delete(key)
         self._deny = keys
         self._write_config()
+
+    def set_vips(self, vips: Mapping[str, Collection[int] | None]) -> None:
+        wanted = validate_vips(vips)
+        pairs = {VIP_PORT.pack(a, p) for a, ports in wanted.items() for p in ports or ()}
+        flags = {a: VIP_ANY_PORT if ports is None else 0 for a, ports in wanted.items()}
+        others = {a: f for a, f in flags.items() if a != self._main_vip}
+        # Ports before the VIPs that need them, deletes last: a port answered before and after
+        # is never briefly dropped; each element is replaced whole.
+        for key in pairs - self._vip_pairs:
+            self._vip_ports.update(key, b"\1")
+        for addr, f in others.items():
+            if self._vips.get(addr) != f:
+                self._vips_map.update(addr, U32.pack(f))
+        main = flags.get(self._main_vip)
+        self._vip = self._main_vip if main is not None else b"\0" * 4
+        self._vip_flags = main or 0
+        self._write_config()
+        for addr in self._vips.keys() - others.keys():
+            self._vips_map.delete(addr)
+        for key in self._vip_pairs - pairs:
+            self._vip_ports.delete(key)
+        self._vips, self._vip_pairs = others, pairs
 
     # -- reading ------------------------------------------------------------------------------
 

@@ -39,11 +39,11 @@ class Action(Enum):
 
 
 class Reason(Enum):
-    NOT_OURS = "not_ours"  # not IPv4 to the VIP addressed to our MAC: none of our business
+    NOT_OURS = "not_ours"  # not IPv4 to a VIP addressed to our MAC: none of our business
     MALFORMED = "malformed"  # to the VIP but too short or a bad header: the kernel drops it
     ACL = "acl"
     OTHER_PROTO = "other_proto"  # ICMP (not an error about our flow) etc.: the scheduler answers
-    PORT = "port"  # no rule for the port and no default node
+    PORT = "port"  # no service names the port on that VIP, or no rule and no default node
     NO_NODE = "no_node"  # owner unknown (no MAC) or the bucket has no owner
     NOT_CONFIGURED = "not_configured"  # no client table yet
     SELF = "self"
@@ -67,7 +67,12 @@ def bucket_of(src_ip: int, src_port: int, buckets: int) -> int:
 
 @dataclass(frozen=True)
 class Rules:
-    """Everything the decision reads: the same state the eBPF maps hold."""
+    """Everything the decision reads: the same state the eBPF maps hold.
+
+    VIPs: `vip` (the cluster's, compared first: one compare for a single-VIP array) and the
+    keys of `vips`; each with the ports its services name, None = every port (the port rules
+    alone decide, as a config without [[services]] does). A port no service names on a VIP
+    is dropped before the port rules are asked."""
 
     vip: bytes  # 4 bytes, network order
     buckets: int
@@ -79,6 +84,8 @@ class Rules:
     pinned: Mapping[int, int] = field(default_factory=dict)
     default_node: int | None = None
     deny: tuple[tuple[int, int, frozenset[int]], ...] = ()  # see compile_deny
+    vip_ports: frozenset[int] | None = None  # the ports of `vip`
+    vips: Mapping[bytes, frozenset[int] | None] = field(default_factory=dict)  # the other VIPs
 
     @staticmethod
     def compile_deny(cidrs: Sequence[str]) -> tuple[tuple[int, int, frozenset[int]], ...]:
@@ -91,6 +98,16 @@ class Rules:
             (plen, (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF, frozenset(addrs))
             for plen, addrs in sorted(by_len.items(), reverse=True)
         )
+
+
+_NOT_A_VIP = frozenset({-1})  # sentinel: a port set no port is in, returned for "not a VIP"
+
+
+def vip_ports(daddr: bytes, rules: Rules) -> frozenset[int] | None:
+    """The ports of VIP `daddr` (None: every port), or _NOT_A_VIP."""
+    if daddr == rules.vip:
+        return rules.vip_ports
+    return rules.vips.get(daddr, _NOT_A_VIP)
 
 
 def denied(src_ip: int, deny: tuple[tuple[int, int, frozenset[int]], ...]) -> bool:
@@ -112,7 +129,8 @@ def decide(frame: bytes | bytearray | memoryview, rules: Rules) -> Verdict:
     vihl, _tos, _tot, _id, frag, _ttl, l4proto, _csum, saddr, daddr = _IP.unpack_from(
         frame, ETH_HLEN
     )
-    if daddr != rules.vip or dst_mac != rules.own_mac:
+    ports = vip_ports(daddr, rules)
+    if ports is _NOT_A_VIP or dst_mac != rules.own_mac:
         return Verdict(Action.PASS, Reason.NOT_OURS)
     ihl = vihl & 0x0F
     if vihl >> 4 != 4 or ihl < 5:
@@ -133,6 +151,8 @@ def decide(frame: bytes | bytearray | memoryview, rules: Rules) -> Verdict:
     if len(frame) < l4off + 4:
         return Verdict(Action.PASS, Reason.MALFORMED)
     sport, dport = _PORTS.unpack_from(frame, l4off)
+    if ports is not None and dport not in ports:
+        return Verdict(Action.DROP, Reason.PORT)
     table, buckets = rules.table, rules.buckets
     if dport in rules.balanced and table is not None and buckets > 0:  # the common case, inline
         bucket = (src + sport) % buckets
@@ -156,12 +176,15 @@ def _icmp_error(frame: bytes | bytearray | memoryview, off: int, rules: Rules) -
     ihl = vihl & 0x0F
     if vihl >> 4 != 4 or ihl < 5:
         return Verdict(Action.PASS, Reason.MALFORMED)
-    if saddr != rules.vip or proto not in (IPPROTO_TCP, IPPROTO_UDP) or frag & 0x1FFF:
-        return None  # not from the VIP, or no ports to find the flow by
+    ports = vip_ports(saddr, rules)
+    if ports is _NOT_A_VIP or proto not in (IPPROTO_TCP, IPPROTO_UDP) or frag & 0x1FFF:
+        return None  # not from a VIP, or no ports to find the flow by
     l4off = inner + ihl * 4
     if len(frame) < l4off + 4:
         return Verdict(Action.PASS, Reason.MALFORMED)
     vport, cport = _PORTS.unpack_from(frame, l4off)
+    if ports is not None and vport not in ports:
+        return Verdict(Action.DROP, Reason.PORT, icmp=True)
     return _by_port(rules, int.from_bytes(daddr, "big"), cport, vport, icmp=True)
 
 

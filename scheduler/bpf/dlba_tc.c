@@ -7,12 +7,20 @@
  * interface, unchanged otherwise. Frames it owns itself go up its own stack. Responses never come
  * back through here: every node has the VIP on lo and answers the client directly.
  *
+ * VIPs (seed 002): the cluster's VIP (one compare, so a single-VIP array pays no lookup) and
+ * every other address of every service (dlba_vips, a hash of /32s: prefixes up to /24 are
+ * expanded by the control plane, so the cost is one lookup whatever the number of VIPs). A VIP
+ * whose services name ports answers only those (dlba_vip_ports, one more lookup); a VIP of the
+ * implicit service (no [[services]]) takes every port, as before. The port rules, the deny list
+ * and the client table are the same for every VIP.
+ *
  * Decision order (mirrored by scheduler/frame_decision.py, which the AF_PACKET fallback uses):
- *   not IPv4, not to the VIP, not addressed to our MAC  -> pass untouched
+ *   not IPv4, not to a VIP, not addressed to our MAC    -> pass untouched
  *   source in a deny CIDR                              -> drop (acl)
  *   ICMP dest-unreachable quoting a VIP TCP/UDP packet -> as that flow's client packets (below)
  *   not TCP/UDP (other ICMP, ...)                      -> pass (the scheduler node answers)
  *   fragment (MF set or offset != 0)                   -> owner of bucket (src + 0), no port rule
+ *   destination port not named by the VIP's services   -> drop (port)
  *   destination port pinned                            -> that node
  *   destination port balanced                          -> owner of bucket (src + sport)
  *   other port                                         -> default node, or drop (port)
@@ -74,6 +82,22 @@ struct {
 } dlba_ports SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DLBA_MAX_VIPS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, __u32);
+} dlba_vips SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DLBA_MAX_VIP_PORTS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct dlba_vip_port);
+	__type(value, __u8);
+} dlba_vip_ports SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 4096);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -123,6 +147,24 @@ static __always_inline int mac_eq(const __u8 *a, const __u8 *b)
 	/* 6 bytes as 4 + 2: two compares instead of six. */
 	return *(const __u32 *)a == *(const __u32 *)b &&
 	       *(const __u16 *)(a + 4) == *(const __u16 *)(b + 4);
+}
+
+/* The flags of VIP `addr` (network order), or -1 when it is no VIP of ours. */
+static __always_inline long vip_flags(const struct dlba_config *cfg, __u32 addr)
+{
+	if (addr == cfg->vip)
+		return cfg->vip_flags;
+	__u32 *flags = bpf_map_lookup_elem(&dlba_vips, &addr);
+	return flags ? (long)*flags : -1;
+}
+
+/* Does a service name `port` (host order) on VIP `addr`? */
+static __always_inline int port_named(long flags, __u32 addr, __u32 port)
+{
+	if (flags & DLBA_VIP_ANY_PORT)
+		return 1;
+	struct dlba_vip_port key = {.addr = addr, .port = port};
+	return bpf_map_lookup_elem(&dlba_vip_ports, &key) != NULL;
 }
 
 static __always_inline int deliver(struct __sk_buff *skb, const struct dlba_config *cfg,
@@ -229,7 +271,8 @@ static __always_inline int icmp_error(struct __sk_buff *skb, const struct dlba_c
 		st->c[DLBA_C_MALFORMED]++;
 		return TC_ACT_OK;
 	}
-	if (in->saddr != cfg->vip || (in->protocol != IPPROTO_TCP && in->protocol != IPPROTO_UDP) ||
+	long flags = vip_flags(cfg, in->saddr);
+	if (flags < 0 || (in->protocol != IPPROTO_TCP && in->protocol != IPPROTO_UDP) ||
 	    (in->frag_off & bpf_htons(IP_OFFSET))) {
 		st->c[DLBA_C_PASS_OTHER]++; /* not our flow, or no ports to find it by */
 		return TC_ACT_OK;
@@ -242,8 +285,12 @@ static __always_inline int icmp_error(struct __sk_buff *skb, const struct dlba_c
 	__u32 vport = bpf_ntohs(ports[0]);
 	__u32 cport = bpf_ntohs(ports[1]);
 	__u32 client = bpf_ntohl(in->daddr);
-	__u32 *r = bpf_map_lookup_elem(&dlba_ports, &vport);
 	st->c[DLBA_C_ICMP]++;
+	if (!port_named(flags, in->saddr, vport)) {
+		st->c[DLBA_C_DROP_PORT]++;
+		return TC_ACT_SHOT;
+	}
+	__u32 *r = bpf_map_lookup_elem(&dlba_ports, &vport);
 	return route(skb, cfg, st, r ? *r : DLBA_PORT_DEFAULT, client, cport, 0);
 }
 
@@ -268,7 +315,11 @@ int dlba_ingress(struct __sk_buff *skb)
 	if ((void *)(ip + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
 		return TC_ACT_OK;
 	struct dlba_config *cfg = bpf_map_lookup_elem(&dlba_config, &zero);
-	if (!cfg || ip->daddr != cfg->vip || !mac_eq(eth->h_dest, cfg->own_mac))
+	if (!cfg)
+		return TC_ACT_OK;
+	__u32 daddr = ip->daddr; /* kept: a pull below invalidates ip */
+	long flags = vip_flags(cfg, daddr);
+	if (flags < 0 || !mac_eq(eth->h_dest, cfg->own_mac))
 		return TC_ACT_OK;
 	struct dlba_stats *st = bpf_map_lookup_elem(&dlba_stats, &zero);
 	if (!st)
@@ -319,6 +370,10 @@ int dlba_ingress(struct __sk_buff *skb)
 			return TC_ACT_OK;
 		sport = bpf_ntohs(ports[0]);
 		__u32 dport = bpf_ntohs(ports[1]);
+		if (!port_named(flags, daddr, dport)) {
+			st->c[DLBA_C_DROP_PORT]++;
+			return TC_ACT_SHOT;
+		}
 		__u32 *r = bpf_map_lookup_elem(&dlba_ports, &dport);
 		rule = r ? *r : DLBA_PORT_DEFAULT;
 	}

@@ -4,6 +4,11 @@
 #define DLBA_TC_H
 
 #define DLBA_MAX_NODES 64
+#define DLBA_MAX_VIPS 4096 /* MAX_VIPS in dlba/config/services.py */
+#define DLBA_MAX_VIP_PORTS 65536 /* (VIP, port) pairs the services name */
+
+/* VIP flags (dlba_vips map values, dlba_config.vip_flags). */
+#define DLBA_VIP_ANY_PORT 1 /* every port: the port rules alone decide (no [[services]]) */
 #define DLBA_NO_NODE 0xffffffffu
 
 /* ports map value: what to do with a VIP destination port. */
@@ -30,7 +35,8 @@ struct dlba_config {
 	__u32 self_index; /* DLBA_NO_NODE until set_self */
 	__u32 default_node; /* DLBA_NO_NODE: ports without a rule are dropped */
 	__u8 own_mac[6];
-	__u8 pad[2];
+	__u8 vip_flags; /* of `vip`, the cluster's VIP, compared before the dlba_vips lookup */
+	__u8 pad;
 	__u32 deny_count; /* 0: skip the deny trie lookup (about 25 ns) */
 };
 
@@ -42,6 +48,11 @@ struct dlba_node {
 
 struct dlba_stats {
 	__u64 c[DLBA_C_NUM];
+};
+
+struct dlba_vip_port {
+	__u32 addr; /* network byte order */
+	__u32 port; /* host byte order */
 };
 
 struct dlba_lpm_key {
