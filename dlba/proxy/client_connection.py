@@ -8,8 +8,11 @@ tls.transport.TLSTransport.
 
 from __future__ import annotations
 
+import array
 import asyncio
+import fcntl
 import ssl
+import termios
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -123,6 +126,22 @@ class ClientConnection(ClientIO):
             return False
         t.write_eof()  # TCP: FIN; TLS (tls.transport): close_notify
         return True
+
+    def unsent(self) -> int:
+        """The transport's buffer plus what the kernel holds unacknowledged (SIOCOUTQ)."""
+        t = self.transport
+        if t is None:
+            return 0
+        queued = t.get_write_buffer_size()
+        sock = t.get_extra_info("socket")
+        if sock is not None:
+            out = array.array("i", [0])
+            try:
+                fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, out)  # SIOCOUTQ on a socket
+            except OSError:
+                return queued
+            queued += out[0]
+        return queued
 
     def local_host(self) -> bytes:
         sock = self.transport.get_extra_info("sockname") if self.transport else None

@@ -34,7 +34,7 @@ CHUNKED: Final = 3  # a chunked body, which ends with a blank line
 UPGRADING: Final = 4  # an Upgrade request's head is read: no byte may follow before its 101
 TUNNEL: Final = 5  # bytes both ways, unparsed (after a 101)
 CLOSING: Final = 6  # an error is owed after the responses in flight; nothing more is read
-LINGERING: Final = 7  # our side shut after an error answer; input is drained, then closed
+LINGERING: Final = 7  # our side shut (after an error or a long response): input drained
 CLOSED: Final = 8
 READING: Final = CHUNKED  # states up to this one parse the client's stream
 
@@ -43,6 +43,7 @@ NO_TIMER: Final = 0
 HEADER_TIMER: Final = 1
 IDLE_TIMER: Final = 2
 LINGER_TIMER: Final = 3
+CLOSE_TIMER: Final = 4  # a half-closed connection waiting for the client to close first
 
 # An exchange's state.
 QUEUED: Final = 0  # behind an earlier pipelined request, or not started yet
@@ -91,6 +92,11 @@ class ClientIO:
     @abstractmethod
     def shut_write(self) -> bool:
         """Shut our side (FIN, or TLS close_notify) and keep reading: whether that was done."""
+
+    def unsent(self) -> int:
+        """Bytes written but not yet acknowledged by the client (queued here and in the
+        kernel): how a half-closed connection tells a slow reader from a gone one."""
+        return 0
 
     def local_host(self) -> bytes:
         """The address the client dialled (a redirect for a request without a Host)."""

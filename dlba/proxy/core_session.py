@@ -19,6 +19,7 @@ from dlba.proxy import http_head
 from dlba.proxy.core_exchange import Exchange
 from dlba.proxy.core_framing import MAX_HEAD_BYTES, RequestFraming
 from dlba.proxy.core_io import (
+    CLOSE_TIMER,
     CLOSED,
     CLOSING,
     HEADER_TIMER,
@@ -41,13 +42,20 @@ events = logging.getLogger("dlba.event")
 
 MAX_QUEUED = 16  # pipelined requests read ahead of the one being answered
 LINGER_S = 2.0  # how long input is drained after an error answer (nginx: lingering_time)
+# A response this long, with Connection: close, ends with a half-close and the client closes
+# first. A node keeps no TIME_WAIT (a moved flow must meet a reset), so a socket it closed
+# vanishes once its FIN is acknowledged; the client's next window update then draws a reset
+# while its last megabytes are still unread, and a TLS client loses them (seen in the chaos
+# soak). Short responses fit in the client's first windows and keep the cheaper direct close.
+HALF_CLOSE_ABOVE = 65536
+CLOSE_WAIT_S = 30.0  # a half-closed connection waits this long for the client, per progress
 
 
 class ClientSession(RequestFraming):
     # One lives per open client connection, idle keepalive ones included: no more fields than
     # needed, and the queue a list (a deque allocates a 64-slot block at once).
     # (io, scheme, peer, peer_ip, forwarding, writable: ExchangeClient's, the exchange's view)
-    __slots__ = ("parsing", "paused", "queue", "redirect", "tunnel")
+    __slots__ = ("parsing", "paused", "queue", "redirect", "tunnel", "unsent")
 
     def __init__(self, ctx: ProxyContext, io: ClientIO, scheme: bytes, peer_ip: str, peer: str,
                  redirect: bool = False) -> None:
@@ -63,6 +71,7 @@ class ClientSession(RequestFraming):
         self.forwarding = http_head.forwarding_lines(peer_ip, scheme)
         self.paused = False
         self.writable = True
+        self.unsent = 0  # while half-closed: the unacknowledged bytes at the last check
         stats = ctx.stats
         stats.connections_open += 1
         stats.connections_total += 1
@@ -177,7 +186,10 @@ class ClientSession(RequestFraming):
             self._linger()  # a bad request followed this response: its answer was the close
             return
         if not ex.client_keep_alive:
-            self.close()
+            if ex.bytes_out >= HALF_CLOSE_ABOVE:
+                self._linger(CLOSE_TIMER, CLOSE_WAIT_S)
+            else:
+                self.close()
             return
         if self.queue:
             self.queue[0].start()
@@ -213,10 +225,10 @@ class ClientSession(RequestFraming):
             status, reason, extra=self.ctx.hsts_for(self.scheme)))
         self._linger()
 
-    def _linger(self) -> None:
-        """Close after an error without losing the error: a client still sending would get a
-        reset, and a reset makes its kernel drop the unread answer. So, like nginx's lingering
-        close: shut our side, read and discard for a while, then close."""
+    def _linger(self, timer: int = LINGER_TIMER, wait_s: float = LINGER_S) -> None:
+        """Close without losing the answer: a client still sending would get a reset, and a
+        reset makes its kernel drop the unread answer. So, like nginx's lingering close: shut
+        our side, read and discard until the client closes or the timer ends."""
         if self.state >= LINGERING:
             return
         if self.io.shut_write():
@@ -224,7 +236,8 @@ class ClientSession(RequestFraming):
             if self.paused:
                 self.paused = False
                 self.io.resume_reading()
-            self._arm(LINGER_TIMER, LINGER_S)
+            self.unsent = self.io.unsent()
+            self._arm(timer, wait_s)
         else:
             self.close()
 
@@ -264,3 +277,11 @@ class ClientSession(RequestFraming):
             self.close()
         elif timer == LINGER_TIMER:
             self.abort()
+        elif timer == CLOSE_TIMER:
+            # A slow reader still taking the response keeps its connection; a stalled one is
+            # closed (not reset: what the kernel still holds may yet reach it).
+            unsent, self.unsent = self.unsent, self.io.unsent()
+            if 0 < self.unsent < unsent:
+                self._arm(CLOSE_TIMER, CLOSE_WAIT_S)
+            else:
+                self.close()

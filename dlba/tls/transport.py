@@ -287,6 +287,12 @@ class TLSTransport(asyncio.Protocol):
                 self.transport.resume_reading()
             self._read()  # what was decrypted or received while paused
 
+    def get_write_buffer_size(self) -> int:
+        """Encrypted bytes queued in the socket's transport (not in the kernel)."""
+        if self.transport is None or self.lost:
+            return 0
+        return self.transport.get_write_buffer_size()
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "ssl_object":
             if isinstance(self.sslobj, ssl.SSLObject):

@@ -82,6 +82,9 @@ class Recorder(ClientIO):
         self.pb.record("shut_write")
         return self.pb.can_shut
 
+    def unsent(self) -> int:
+        return self.pb.unsent
+
     def local_host(self) -> bytes:
         return b"10.0.0.1"
 
@@ -167,6 +170,7 @@ class Playbook:
         self.clock = clock
         self.corks = corks
         self.can_shut = True  # what ClientIO.shut_write answers (False: a TLS-less close)
+        self.unsent = 0  # what ClientIO.unsent answers (bytes the client has not acknowledged)
         self.calls: list[Call] = []
         self.checked = 0
         self.opening: list[tuple[int, Exchange]] = []
