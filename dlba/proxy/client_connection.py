@@ -150,6 +150,10 @@ class ClientConnection(ClientIO):
         ip = str(sock[0])
         return f"[{ip}]".encode() if ":" in ip else ip.encode()
 
+    def local_address(self) -> tuple[str, int]:
+        sock = self.transport.get_extra_info("sockname") if self.transport else None
+        return (str(sock[0]), int(sock[1])) if sock else ("", 0)
+
     def open_backend(self, ex: Exchange, backend_id: int) -> None:
         pool = self.ctx.pools[backend_id]
         conn = pool.take_idle()

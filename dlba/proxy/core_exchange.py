@@ -32,6 +32,8 @@ from dlba.proxy.core_io import (
 
 if TYPE_CHECKING:
     from dlba.proxy.proxy_context import ProxyContext
+    from dlba.scheduling.selection import Selection
+    from dlba.services.runtime import Route
 
 events = logging.getLogger("dlba.event")
 
@@ -69,6 +71,7 @@ class Exchange:
         "reason",
         "rechunk",
         "retained",
+        "route",
         "state",
         "status",
         "t0",
@@ -116,6 +119,7 @@ class Exchange:
         self.last_activity = 0.0
         self.http11 = True  # this request's version (a pipelined one may differ from the next)
         self.local: bytes | None = None  # an answer the node gives itself (redirect to HTTPS)
+        self.route: Route | None = None  # its service, pool, class and slot (dlba/services)
 
     @property
     def finished(self) -> bool:
@@ -145,12 +149,18 @@ class Exchange:
     def _schedule(self) -> None:
         ctx = self.ctx
         self.attempts += 1
-        sel = ctx.selector.select(
-            self.target.decode("latin-1"), self.cookie_header, self.excluded, ctx.loop.time()
-        )
+        sel = ctx.schedule(self)
         if sel is None:
-            self._fail(503, "no back end available")
+            if self.state != DONE:  # else already answered (a full pool, a class kept out)
+                self._fail(503, "no back end available")
             return
+        if sel.backend_id == 0:
+            return  # waits for a slot in its pool's queue, which calls proceed
+        self.proceed(sel)
+
+    def proceed(self, sel: Selection) -> None:
+        """Go to the selected back end (also how a request leaves its pool's queue)."""
+        ctx = self.ctx
         if sel.bad_cookie and self.attempts == 1:
             ctx.stats.cookie_rejected += 1
         self.backend_id = sel.backend_id
@@ -268,8 +278,10 @@ class Exchange:
         # Session ids this back end issues are its own, on every node (learned sessions).
         ctx.selector.learn(headers, self.backend_id, self.last_activity)
         https = client.scheme == b"https"
-        extra = ctx.inject_cookies(headers, self.backend_id, https) if status < 400 else ()
-        self._respond(status, reason, headers, extra, upgrade, ctx.hsts if https else b"")
+        route = self.route
+        extra = ctx.inject_cookies(headers, self.backend_id, https, route) if status < 400 else ()
+        hsts = (ctx.hsts if route is None else route.hsts) if https else b""
+        self._respond(status, reason, headers, extra, upgrade, hsts)
 
     # The client side's framing (HTTP/1.1 here; h2_stream.H2Exchange overrides these).
     def _informational(self, status: int, reason: bytes,
@@ -385,12 +397,18 @@ class Exchange:
             self.ctx.table.on_request_end(self.backend_id, 0.0, 0)
             self._fail(504, "back end timed out")
 
-    def _fail(self, status: int, message: str) -> None:
+    def refuse(self, status: int, message: str, extra: bytes = b"") -> None:
+        """Answered by the node, not a back end: a full pool's 503 (extra: its Retry-After
+        line), a class kept out of a pool (403)."""
+        if self.state != DONE:
+            self._fail(status, message, extra)
+
+    def _fail(self, status: int, message: str, extra: bytes = b"") -> None:
         self.status = status
         self.client_keep_alive = False
         client = self.client
         client.io.write(http_head.error_response(
-            status, message, extra=self.ctx.hsts_for(client.scheme)))
+            status, message, extra=self.ctx.hsts_for(client.scheme) + extra))
         self.ctx.stats.errors += 1
         self._end(False, counted=False)
 

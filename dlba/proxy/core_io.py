@@ -102,6 +102,10 @@ class ClientIO:
         """The address the client dialled (a redirect for a request without a Host)."""
         return b"localhost"
 
+    def local_address(self) -> tuple[str, int]:
+        """The address and port the client dialled (which virtual service it is for)."""
+        return ("", 0)
+
     @abstractmethod
     def open_backend(self, ex: Exchange, backend_id: int) -> None:
         """A connection to back end `backend_id` for `ex`: reported by ex.backend_connected

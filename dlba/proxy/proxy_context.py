@@ -17,8 +17,9 @@ from dlba.proxy.backend_pool import BackendPool
 from dlba.proxy.node_stats import NodeStats
 from dlba.scheduling import cookie_codec
 from dlba.scheduling.cookie_injection import injected_set_cookies
-from dlba.scheduling.selection import BackendSelector
+from dlba.scheduling.selection import BackendSelector, Selection
 from dlba.scheduling.web_server_status_table import WebServerStatusTable
+from dlba.services.runtime import Route, Services
 
 if TYPE_CHECKING:
     from dlba.proxy.client_connection import ClientConnection
@@ -51,6 +52,9 @@ class ProxyContext:
         self.pools: dict[int, BackendPool] = {}
         self.connections: set[ClientConnection] = set()
         self.config = config
+        # Looked up when used: the Playbook's clock has no call_soon (and no queue to run).
+        self.services = Services(self.table, self.selector, self.secret,
+                                 lambda f: self.loop.call_soon(f))
         self.apply(config)
 
     def apply(self, config: Config) -> None:
@@ -74,6 +78,8 @@ class ProxyContext:
         self.https_port = 443 if not tls_ports or 443 in tls_ports else tls_ports[0]
         self.table.reconfigure(config.backends)
         self.selector.reconfigure(config.persistence, config.scheduling)
+        self.services.apply(config)
+        self.redirect_services = any(s.redirect_https for s in config.services)
         self.cookie_values = {
             b.id: cookie_codec.encode(b.id, self.secret) for b in config.backends
         }
@@ -99,6 +105,11 @@ class ProxyContext:
         if not isinstance(sockname, tuple) or len(sockname) < 2:
             return False
         port = int(sockname[1])
+        if self.redirect_services:
+            service = self.services.router.service_for(str(sockname[0]), port)
+            if (service is not None and service.redirect_https
+                    and port not in service.tls_ports):
+                return True
         return any(str(HostPort(host, port)) in self.redirect_addrs
                    for host in (str(sockname[0]), "0.0.0.0", "::"))
 
@@ -107,8 +118,16 @@ class ProxyContext:
         return self.hsts_line if scheme == b"https" else b""
 
     # --- hooks called by exchanges --------------------------------------------------------
+    def schedule(self, ex: Exchange) -> Selection | None:
+        """A back end for `ex`; Selection with id 0: it waits in its pool's queue."""
+        if self.services.trivial:  # one implicit service, one pool, no classes, no maxconn
+            return self.selector.select(
+                ex.target.decode("latin-1"), ex.cookie_header, ex.excluded, self.loop.time())
+        return self.services.schedule(ex, self.loop.time())
+
     def inject_cookies(
         self, headers: Sequence[tuple[bytes, bytes]], backend_id: int, https: bool = False,
+        route: Route | None = None,
     ) -> list[tuple[bytes, bytes]]:
         values = [v.decode("latin-1") for n, v in headers if n.lower() == b"set-cookie"]
         if not values:
@@ -116,7 +135,8 @@ class ProxyContext:
         value = self.cookie_values.get(backend_id)
         if value is None:
             return []
-        lines = injected_set_cookies(values, self.session_cookies, self.persistence.cookie, value,
+        cookie = self.persistence.cookie if route is None else route.service.cookie
+        lines = injected_set_cookies(values, self.session_cookies, cookie, value,
                                      secure=https, same_site=self.persistence.same_site)
         if lines:
             self.stats.cookie_injected += 1
@@ -146,6 +166,8 @@ class ProxyContext:
             )
 
     def request_done(self, ex: Exchange, elapsed: float, ok: bool) -> None:
+        if ex.route is not None:
+            self.services.done(ex)
         stats = self.stats
         stats.requests += 1
         stats.bytes_out += ex.bytes_out
@@ -174,6 +196,7 @@ class ProxyContext:
             now = self.loop.time()
             for conn in list(self.connections):
                 conn.check_timeouts(now)
+            self.services.tick(now)
             ticks += 1
             if ticks % 20 == 0:
                 for pool in self.pools.values():

@@ -77,17 +77,24 @@ def request_path(target: str) -> str:
 class BackendSelector:
     def __init__(self, table: WebServerStatusTable, persistence: PersistenceConfig,
                  scheduling: SchedulingConfig, secret: bytes,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, members: frozenset[int] | None = None,
+                 learned: LearnedSessions | None = None) -> None:
+        """`members`: the back ends of this selector's pool (None: every back end of the
+        table); a cookie or learned session naming another pool's back end is not followed, so
+        sessions stay in the pool that set them. `learned`: shared by the selectors of every
+        pool of the node (one stick table, as the array shares it)."""
         self.table = table
         self.secret = secret
         self._rng = rng
+        self.members = members
         self._version = -1
         self._session_ring = HashRing({})
         self._url_ring = HashRing({})
         self._accepting: list[WebServerStatus] = []
         self._probe_ids: tuple[int, ...] = ()
         self._policy_name: str | None = None
-        self.learned = LearnedSessions(persistence.learned_ttl_s, persistence.learned_max)
+        self.learned = learned if learned is not None else LearnedSessions(
+            persistence.learned_ttl_s, persistence.learned_max)
         self.reconfigure(persistence, scheduling)
 
     def reconfigure(self, persistence: PersistenceConfig, scheduling: SchedulingConfig) -> None:
@@ -109,23 +116,32 @@ class BackendSelector:
         if table.version == self._version:
             return
         self._version = table.version
+        members = self.members
+        rows = table.rows if members is None else [r for r in table.rows if r.id in members]
         # Sessions may stay on draining back ends, so their ring uses the configured weight of
         # every back end that is not down: draining one must not remap everybody else's session.
         self._session_ring = HashRing(
-            {r.id: r.weight for r in table.rows if r.accepts_persistent})
-        self._accepting = [r for r in table.rows if r.accepts_new]
+            {r.id: r.weight for r in rows if r.accepts_persistent})
+        self._accepting = [r for r in rows if r.accepts_new]
         self._url_ring = HashRing({r.id: r.effective_weight for r in self._accepting})
-        self._probe_ids = tuple(r.id for r in table.rows if r.probe_eligible)
+        self._probe_ids = tuple(r.id for r in rows if r.probe_eligible)
+
+    def set_members(self, members: frozenset[int] | None) -> None:
+        if members != self.members:
+            self.members = members
+            self._version = -1
 
     def select(self, target: str, cookie_header: str | None, exclude: Collection[int],
-               now: float) -> Selection | None:
+               now: float, cookie: str | None = None) -> Selection | None:
+        """`cookie`: the persistence cookie's name when the service has its own."""
         self._refresh()
         table = self.table
+        members = self.members
         bad_cookie = False
 
         # 1. Persistence cookie. find_cookies is cheap when the name is absent.
         if cookie_header:
-            values = find_cookies(cookie_header, self._cookie)
+            values = find_cookies(cookie_header, cookie or self._cookie)
             if values:
                 valid = False
                 for value in values:
@@ -133,6 +149,8 @@ class BackendSelector:
                     if bid is None:
                         continue
                     valid = True
+                    if members is not None and bid not in members:
+                        continue  # another pool's back end: the session does not leave its pool
                     # may_try: not down, or down but due for its probe (the session lives
                     # there, so this client is the best probe there is).
                     if bid not in exclude and table.may_try(bid, now):
@@ -149,7 +167,9 @@ class BackendSelector:
                                   self._url_params)
             if sid:
                 issuer = learned.lookup(sid, now)
-                if issuer is not None and issuer not in exclude and table.may_try(issuer, now):
+                if (issuer is not None and issuer not in exclude
+                        and (members is None or issuer in members)
+                        and table.may_try(issuer, now)):
                     learned.selections += 1
                     return Selection(issuer, "learned", bad_cookie)
                 bid_or_none = self._session_ring.get_excluding(sid, exclude)
