@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dlba.cdn.settings import CdnConfig
 from dlba.config.reader import ConfigError, HostPort, parse_host_port
 from dlba.config.services import ClassConfig, PoolConfig, ServiceConfig
 
@@ -145,6 +146,7 @@ class Config:
     services: tuple[ServiceConfig, ...] = ()
     pools: tuple[PoolConfig, ...] = ()
     classes: tuple[ClassConfig, ...] = ()
+    cdn: CdnConfig = field(default_factory=CdnConfig)  # [cdn]: CDN offload (dlba/cdn)
 
     def node(self, name: str) -> NodeConfig:
         for n in self.nodes:

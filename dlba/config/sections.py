@@ -9,6 +9,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+from dlba.cdn.config_read import read_cdn
 from dlba.config.model import (
     POLICIES,
     AdminConfig,
@@ -109,6 +110,7 @@ def collect_config(text: str, path: Path, *, check_files: bool = True
     classes, _ = root.each("classes", read_class)
     check_services(problems, cluster.vip, Indexed(
         pools, [(i, b.pool, b.maxconn) for i, b in backends], services, classes))
+    cdn = read_cdn(root.section("cdn"))
     root.done()
     cfg = Config(
         path, cluster, tuple(p for _, p in ports), tuple(n for _, n in nodes), tls,
@@ -117,6 +119,7 @@ def collect_config(text: str, path: Path, *, check_files: bool = True
         or (implicit_service(cluster.vip, tls.hsts, persistence.cookie),),
         effective_pools([p for _, p in pools], scheduling.policy, scheduling.url_hash_paths),
         tuple(c for _, c in classes),
+        cdn=cdn,
     )
     if check_files:
         _check_files_of(problems, cfg)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from dlba.cdn.hook import ResponseFilter
 from dlba.proxy import http_head
 from dlba.proxy.core_io import (
     CONNECTING,
@@ -51,6 +52,7 @@ class Exchange:
         "body_bytes",
         "body_done",
         "bytes_out",
+        "cdn",
         "chunked_in",
         "client",
         "client_keep_alive",
@@ -119,6 +121,7 @@ class Exchange:
         self.last_activity = 0.0
         self.http11 = True  # this request's version (a pipelined one may differ from the next)
         self.local: bytes | None = None  # an answer the node gives itself (redirect to HTTPS)
+        self.cdn: ResponseFilter | None = None  # the CDN offload's view of the response
         self.route: Route | None = None  # its service, pool, class and slot (dlba/services)
 
     @property
@@ -133,6 +136,8 @@ class Exchange:
     def start(self) -> None:
         self.t0 = time.perf_counter()  # uvloop's loop.time() only has millisecond resolution
         self.last_activity = self.ctx.loop.time()
+        if self.local is None and self.ctx.cdn is not None:
+            self.local = self.ctx.cdn.on_request(self)  # a fresh cached page, or sets self.cdn
         if self.local is not None:
             self._answer_locally(self.local)
             return
@@ -258,6 +263,9 @@ class Exchange:
         if status < 200 and status != 101:
             self._informational(status, reason, headers)
             return
+        if self.cdn is not None:
+            status, reason, headers, chunked, has_length = self.cdn.head(
+                status, reason, headers, chunked, has_length)
         self.status = status
         self.state = RECEIVING
         self.backend_keep_alive = keep_alive
@@ -306,6 +314,10 @@ class Exchange:
             client.start_tunnel(self)
 
     def on_response_body(self, data: bytes) -> None:
+        if self.cdn is not None:
+            data = self.cdn.body(data)
+            if not data:
+                return
         self.bytes_out += len(data)
         if self.rechunk:
             self.held += (b"%x\r\n" % len(data), data, b"\r\n")
@@ -319,6 +331,9 @@ class Exchange:
             self.held = []
 
     def on_response_complete(self) -> None:
+        cdn, self.cdn = self.cdn, None
+        if cdn is not None and (tail := cdn.finish()):
+            self.on_response_body(tail)
         if self.rechunk:
             self.held.append(http_head.LAST_CHUNK)
         io = self.client.io

@@ -11,6 +11,8 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from dlba.cdn.hook import RequestHook
+from dlba.cdn.runtime import runtime_for
 from dlba.config import Config, HostPort, parse_host_port
 from dlba.proxy import http_head
 from dlba.proxy.backend_pool import BackendPool
@@ -51,6 +53,7 @@ class ProxyContext:
         )
         self.pools: dict[int, BackendPool] = {}
         self.connections: set[ClientConnection] = set()
+        self.cdn: RequestHook | None = None  # the CDN offload ([cdn] enabled), see dlba/cdn
         self.config = config
         # Looked up when used: the Playbook's clock has no call_soon (and no queue to run).
         self.services = Services(self.table, self.selector, self.secret,
@@ -64,6 +67,7 @@ class ProxyContext:
         self.trusted = http_head.TrustedProxies.parse(config.proxy.trusted_proxies)
         self.persistence = config.persistence
         self.session_cookies = frozenset(config.persistence.session_cookies)
+        self.cdn = runtime_for(config, self.cdn)
         tls = config.tls
         self.hsts = b"max-age=%d" % tls.hsts_max_age_s if tls.hsts else b""
         self.hsts_line = b"Strict-Transport-Security: " + self.hsts + b"\r\n" if tls.hsts else b""
