@@ -67,7 +67,17 @@ def status_json(view: NodeView) -> dict[str, Any]:
         "workers": workers.workers_json() if workers is not None else [],
         "proxy": _proxy_json(view),
         "learned_sessions": _learned_sessions(view),
+        "services": _services_json(view),
     }
+
+
+def _services_json(view: NodeView) -> dict[str, Any]:
+    """Services, pools (queue depth, shed count, per-class requests) and classes."""
+    services = getattr(view.ctx, "services", None)  # test doubles of a view may have none
+    if services is None:
+        return {"services": [], "pools": {}, "classes": []}
+    out: dict[str, Any] = services.to_json()
+    return out
 
 
 def _learned_sessions(view: NodeView) -> int:

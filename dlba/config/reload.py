@@ -77,6 +77,7 @@ def tls_fingerprint(config: Config) -> bytes:
     """The certificate and key bytes: a file replaced under the same name is a change too."""
     files = [config.tls.cert, config.tls.key]
     files += [p for s in config.tls.sni for p in (s.cert, s.key)]
+    files += [p for svc in config.services for c in svc.certs for p in (c.cert, c.key)]
     h = hashlib.sha256()
     for f in files:
         h.update(str(f).encode() + b"\0")

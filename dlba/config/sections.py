@@ -45,6 +45,7 @@ from dlba.config.services import (
     read_pool,
     read_service,
 )
+from dlba.services.listen import with_service_ports
 
 
 def load_config(path: str | Path, *, check_files: bool = True) -> Config:
@@ -112,8 +113,13 @@ def collect_config(text: str, path: Path, *, check_files: bool = True
         pools, [(i, b.pool, b.maxconn) for i, b in backends], services, classes))
     cdn = read_cdn(root.section("cdn"))
     root.done()
+    listening = tuple(with_service_ports(n, [s for _, s in services]) for _, n in nodes)
+    if (any(s.tls_ports for _, s in services) and (tls.cert is None or tls.key is None)
+            and not problems.has("tls")):
+        problems.add("tls.cert" if tls.cert is None else "tls.key",
+                     "needed for the services' tls_ports (the fallback certificate)")
     cfg = Config(
-        path, cluster, tuple(p for _, p in ports), tuple(n for _, n in nodes), tls,
+        path, cluster, tuple(p for _, p in ports), listening, tls,
         persistence, scheduling, tuple(b for _, b in backends), admin, proxy, text,
         tuple(s for _, s in services)
         or (implicit_service(cluster.vip, tls.hsts, persistence.cookie),),

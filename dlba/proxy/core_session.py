@@ -156,7 +156,7 @@ class ClientSession(RequestFraming):
             # Answered at once; a request body is read and dropped, then the connection closes.
             ex.client_keep_alive = keep_alive and not chunked and not length
             ex.local = http_head.https_redirect(
-                host or self.io.local_host(), self.url, self.ctx.https_port,
+                host or self.io.local_host(), self.url, self.ctx.redirect_port(self.io),
                 keep_alive=ex.client_keep_alive)
         self.parsing = ex
         self.queue.append(ex)

@@ -26,6 +26,7 @@ from dlba.services.runtime import Route, Services
 if TYPE_CHECKING:
     from dlba.proxy.client_connection import ClientConnection
     from dlba.proxy.core_exchange import Exchange
+    from dlba.proxy.core_io import ClientIO
 
 access = logging.getLogger("dlba.access")
 events = logging.getLogger("dlba.event")
@@ -84,6 +85,7 @@ class ProxyContext:
         self.selector.reconfigure(config.persistence, config.scheduling)
         self.services.apply(config)
         self.redirect_services = any(s.redirect_https for s in config.services)
+        self.redirect_listeners = self.redirect_listeners or self.redirect_services
         self.cookie_values = {
             b.id: cookie_codec.encode(b.id, self.secret) for b in config.backends
         }
@@ -116,6 +118,14 @@ class ProxyContext:
                 return True
         return any(str(HostPort(host, port)) in self.redirect_addrs
                    for host in (str(sockname[0]), "0.0.0.0", "::"))
+
+    def redirect_port(self, io: ClientIO) -> int:
+        """The https:// port a redirect names: the TLS port of the connection's service."""
+        if self.redirect_services:
+            service = self.services.router.service_for(*io.local_address())
+            if service is not None and service.tls_ports and not service.implicit:
+                return 443 if 443 in service.tls_ports else service.tls_ports[0]
+        return self.https_port
 
     def hsts_for(self, scheme: bytes) -> bytes:
         """The Strict-Transport-Security line for a node-made answer (TLS only)."""

@@ -29,6 +29,11 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     if config.tls.cert is None or config.tls.key is None:
         return None
     sni = {name: (s.cert, s.key) for s in config.tls.sni for name in s.names}
+    # [[services.certs]] join the same SNI choice ([tls] sni entries win a name both give).
+    for svc in config.services:
+        for c in svc.certs:
+            for name in c.names:
+                sni.setdefault(name, (c.cert, c.key))
     return server_context(config.tls.cert, config.tls.key, sni)
 
 
