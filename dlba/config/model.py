@@ -120,6 +120,8 @@ class ProxyConfig:
     workers: int = 1
     # Plain listeners ("host:port", or "*" for all) whose requests get 308 to https://.
     redirect_https: tuple[str, ...] = ()
+    # ALPN offers h2 before http/1.1 on TLS listeners (HTTP/2 for browsers).
+    http2: bool = True
 
 
 @dataclass(frozen=True)

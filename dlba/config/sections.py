@@ -293,6 +293,7 @@ def _proxy(x: Reader) -> ProxyConfig:
         trusted_proxies=x.take_list("trusted_proxies"),
         workers=x.positive("workers", int, d.workers),
         redirect_https=_redirect_https(x),
+        http2=x.take("http2", bool, d.http2),
     )
     networks(x, "trusted_proxies", proxy.trusted_proxies, v4_only=False)
     x.done()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 from dlba.proxy.core_exchange import Exchange
 from dlba.proxy.core_io import ClientIO
 from dlba.proxy.core_session import ClientSession
+from dlba.proxy.h2_connection import H2ClientConnection
 from dlba.tls.transport import TLSTransport, tls_server
 
 if TYPE_CHECKING:
@@ -48,8 +49,15 @@ class ClientConnection(ClientIO):
     # --- asyncio protocol: transport callbacks become the session's events -------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
-        self.transport = cast(asyncio.Transport, transport)
         ctx = self.ctx
+        if self.scheme == b"https" and isinstance(transport, TLSTransport) and \
+                transport.sslobj.selected_alpn_protocol() == "h2":
+            # ALPN chose HTTP/2 (offered when [proxy] http2): its own shell takes the transport.
+            h2 = H2ClientConnection(ctx)
+            transport.app = cast(asyncio.Protocol, h2)
+            h2.connection_made(transport)
+            return
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         peer_ip = str(peer[0]) if peer else ""
         redirect = self.scheme == b"http" and ctx.redirect_listeners and \

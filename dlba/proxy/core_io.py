@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 _C = TypeVar("_C")
 
 try:
-    from mypy_extensions import mypyc_attr
+    from mypy_extensions import mypyc_attr as mypyc_attr  # re-exported for core_exchange
 except ImportError:  # a run-time install without mypy: the decorator only instructs mypyc
 
     def mypyc_attr(*_args: object, **_kwargs: object) -> Callable[[_C], _C]:  # type: ignore[misc]
@@ -110,6 +110,13 @@ class ClientIO:
     def open_backend(self, ex: Exchange, backend_id: int) -> None:
         """A connection to back end `backend_id` for `ex`: reported by ex.backend_connected
         (at once for an idle pooled one) or ex.backend_connect_failed."""
+
+    # The shell's side, for ProxyContext: its sweep of timeouts and a graceful stop.
+    def check_timeouts(self, now: float) -> None:
+        pass
+
+    def drain(self) -> None:
+        """The node stops: end once what is in flight is answered (HTTP/2: GOAWAY)."""
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)

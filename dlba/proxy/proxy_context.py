@@ -55,6 +55,7 @@ class ProxyContext:
         self.pools: dict[int, BackendPool] = {}
         self.connections: set[ClientConnection] = set()
         self.cdn: RequestHook | None = None  # the CDN offload ([cdn] enabled), see dlba/cdn
+        self.h2_connections: set[ClientIO] = set()  # h2_connection.H2ClientConnection
         self.config = config
         # Looked up when used: the Playbook's clock has no call_soon (and no queue to run).
         self.services = Services(self.table, self.selector, self.secret,
@@ -210,11 +211,18 @@ class ProxyContext:
             now = self.loop.time()
             for conn in list(self.connections):
                 conn.check_timeouts(now)
+            for h2 in list(self.h2_connections):
+                h2.check_timeouts(now)
             self.services.tick(now)
             ticks += 1
             if ticks % 20 == 0:
                 for pool in self.pools.values():
                     pool.expire(now)
+
+    def drain(self) -> None:
+        """Stopping: HTTP/2 connections say GOAWAY and end once their streams are answered."""
+        for conn in list(self.h2_connections):
+            conn.drain()
 
     def close(self) -> None:
         for pool in self.pools.values():

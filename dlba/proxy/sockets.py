@@ -34,7 +34,7 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
         for c in svc.certs:
             for name in c.names:
                 sni.setdefault(name, (c.cert, c.key))
-    return server_context(config.tls.cert, config.tls.key, sni)
+    return server_context(config.tls.cert, config.tls.key, sni, http2=config.proxy.http2)
 
 
 def proxy_addresses(node: NodeConfig) -> list[tuple[HostPort, bool]]:

@@ -16,6 +16,7 @@ from cryptography import x509
 from dlba.tls.groups import set_groups
 
 ALPN = ["http/1.1"]
+ALPN_H2 = ["h2", "http/1.1"]  # h2 first: a client offering both gets HTTP/2
 # TLS 1.2 suites: forward secrecy (ECDHE) and AEAD only, i.e. Mozilla intermediate's ECDHE
 # suites; ECDSA first (our certs are P-256), RSA kept for operators who bring RSA certificates.
 # TLS 1.3 suites are all AEAD already and are configured separately by OpenSSL (set_ciphers
@@ -27,11 +28,11 @@ TLS12_CIPHERS = ":".join([
 ])
 
 
-def _harden(ctx: ssl.SSLContext) -> None:
+def _harden(ctx: ssl.SSLContext, alpn: list[str] = ALPN) -> None:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.maximum_version = ssl.TLSVersion.TLSv1_3
     ctx.set_ciphers(TLS12_CIPHERS)
-    ctx.set_alpn_protocols(ALPN)
+    ctx.set_alpn_protocols(alpn)
     # Compression: CRIME. Renegotiation: a client-driven CPU sink and old MITM bugs; nothing
     # we serve needs it. Server preference: our order (AES-GCM with AES-NI) wins.
     ctx.options |= (ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
@@ -47,9 +48,9 @@ def _harden(ctx: ssl.SSLContext) -> None:
     set_groups(ctx)
 
 
-def _load(cert: Path, key: Path) -> ssl.SSLContext:
+def _load(cert: Path, key: Path, alpn: list[str] = ALPN) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    _harden(ctx)
+    _harden(ctx, alpn)
     ctx.load_cert_chain(str(cert), str(key))
     return ctx
 
@@ -93,19 +94,22 @@ class SniSelector:
 
 
 def server_context(default_cert: Path, default_key: Path,
-                   sni: Mapping[str, tuple[Path, Path]] | None = None) -> ssl.SSLContext:
+                   sni: Mapping[str, tuple[Path, Path]] | None = None,
+                   http2: bool = False) -> ssl.SSLContext:
     """The node's TLS server context.
 
     ``sni`` maps a server name (or ``*.domain``) to (cert, key). A ClientHello's server name
     selects, in this order: an entry whose key matches, an entry whose certificate SAN matches,
     else the default certificate (also used without SNI, e.g. clients connecting by IP).
+    ``http2``: ALPN offers h2 before http/1.1.
     """
-    default = _load(default_cert, default_key)
+    alpn = ALPN_H2 if http2 else ALPN
+    default = _load(default_cert, default_key, alpn)
     if not sni:
         return default
     selector = SniSelector()
     # Keys first so an explicit mapping beats a SAN that happens to overlap another cert.
-    loaded = {pattern: _load(cert, key) for pattern, (cert, key) in sni.items()}
+    loaded = {pattern: _load(cert, key, alpn) for pattern, (cert, key) in sni.items()}
     for pattern, ctx in loaded.items():
         selector.add(pattern, ctx)
     for pattern, ctx in loaded.items():

@@ -1,5 +1,5 @@
 """Issue 2, point 2 through a running node: SNI picks among configured certificates, ALPN is
-http/1.1, old protocol versions are refused."""
+h2 for a client offering it (http/1.1 otherwise), old protocol versions are refused."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ async def test_sni_alpn_and_versions(tmp_path: Path) -> None:
     async with loopback_array(tmp_path, 1, extra=extra) as arr:
         port = arr.https_port
         names, alpn = await asyncio.to_thread(served_cert, port, "shop.example", arr.certs.ca_cert)
-        assert "shop.example" in names and alpn == "http/1.1"
+        assert "shop.example" in names and alpn == "h2"  # [proxy] http2 is on by default
         names, _ = await asyncio.to_thread(served_cert, port, "www.shop.example",
                                            arr.certs.ca_cert)
         assert "shop.example" in names

@@ -1,0 +1,169 @@
+"""HTTP/2 header fields to an HTTP/1.1 request for a back end, and an HTTP/1.1 response's
+fields back to HTTP/2, without I/O.
+
+The request goes on to a back end as HTTP/1.1 text, so anything that HTTP/1.1 would read
+differently from HTTP/2 is refused here: a CR, LF or NUL in a value, a name that is not a
+token, a space in the method or path (each would let one HTTP/2 request smuggle a second one
+into the back-end connection). `:authority` becomes Host (it wins over a Host field, RFC 9113
+§8.3.1), Cookie fields are joined with "; " (§8.2.3), hop-by-hop fields are dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from dlba.proxy import http_head
+from dlba.proxy.http_head import BadRequest
+
+Fields = list[tuple[bytes, bytes]]
+
+_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+\Z")  # a lower-case token (RFC 9113 §8.2.1)
+_BAD_VALUE = re.compile(rb"[\r\n\x00]")
+_BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]")
+_METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+# Dropped on the way to the back end: this hop's fields (h2 itself refuses Connection and
+# friends; `te: trailers` is allowed in HTTP/2 and means nothing to an HTTP/1.1 back end).
+_REQUEST_DROP = http_head.HOP_BY_HOP | {b"host", b"cookie", b"content-length"}
+
+
+class H2Request:
+    """One HTTP/2 request head, as the exchange takes it."""
+
+    __slots__ = ("cookie_header", "headers", "length", "method", "target")
+
+    def __init__(self, method: bytes, target: bytes, headers: Fields, cookie_header: str | None,
+                 length: int) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers  # HTTP/1.1 fields, Host first
+        self.cookie_header = cookie_header
+        self.length = length  # Content-Length, or -1 without one
+
+
+def request_from_h2(fields: Sequence[tuple[bytes, bytes]], max_headers: int,
+                    max_line: int) -> H2Request:
+    """Raises BadRequest (status, reason) for what the exchange must not forward."""
+    method = target = authority = host = b""
+    out: Fields = []
+    cookies: list[bytes] = []
+    length = -1
+    for name, value in fields:
+        if name[:1] == b":":
+            if name == b":method":
+                method = value
+            elif name == b":path":
+                target = value
+            elif name == b":authority":
+                authority = value
+            elif name == b":protocol":
+                raise BadRequest(400, "extended CONNECT is not supported")
+            continue  # :scheme: the listener's is what X-Forwarded-Proto says
+        if _NAME.match(name) is None or _BAD_VALUE.search(value) is not None:
+            raise BadRequest(400, "bad header field")
+        if len(name) + len(value) + 2 > max_line:
+            raise BadRequest(431, f"header line longer than {max_line} bytes")
+        if name in _REQUEST_DROP:
+            if name == b"cookie":
+                cookies.append(value)
+            elif name == b"host":
+                host = value
+            elif name == b"content-length":
+                if not value.isdigit() or (length >= 0 and int(value) != length):
+                    raise BadRequest(400, "bad content-length")
+                length = int(value)
+            continue
+        out.append((name, value))
+    if len(out) + len(cookies) > max_headers:
+        raise BadRequest(431, f"more than {max_headers} header fields")
+    if method == b"CONNECT":
+        raise BadRequest(405, "CONNECT is for forward proxies")
+    if _METHOD.match(method) is None:
+        raise BadRequest(400, "bad method")
+    if not (target[:1] == b"/" or (target == b"*" and method == b"OPTIONS")) \
+            or _BAD_TARGET.search(target) is not None:
+        raise BadRequest(400, "bad request target")
+    host = authority or host
+    if not host or not http_head.valid_host(host):
+        raise BadRequest(400, "a request needs :authority or Host")
+    headers: Fields = [(b"host", host), *out]
+    cookie = b"; ".join(cookies) if cookies else b""
+    if cookie:
+        headers.append((b"cookie", cookie))
+    if length >= 0:
+        headers.append((b"content-length", b"%d" % length))
+    return H2Request(method, target, headers, cookie.decode("latin-1") if cookie else None,
+                     length)
+
+
+def response_fields(status: int, headers: Sequence[tuple[bytes, bytes]],
+                    extra: Sequence[tuple[bytes, bytes]], hsts: bytes,
+                    body_framed: bool) -> Fields:
+    """An HTTP/1.1 response head's fields for HTTP/2: names lower-cased, hop-by-hop ones
+    dropped (and those its Connection names), Content-Length dropped when the back end's
+    body came chunked or unframed (`body_framed` False), HSTS added unless it sent its own."""
+    tokens = http_head.connection_tokens(headers)
+    drop = http_head.HOP_BY_HOP | tokens if tokens else http_head.HOP_BY_HOP
+    out: Fields = [(b":status", b"%d" % status)]
+    for name, value in headers:
+        low = name.lower()
+        if low in drop or (not body_framed and low == b"content-length"):
+            continue
+        if hsts and low == b"strict-transport-security":
+            hsts = b""
+        out.append((low, value))
+    for name, value in extra:
+        out.append((name.lower(), value))
+    if hsts:
+        out.append((b"strict-transport-security", hsts))
+    return out
+
+
+def error_fields(status: int, message: str, hsts: bytes,
+                 extra: bytes = b"") -> tuple[Fields, bytes]:
+    """A response the node makes itself (http_head.error_response's, for HTTP/2); `extra`:
+    whole HTTP/1.1 header lines to add (a full pool's Retry-After)."""
+    body = http_head.error_response(status, message).partition(b"\r\n\r\n")[2]
+    fields: Fields = [(b":status", b"%d" % status),
+                      (b"content-type", b"text/plain; charset=utf-8"),
+                      (b"content-length", b"%d" % len(body)), (b"cache-control", b"no-store")]
+    if hsts:
+        fields.append((b"strict-transport-security", hsts))
+    for line in extra.split(b"\r\n"):
+        name, colon, value = line.partition(b":")
+        if colon:
+            fields.append((name.strip().lower(), value.strip()))
+    return fields, body
+
+
+def local_response(response: bytes) -> tuple[int, Fields, bytes]:
+    """A whole HTTP/1.1 response made by the node (status line, fields, a body framed by
+    Content-Length or chunks) as HTTP/2: status, fields, body."""
+    head, _, rest = response.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0][9:12])
+    headers: Fields = []
+    chunked = False
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        value = value.strip()
+        if name.lower() == b"transfer-encoding" and value.lower() == b"chunked":
+            chunked = True
+        headers.append((name, value))
+    body = _dechunk(rest) if chunked else rest
+    return status, response_fields(status, headers, (), b"", not chunked), body
+
+
+def _dechunk(data: bytes) -> bytes:
+    out: list[bytes] = []
+    pos = 0
+    while True:
+        end = data.find(b"\r\n", pos)
+        if end < 0:
+            break
+        size = int(data[pos:end].split(b";")[0], 16)
+        if size == 0:
+            break
+        out.append(data[end + 2:end + 2 + size])
+        pos = end + 4 + size
+    return b"".join(out)

@@ -1,0 +1,87 @@
+"""HTTP/2 for clients through a real node with real clients: ALPN, curl --http2, streams of one
+connection spread over back ends, bodies both ways, cookies."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from tests.integration.loopback import LoopbackArray, loopback_array
+
+
+async def curl(arr: LoopbackArray, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = ["curl", "-sS", "--http2", "--cacert", str(arr.certs.ca_cert),
+           "--resolve", f"localhost:{arr.https_port}:127.0.0.1", *args]
+    return await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True,
+                                   timeout=30, check=False)
+
+
+def url(arr: LoopbackArray, path: str) -> str:
+    return f"https://localhost:{arr.https_port}{path}"
+
+
+async def test_curl_http2_streams_of_one_connection_spread_over_back_ends(
+        tmp_path: Path) -> None:
+    async with loopback_array(tmp_path, 3) as arr:
+        # Twelve requests on one connection (curl reuses it), each scheduled on its own.
+        urls = [url(arr, "/whoami")] * 12
+        res = await curl(arr, "-w", " %{http_version} %{num_connects}\n", *urls)
+        assert res.returncode == 0, res.stderr
+        rows = [line.split() for line in res.stdout.splitlines()]
+        assert len(rows) == 12 and all(r[1] == "2" for r in rows), res.stdout
+        assert {r[0] for r in rows} == {"b1", "b2", "b3"}, res.stdout
+        connects = [int(r[2]) for r in rows]
+        assert sum(connects) == 1, res.stdout  # one TCP connection for all twelve
+
+
+async def test_curl_http2_bodies_both_ways_and_cookie_persistence(tmp_path: Path) -> None:
+    async with loopback_array(tmp_path, 3) as arr:
+        res = await curl(arr, "-i", url(arr, "/login"))
+        assert res.returncode == 0, res.stderr
+        head = res.stdout.lower()
+        assert head.startswith("http/2 200"), res.stdout
+        assert "set-cookie: dlbaserver=" in head and "jsessionid=" in head
+        assert "transfer-encoding" not in head and "connection:" not in head
+        backend = next(line.split(":")[1].strip() for line in head.splitlines()
+                       if line.startswith("x-backend:"))
+        cookie = next(line.split(":", 1)[1].split(";")[0].strip()
+                      for line in res.stdout.splitlines()
+                      if line.lower().startswith("set-cookie: dlbaserver="))
+        # The persistence cookie pins every stream of a new connection to that back end.
+        res = await curl(arr, "-H", f"Cookie: {cookie}", "-w", "\n", *[url(arr, "/whoami")] * 6)
+        assert res.stdout.split() == [backend] * 6, res.stdout
+        # A large response streams through the client's flow-control window.
+        res = await curl(arr, "-o", "/dev/null", "-w", "%{size_download} %{http_version}",
+                         url(arr, "/bytes/3000000"))
+        assert res.stdout == "3000000 2", (res.stdout, res.stderr)
+        # A request body without Content-Length (curl streams stdin) reaches the back end
+        # whole (chunked), and echo streams it back through both flow-control windows.
+        body = os.urandom(700_000)
+        for path in ("/digest", "/echo"):
+            res = await asyncio.to_thread(
+                subprocess.run,
+                ["curl", "-sS", "--http2", "--cacert", str(arr.certs.ca_cert), "--resolve",
+                 f"localhost:{arr.https_port}:127.0.0.1", "-T", "-", "-X", "POST",
+                 url(arr, path)],
+                input=body, capture_output=True, timeout=30, check=False)
+            assert res.returncode == 0, res.stderr
+            if path == "/digest":
+                assert json.loads(res.stdout) == {
+                    "length": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+            else:
+                assert res.stdout == body
+
+
+async def test_request_headers_translated_for_the_back_end(tmp_path: Path) -> None:
+    async with loopback_array(tmp_path, 1) as arr:
+        res = await curl(arr, "-H", "Cookie: a=1", "-H", "Cookie: b=2", "-H", "TE: trailers",
+                         url(arr, "/headers"))
+        got = json.loads(res.stdout)
+        assert got["Host"] == f"localhost:{arr.https_port}"
+        assert got["Cookie"] == "a=1; b=2"
+        assert got["X-Forwarded-For"] == "127.0.0.1" and got["X-Forwarded-Proto"] == "https"
+        assert "TE" not in got and "te" not in got
