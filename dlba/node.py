@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -16,10 +17,12 @@ import dlba
 from dlba.admin.api import make_admin_app, own_node_row
 from dlba.admin.dashboard import register_dashboard
 from dlba.admin.metrics import NodeCollector
+from dlba.cdn.hub import CdnHub
 from dlba.cluster.session_sync import SessionSync
-from dlba.config import Config, ConfigError
+from dlba.config import Config, ConfigError, ConfigErrors
 from dlba.config.node_files import load_node_config
 from dlba.config.reload import ConfigReloader
+from dlba.proxy.arbiter import NodeArbiter, NodeHooks, inherited_sockets
 from dlba.proxy.listeners import admin_address, open_admin_site
 from dlba.proxy.proxy_context import ProxyContext
 from dlba.proxy.proxy_health import ProxyHealth, listeners_health
@@ -38,6 +41,7 @@ from scheduler.failover.agent import NodeAgent
 from scheduler.vip_owner import interface_of, mac_text
 
 events = logging.getLogger("dlba.event")
+ADMIN_FD = "admin"  # the admin listener's name among the sockets a new master inherits
 
 
 class NodeRuntime:
@@ -63,6 +67,10 @@ class NodeRuntime:
         self._janitor: asyncio.Task[None] | None = None
         self.background: list[asyncio.Future[None]] = []
         self.agent: NodeAgent | None = None
+        self.arbiter: NodeArbiter | None = None
+        self.control = False  # the control plane runs (a new master's waits for promotion)
+        # Sockets an old master handed down (USR2); empty on a plain start.
+        self.inherited = inherited_sockets()
         self.sessions: SessionSync | None = None
         if config.cluster.vip:
             self.agent = NodeAgent(config, name, config.read_admin_token(), dataplane,
@@ -94,7 +102,79 @@ class NodeRuntime:
 
     # --- life cycle -------------------------------------------------------------------------
     async def start(self) -> None:
+        """The proxy, then the control plane (admin API, agent, checks, config bus). A master
+        started by an old one's USR2 serves with its workers at once but takes the control
+        plane only when the old master is gone (`promote`): two masters never fight for the
+        admin port, the scheduler role or the heartbeat."""
+        await self.start_proxy()
+        if self.arbiter is not None and self.arbiter.master_pid:
+            events.info("event=control_plane_deferred node=%s old_master=%d", self.name,
+                        self.arbiter.master_pid)
+            return
+        await self.start_control()
+
+    async def start_proxy(self) -> None:
         cfg = self.config
+        node = cfg.node(self.name)
+        if cfg.proxy.workers > 1:
+            assert isinstance(self.ctx.table, BroadcastingTable)
+            self.workers = WorkerPool(cfg, self.name, self.ctx.stats, self.ctx.table,
+                                      cfg.proxy.workers)
+            self.workers.learned = self.ctx.selector.learned
+            self.arbiter = NodeArbiter(self.workers, NodeHooks(
+                self.reload_file, self.stopped.set, self.promote, self.admin_fds),
+                self.inherited)
+            self.arbiter.start()
+        else:
+            ssl_ctx = tls_context(cfg)
+            ring = shared_ticket_keys(ssl_ctx, self.ctx.secret)
+            self.background.append(
+                asyncio.ensure_future(rotate_ticket_keys(ring, self.ctx.secret)))
+            for addr, tls in proxy_addresses(node):
+                self.servers.append(await open_proxy_listener(
+                    self.ctx, addr, ssl_ctx if tls else None, cfg.proxy.header_timeout_s))
+
+    def reload_soon(self) -> None:
+        """SIGHUP without workers: the config file again, in this process."""
+        async def reload() -> None:
+            await self.reload_file()
+
+        self.background.append(asyncio.ensure_future(reload()))
+
+    def promote(self) -> None:
+        """The old master is gone: this one takes the control plane."""
+        self.background.append(asyncio.ensure_future(self.start_control()))
+
+    def admin_fds(self) -> dict[str, int]:
+        """The admin listener's socket, for a new master to inherit (USR2)."""
+        if self.admin_runner is None:
+            return {}
+        socks = [getattr(s, "_sock", None) for s in self.admin_runner.sites
+                 if isinstance(s, web.SockSite)]
+        return {ADMIN_FD: socks[0].fileno()} if socks and socks[0] is not None else {}
+
+    async def reload_file(self) -> bool:
+        """SIGHUP: the config file again, through the same stage and commit as a push; a bad
+        file is refused with every problem logged, and the running config stays."""
+        path = self.config.path
+        try:
+            text = await asyncio.to_thread(path.read_text)
+            await self.reloader.stage_and_commit(text, self.config_version + 1)
+        except OSError as e:
+            events.error("event=config_reload_refused node=%s file=%s reason=%r", self.name,
+                         path, str(e))
+            return False
+        except ConfigErrors as e:
+            for line in e.lines():
+                events.error("event=config_reload_refused node=%s problem=%r", self.name, line)
+            return False
+        events.info("event=config_reloaded node=%s file=%s version=%d", self.name, path,
+                    self.config_version)
+        return True
+
+    async def start_control(self) -> None:
+        cfg = self.config
+        node = cfg.node(self.name)
         if self.agent is not None:
             # Before serving: whatever a dead process of this node left on `front` (its tc
             # program, the VIP) would re-forward the frames the live scheduler sends us.
@@ -106,21 +186,6 @@ class NodeRuntime:
                 self.mac = mac_text(mac)
             if self.agent is not None:
                 self.agent.mac = self.mac
-        node = cfg.node(self.name)
-        if cfg.proxy.workers > 1:
-            assert isinstance(self.ctx.table, BroadcastingTable)
-            self.workers = WorkerPool(cfg, self.name, self.ctx.stats, self.ctx.table,
-                                      cfg.proxy.workers)
-            self.workers.learned = self.ctx.selector.learned
-            await self.workers.start()
-        else:
-            ssl_ctx = tls_context(cfg)
-            ring = shared_ticket_keys(ssl_ctx, self.ctx.secret)
-            self.background.append(
-                asyncio.ensure_future(rotate_ticket_keys(ring, self.ctx.secret)))
-            for addr, tls in proxy_addresses(node):
-                self.servers.append(await open_proxy_listener(
-                    self.ctx, addr, ssl_ctx if tls else None, cfg.proxy.header_timeout_s))
         admin_addr = admin_address(cfg, self.name)
         token = cfg.read_admin_token()
         app = make_admin_app(self, token, self.reloader.with_routes(
@@ -130,50 +195,66 @@ class NodeRuntime:
         self.sessions = SessionSync(cfg, self.name, token, self.ctx.selector.learned,
                                     self.workers, self.loop)
         self.sessions.routes(app)
+        CdnHub(self.ctx, self.name, token, self.scheduler_name).attach(app, self.collector)
         self.collector.extra.append(self.sessions.metrics)
         self.admin_runner = web.AppRunner(app, access_log=None)
         await self.admin_runner.setup()
-        await open_admin_site(self.admin_runner, admin_addr)
+        inherited_admin = self.inherited.pop(ADMIN_FD, None)
+        if inherited_admin is not None:
+            await web.SockSite(self.admin_runner, inherited_admin).start()
+        else:
+            await open_admin_site(self.admin_runner, admin_addr)
         self.checks.start()
         self.reloader.start()
         self.sessions.start()
         if self.agent is not None:
             await self.agent.start()
         self._janitor = asyncio.ensure_future(self.ctx.janitor())
+        self.control = True
         events.info(
-            "event=node_started node=%s http=%s https=%s admin=%s backends=%d native=%s",
-            self.name, ",".join(map(str, node.listen)) or "-",
+            "event=node_started node=%s http=%s https=%s admin=%s backends=%d workers=%d "
+            "pid=%d native=%s", self.name, ",".join(map(str, node.listen)) or "-",
             ",".join(map(str, node.listen_tls)) or "-", admin_addr, len(cfg.backends),
+            cfg.proxy.workers if cfg.proxy.workers > 1 else 0, os.getpid(),
             "yes" if dlba.NATIVE else f"no ({dlba.NATIVE_PROBLEM})",
         )
 
     async def stop(self) -> None:
-        await self.reloader.stop()
-        if self.sessions is not None:
-            await self.sessions.stop()
-        if self.agent is not None:
-            await self.agent.stop()
-        self.checks.stop()
+        """The control plane first (a new master may be waiting for it), then the workers:
+        they stop accepting and finish what they serve."""
+        if self.control:
+            await self.reloader.stop()
+            if self.sessions is not None:
+                await self.sessions.stop()
+            if self.agent is not None:
+                await self.agent.stop()
+            self.checks.stop()
         if self._janitor is not None:
             self._janitor.cancel()
         for t in self.background:
             t.cancel()
         for s in self.servers:
             s.close()
-        if self.workers is not None:
-            await self.workers.stop()
         if self.admin_runner is not None:
             await self.admin_runner.cleanup()
+        if self.arbiter is not None:
+            # A new master (USR2) has the sockets and takes over at once: our workers finish
+            # on their own instead of holding it up.
+            await self.arbiter.stop_async(wait=not self.arbiter.reexec_pid)
         self.ctx.close()
         self.stopped.set()
 
 
 async def run_node(config: Config, name: str, dataplane: str = "ebpf") -> None:
     node = NodeRuntime(config, name, dataplane)
-    await node.start()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, node.stopped.set)  # Linux only, like the whole array
+    # Linux only, like the whole array. With workers, gunicorn's arbiter takes HUP, USR2,
+    # TTIN and TTOU (dlba/proxy/arbiter.py); QUIT, TERM and INT stop the node gracefully.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+        loop.add_signal_handler(sig, node.stopped.set)
+    if config.proxy.workers <= 1:
+        loop.add_signal_handler(signal.SIGHUP, node.reload_soon)
+    await node.start()
     await node.stopped.wait()
     await node.stop()
 

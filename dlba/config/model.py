@@ -118,6 +118,8 @@ class ProxyConfig:
     agent_interval_s: float = 2.0
     trusted_proxies: tuple[str, ...] = ()
     workers: int = 1
+    # A worker whose event loop misses its heartbeat this long is killed and replaced.
+    worker_timeout_s: float = 10.0
     # Plain listeners ("host:port", or "*" for all) whose requests get 308 to https://.
     redirect_https: tuple[str, ...] = ()
     # ALPN offers h2 before http/1.1 on TLS listeners (HTTP/2 for browsers).

@@ -292,6 +292,7 @@ def _proxy(x: Reader) -> ProxyConfig:
         agent_interval_s=x.positive("agent_interval_s", float, d.agent_interval_s),
         trusted_proxies=x.take_list("trusted_proxies"),
         workers=x.positive("workers", int, d.workers),
+        worker_timeout_s=x.positive("worker_timeout_s", float, d.worker_timeout_s),
         redirect_https=_redirect_https(x),
         http2=x.take("http2", bool, d.http2),
     )

@@ -1,15 +1,12 @@
-"""Proxy worker processes of one node (`[proxy] workers = N`), and their control channel.
+"""The node's control channel to its proxy worker processes (`[proxy] workers = N`).
 
-The node process (the supervisor) keeps the admin API, the node agent and the back-end checks;
-N worker processes run the proxy, each on its own SO_REUSEPORT sockets for the node's
-listeners, so the kernel spreads connections evenly over them by hash (a socket shared by all
-would let whichever worker wakes first take most of them). One JSON-lines stream per worker carries
-state changes down (admin actions, health and agent results, new configs) and counters up
-(every STATS_S), which the supervisor sums into the tables its admin API shows.
-
-Workers are started as fresh interpreters (`python -m dlba.proxy.worker`), not forked: the
-supervisor runs an event loop and threads, which a fork would copy in an unknown state; and a
-worker that dies is replaced the same way.
+The node's main process keeps the admin API, the node agent and the back-end checks, and is
+the gunicorn master of its workers (dlba/proxy/arbiter.py: signals, worker bookkeeping,
+timeouts, re-exec). Each worker (dlba/proxy/worker.py) accepts on the listening sockets the
+master owns and hands down, so a worker that stops or a whole new master never closes a
+socket that has connections queued. One JSON-lines stream per worker carries state changes
+down (admin actions, health and agent results, new configs) and counters up (every STATS_S),
+which the master sums into the tables its admin API shows.
 """
 
 from __future__ import annotations
@@ -18,11 +15,9 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import socket
-import subprocess
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -103,6 +98,10 @@ def _add_histogram(into: LatencyHistogram, d: dict[str, Any]) -> None:
 
 
 class WorkerPool:
+    """The node's side of its workers' control channels, one per worker process (by pid). The
+    processes themselves are gunicorn's business (dlba/proxy/arbiter.py), which tells the pool
+    when one starts (`attach`), is asked to stop (`retire`) and has exited (`detach`)."""
+
     def __init__(self, config: Config, name: str, stats: NodeStats, table: BroadcastingTable,
                  count: int) -> None:
         self.config = config
@@ -110,17 +109,20 @@ class WorkerPool:
         self.stats = stats
         self.table = table
         self.count = count
-        self.procs: list[subprocess.Popen[bytes] | None] = [None] * count
-        self.writers: list[asyncio.StreamWriter | None] = [None] * count
+        self.writers: dict[int, asyncio.StreamWriter] = {}
+        # Messages for a worker whose channel is still opening, in order.
+        self.pending: dict[int, list[bytes]] = {}
+        self.spawned_at: dict[int, float] = {}  # serving workers: pid -> monotonic start
+        self.ages: dict[int, int] = {}  # pid -> gunicorn's worker age (its start order)
+        self.retiring: dict[int, float] = {}  # pid -> monotonic time it was asked to stop
         # The latest report of every worker process, by pid, the exited ones included (their
         # gauges zeroed): counters summed over them never go backwards when a worker is
         # replaced.
         self.reports: dict[int, dict[str, Any]] = {}
-        self.retiring: list[subprocess.Popen[bytes]] = []
-        self.spawned_at = [0.0] * count
         self.last_report: dict[int, float] = {}  # pid -> monotonic time of its last report
-        self.tasks: list[asyncio.Task[None]] = []
-        self.stopping = False
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        # Called to replace every worker with one on the pool's (new) config (the arbiter).
+        self.replacer: Callable[[], None] | None = None
         # The node's learned session ids: what one worker learns goes to the others (and, by
         # dlba/cluster/session_sync.py, to the peers); a new worker starts from all of it.
         self.learned: LearnedSessions | None = None
@@ -131,57 +133,77 @@ class WorkerPool:
         self.report_arrived = asyncio.Event()
         table.pool = self
 
-    async def start(self) -> None:
-        for i in range(self.count):
-            await self._spawn(i)
-        self.tasks.append(asyncio.ensure_future(self._supervise()))
-
-    async def _spawn(self, i: int) -> None:
-        parent, child = socket.socketpair()
-        argv = [sys.executable, "-m", "dlba.proxy.worker", "--config", str(self.config.path),
-                "--name", self.name, "--index", str(i), "--control", str(child.fileno()),
-                "--log-level", logging.getLevelName(logging.getLogger().level)]
-        proc = subprocess.Popen(argv, pass_fds=[child.fileno()])
-        child.close()
-        self.procs[i] = proc
-        self.spawned_at[i] = time.monotonic()
-        reader, writer = await asyncio.open_connection(sock=parent)
-        self.writers[i] = writer
+    # --- a worker's life, as the arbiter sees it ---------------------------------------------
+    def attach(self, pid: int, age: int, channel: socket.socket) -> None:
+        """A worker process started with the other end of `channel`: bring it to the node's
+        config and state (it reads them before it serves), then read its reports."""
+        self.spawned_at[pid] = time.monotonic()
+        self.ages[pid] = age
+        self.pending[pid] = []
         if self.config.text:
-            self._write(i, {"op": "config", "text": self.config.text})
-        self._replay_state(i)
-        self._replay_sessions(i)
-        self.tasks.append(asyncio.ensure_future(self._read(proc.pid, reader)))
-        events.info("event=worker_started node=%s worker=%d pid=%d", self.name, i, proc.pid)
+            self._write(pid, {"op": "config", "text": self.config.text})
+        self._replay_state(pid)
+        self._replay_sessions(pid)
+        self.tasks[pid] = asyncio.ensure_future(self._open(pid, channel))
+        events.info("event=worker_started node=%s age=%d pid=%d", self.name, age, pid)
 
-    def _replay_state(self, i: int) -> None:
+    async def _open(self, pid: int, channel: socket.socket) -> None:
+        reader, writer = await asyncio.open_connection(sock=channel)
+        self.writers[pid] = writer
+        for data in self.pending.pop(pid, []):
+            writer.write(data)
+        await self._read(pid, reader)
+
+    def retire(self, pid: int) -> None:
+        """The worker was asked to stop: it finishes its connections, then exits."""
+        if self.spawned_at.pop(pid, None) is not None:
+            self.retiring[pid] = time.monotonic()
+
+    def detach(self, pid: int) -> None:
+        """The worker exited: keep its counters, drop what was open in it."""
+        self.spawned_at.pop(pid, None)
+        self.retiring.pop(pid, None)
+        self.ages.pop(pid, None)
+        self.pending.pop(pid, None)
+        w = self.writers.pop(pid, None)
+        if w is not None:
+            w.close()
+        t = self.tasks.pop(pid, None)
+        if t is not None:
+            t.cancel()
+        self._exited(pid)
+
+    def _replay_state(self, pid: int) -> None:
         """A new worker starts from the config; bring it to the node's current state."""
         for row in self.table.rows:
             if not row.enabled:
-                self._write(i, {"op": "admin", "id": row.id, "action": "disable"})
+                self._write(pid, {"op": "admin", "id": row.id, "action": "disable"})
             if row.admin_drain:
-                self._write(i, {"op": "admin", "id": row.id, "action": "drain"})
+                self._write(pid, {"op": "admin", "id": row.id, "action": "drain"})
             if not row.health_ok:
-                self._write(i, {"op": "health", "id": row.id, "ok": False})
+                self._write(pid, {"op": "health", "id": row.id, "ok": False})
             if row.agent_state is not None or row.agent_weight is not None or (
                 row.agent_weight_pct != 100
             ):
                 report = AgentReport(row.agent_state, row.agent_weight_pct, row.agent_weight)
-                self._write(i, {"op": "agent", "id": row.id, "report": asdict(report)})
+                self._write(pid, {"op": "agent", "id": row.id, "report": asdict(report)})
+
+    def serving(self) -> list[int]:
+        """Pids of the workers that take new connections, oldest first."""
+        return sorted(self.spawned_at, key=lambda p: self.ages.get(p, 0))
 
     def workers_json(self) -> list[dict[str, Any]]:
         return [
-            {"index": i, "pid": p.pid if p is not None else None,
-             "ready": p is not None and p.pid in self.reports}
-            for i, p in enumerate(self.procs)
-        ] + [{"index": None, "pid": p.pid, "ready": False, "retiring": True}
-             for p in self.retiring]
+            {"index": i, "pid": pid, "age": self.ages.get(pid), "ready": pid in self.reports}
+            for i, pid in enumerate(self.serving())
+        ] + [{"index": None, "pid": pid, "age": self.ages.get(pid), "ready": False,
+              "retiring": True} for pid in self.retiring]
 
     def health(self) -> ProxyHealth:
         """Whether the workers serve (see dlba/proxy/proxy_health.py)."""
         return workers_health([
-            WorkerView(p.poll() is None, self.spawned_at[i], self.last_report.get(p.pid))
-            for i, p in enumerate(self.procs) if p is not None
+            WorkerView(True, self.spawned_at[pid], self.last_report.get(pid))
+            for pid in self.serving()
         ], time.monotonic())
 
     async def _read(self, pid: int, reader: asyncio.StreamReader) -> None:
@@ -205,11 +227,12 @@ class WorkerPool:
         last periodic report stands)."""
         self.report_seq += 1
         seq = self.report_seq
-        live = [p.pid for p in self.procs if p is not None and p.poll() is None]
+        live = [*self.spawned_at, *self.retiring]
         self.send({"op": "report", "seq": seq})
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while any(self.answered.get(pid, 0) < seq for pid in live):
+        while any(self.answered.get(pid, 0) < seq for pid in live
+                  if pid in self.spawned_at or pid in self.retiring):
             left = deadline - loop.time()
             if left <= 0:
                 return False
@@ -219,14 +242,14 @@ class WorkerPool:
         return True
 
     # --- learned session ids ------------------------------------------------------------------
-    def _replay_sessions(self, i: int) -> None:
+    def _replay_sessions(self, pid: int) -> None:
         if self.learned is None:
             return
         now = asyncio.get_running_loop().time()
         records = self.learned.snapshot(self.learned.max_entries)
         for k in range(0, len(records), SESSIONS_BATCH):
-            self._write(i, {"op": "sessions",
-                            "items": to_wire(records[k:k + SESSIONS_BATCH], now)})
+            self._write(pid, {"op": "sessions",
+                              "items": to_wire(records[k:k + SESSIONS_BATCH], now)})
 
     def _worker_learned(self, pid: int, items: object) -> None:
         if self.learned is None:
@@ -241,9 +264,9 @@ class WorkerPool:
         now = asyncio.get_running_loop().time()
         for k in range(0, len(records), SESSIONS_BATCH):
             msg = {"op": "sessions", "items": to_wire(records[k:k + SESSIONS_BATCH], now)}
-            for i, p in enumerate(self.procs):
-                if p is not None and p.pid != skip_pid:
-                    self._write(i, msg)
+            for pid in [*self.writers, *self.pending]:
+                if pid != skip_pid:
+                    self._write(pid, msg)
 
     def learned_counts(self) -> tuple[int, int]:
         """Session ids the workers learned and requests they sent by one, summed."""
@@ -260,43 +283,27 @@ class WorkerPool:
                 r["open_connections"] = 0
             self._merge()
 
-    async def _supervise(self) -> None:
-        while not self.stopping:
-            await asyncio.sleep(0.5)
-            for old in list(self.retiring):
-                if old.poll() is not None:
-                    self.retiring.remove(old)
-                    self._exited(old.pid)
-                    events.info("event=worker_retired node=%s pid=%d", self.name, old.pid)
-            for i, p in enumerate(self.procs):
-                if p is not None and p.poll() is not None and not self.stopping:
-                    events.warning("event=worker_died node=%s worker=%d pid=%d code=%s",
-                                   self.name, i, p.pid, p.returncode)
-                    self._exited(p.pid)
-                    await self._spawn(i)
-
     async def replace_all(self, config: Config) -> None:
-        """New listeners: start new workers on the new config first, then let the old ones
-        close their listening sockets and finish their connections (graceful restart)."""
+        """New listeners or TLS: new workers on the new config first, then the old ones stop
+        accepting and finish their connections (graceful restart, gunicorn's HUP)."""
         self.config = config
-        for i in range(self.count):
-            old, writer = self.procs[i], self.writers[i]
-            await self._spawn(i)
-            if writer is not None:
-                writer.close()  # the old worker sees its control channel end: it drains
-            if old is not None:
-                old.terminate()
-                self.retiring.append(old)
+        if self.replacer is not None:
+            self.replacer()
         events.info("event=workers_replaced node=%s count=%d", self.name, self.count)
 
-    def _write(self, i: int, msg: dict[str, Any]) -> None:
-        w = self.writers[i]
+    def _write(self, pid: int, msg: dict[str, Any]) -> None:
+        data = json.dumps(msg).encode() + b"\n"
+        queued = self.pending.get(pid)
+        if queued is not None:
+            queued.append(data)
+            return
+        w = self.writers.get(pid)
         if w is not None and not w.is_closing():
-            w.write(json.dumps(msg).encode() + b"\n")
+            w.write(data)
 
     def send(self, msg: dict[str, Any]) -> None:
-        for i in range(self.count):
-            self._write(i, msg)
+        for pid in [*self.writers, *self.pending]:
+            self._write(pid, msg)
 
     def apply_config(self, config: Config) -> None:
         self.config = config
@@ -335,22 +342,6 @@ class WorkerPool:
             row.marked_down = all(r["marked_down"] for r in got)
             row.consecutive_failures = max(r["consecutive_failures"] for r in got)
 
-    async def stop(self) -> None:
-        self.stopping = True
-        for t in self.tasks:
-            t.cancel()
-        procs = [p for p in self.procs if p is not None] + self.retiring
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            if p is not None:
-                try:
-                    await asyncio.to_thread(p.wait, 10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-        for w in self.writers:
-            if w is not None:
-                w.close()
-        with contextlib.suppress(OSError):
-            os.waitpid(-1, os.WNOHANG)
+    def close(self) -> None:
+        for pid in list(self.writers) + list(self.pending):
+            self.detach(pid)
