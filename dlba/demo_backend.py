@@ -7,7 +7,8 @@ the node's scheduling, and ``/login`` starts a JSESSIONID session so cookie inje
 watched end to end.
 
 Routes: ``/whoami``, ``/login``, ``/bytes/N``, ``/health`` (contract); ``/echo``, ``/digest``,
-``/slow?ms=N``, ``/headers``, ``/status/N``, ``/ws`` (test helpers).
+``/slow?ms=N``, ``/headers``, ``/status/N``, ``/ws`` (test helpers); ``/page`` and
+``/static/<name>`` (the CDN offload's demo site, dlba/demo_site.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import signal
 import sys
 
 from aiohttp import WSMsgType, web
+
+from dlba.demo_site import add_site_routes
 
 log = logging.getLogger("dlba.demo_backend")
 
@@ -166,6 +169,7 @@ def make_app(name: str) -> web.Application:
     app.router.add_get("/headers", headers)
     app.router.add_route("*", r"/status/{code}", status)
     app.router.add_get("/ws", ws)
+    add_site_routes(app)  # /page and /static/<name> (dlba/demo_site.py)
     return app
 
 

@@ -18,6 +18,7 @@ from dlba.admin.api import make_admin_app, own_node_row
 from dlba.admin.dashboard import register_dashboard
 from dlba.admin.metrics import NodeCollector
 from dlba.cdn.hub import CdnHub
+from dlba.cdn.hub import CdnHub
 from dlba.cluster.session_sync import SessionSync
 from dlba.config import Config, ConfigError, ConfigErrors
 from dlba.config.node_files import load_node_config
@@ -195,6 +196,7 @@ class NodeRuntime:
         self.sessions = SessionSync(cfg, self.name, token, self.ctx.selector.learned,
                                     self.workers, self.loop)
         self.sessions.routes(app)
+        CdnHub(self.ctx, self.name, token, self.scheduler_name).attach(app, self.collector)
         CdnHub(self.ctx, self.name, token, self.scheduler_name).attach(app, self.collector)
         self.collector.extra.append(self.sessions.metrics)
         self.admin_runner = web.AppRunner(app, access_log=None)
