@@ -220,8 +220,10 @@ def remove_leftovers(ifname: str, vip: str) -> list[str]:
         prios = {p for m in filters if (p := _our_filter(m, BPF_PRIO, U32_PRIOS)) is not None}
         for prio in sorted(prios):
             try:
-                # prio alone (protocol 0, no handle) removes every filter at that priority
-                ipr.tc("del-filter", index=index, parent=TC_INGRESS, prio=prio)
+                # prio alone (protocol 0, no handle) removes every filter at that priority;
+                # tcm_info spelled out, as pyroute2 drops `prio` without a kind (a zero
+                # info would delete every filter of the hook, not only ours)
+                ipr.tc("del-filter", index=index, parent=TC_INGRESS, info=prio << 16)
                 removed.append(f"tc_filter_prio_{prio}")
             except NetlinkError as e:
                 log.warning("could not remove a stale tc filter (prio %d): %s", prio, e)

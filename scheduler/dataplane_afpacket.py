@@ -129,8 +129,10 @@ class AfPacketDataPlane:
         self._sock = sock
 
     def _del_filter(self, ipr: IPRoute, prio: int = TC_PRIO) -> None:
-        ipr.tc("del-filter", None, self._ifindex, parent=TC_PARENT_INGRESS, prio=prio,
-               protocol=ETH_P_IP)  # fmt: skip
+        # tcm_info spelled out: without a kind, pyroute2 drops `prio`, and a zero info
+        # deletes every filter of the hook (the other priority's too).
+        ipr.tc("del-filter", None, self._ifindex, parent=TC_PARENT_INGRESS,
+               info=(prio << 16) | socket.htons(ETH_P_IP))  # fmt: skip
 
     def _add_tc_steal(self) -> None:
         with IPRoute() as ipr:

@@ -18,7 +18,7 @@ import aiohttp
 
 from dlba.config import Config
 from scheduler.client_table import ClientTable
-from scheduler.dataplane import DataPlane, make_dataplane
+from scheduler.dataplane import DataPlane, make_dataplane, vip_map
 from scheduler.failover.election import PeerView
 from scheduler.failover.heartbeat_udp import Pinger
 from scheduler.failover.server_heartbeats import HEARTBEAT, SWEEP, NodeLiveness, ServerHeartbeats
@@ -43,11 +43,14 @@ OnHeartbeats = Callable[[list[PeerView]], None]
 
 
 def port_rules(config: Config) -> tuple[set[int], dict[int, int], int | None]:
+    """[[ports]] rules (80 and 443 balanced without any); a port a service names is balanced
+    unless a rule pins it: the same rules for every VIP."""
     index = {n.name: i for i, n in enumerate(config.nodes)}
     balanced = {p.port for p in config.ports if p.pinned_node is None}
     pinned = {p.port: index[p.pinned_node] for p in config.ports if p.pinned_node is not None}
     if not config.ports:
         balanced = {80, 443}
+    balanced |= {p for s in config.services for p in s.ports if p not in pinned}
     default = index.get(config.cluster.default_node) if config.cluster.default_node else None
     return balanced, pinned, default
 
@@ -93,6 +96,7 @@ class SchedulerRole:
         self.dataplane: DataPlane | None = None
         self.prepared = prepared
         self.vip_owner: VipOwner | None = None
+        self._old_vips = vip_map(config)
         self.stop_event = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
         self.session: aiohttp.ClientSession | None = None
@@ -124,7 +128,8 @@ class SchedulerRole:
             self.ifname, self.mac = await asyncio.to_thread(interface_of, address)
             dp = make_dataplane(self.ifname, self.vip, self.config.cluster.buckets, self.prefer)
         self.status.set_mac(self.index, mac_text(self.mac))
-        self.vip_owner = VipOwner(self.ifname, self.vip, self.on_arp_held)
+        vips = vip_map(self.config)
+        self.vip_owner = VipOwner(self.ifname, self.vip, self.on_arp_held, list(vips))
         now = time.monotonic()
         self.session = aiohttp.ClientSession()
         fetch = StatusFetcher(self.session, [self.config.admin_url(i) + "/status"
@@ -157,6 +162,7 @@ class SchedulerRole:
         balanced, pinned, default = port_rules(self.config)
         dp.set_port_rules(balanced, pinned, default)
         dp.set_deny(list(self.config.cluster.deny))
+        dp.set_vips(vips)
         await self.push_now()
         self.vip_owner.take(self.mac, asyncio.get_running_loop())
         await asyncio.to_thread(self.vip_owner.announce, self.mac)
@@ -169,8 +175,8 @@ class SchedulerRole:
         if self.heartbeat_key is not None:
             self.tasks.append(asyncio.ensure_future(self._heartbeat_servers(self.heartbeat_key)))
         events.info(
-            "event=scheduler_started node=%s vip=%s dataplane=%s buckets=%d live=%s",
-            self.names[self.index], self.vip, type(dp).__name__, self.table.size,
+            "event=scheduler_started node=%s vip=%s dataplane=%s buckets=%d vips=%d live=%s",
+            self.names[self.index], self.vip, type(dp).__name__, self.table.size, len(vips),
             ",".join(n for i, n in enumerate(self.names) if self.table.is_live(i)),
         )
 
@@ -340,8 +346,9 @@ class SchedulerRole:
         }
 
     def reconfigure(self, config: Config) -> None:
-        """Weights move buckets only as they fall idle; port rules and the deny list reach the
-        data plane at once."""
+        """Weights move buckets only as they fall idle; port rules, the deny list and the VIPs
+        reach the data plane at once (a removed VIP is dropped from the kernel's map and no
+        longer answered by ARP; a new one is announced)."""
         self.config = config
         for i, n in enumerate(config.nodes):
             self.status.rows[i].config_weight = n.weight
@@ -349,9 +356,22 @@ class SchedulerRole:
             self.table.set_weight(i, self.status.table_weights()[i])
         self.sweep.sweep_delay_s = config.cluster.sweep_interval_s
         dp = self.dataplane
+        vips = vip_map(config)
+        owner = self.vip_owner
         if dp is not None:
             dp.set_port_rules(*port_rules(config))
             dp.set_deny(list(config.cluster.deny))
+            if owner is not None:
+                # New VIPs reach the kernel's map before ARP draws their traffic here;
+                # removed ones stop being answered before the map drops them.
+                dp.set_vips({**vips, **{v: dp_ports for v, dp_ports in self._old_vips.items()
+                                        if v not in vips}})
+                new = owner.set_vips(list(vips))
+                dp.set_vips(vips)
+                if new and owner.answering:
+                    self.tasks.append(asyncio.ensure_future(asyncio.to_thread(
+                        owner.announce, self.mac, 3, new)))
+        self._old_vips = vips
         events.info("event=scheduler_reconfigured node=%s weights=%s ports=%d deny=%d",
                        self.names[self.index], ",".join(str(n.weight) for n in config.nodes),
                        len(config.ports), len(config.cluster.deny))

@@ -1,4 +1,8 @@
-"""VIP ownership on the front network: answering ARP for the VIP, and gratuitous ARP.
+"""VIP ownership on the front network: answering ARP for the VIPs, and gratuitous ARP.
+
+Every VIP of every service (seed 002: many VIPs, prefixes expanded) is answered by the one
+responder; the cluster's VIP comes first. `set_vips` changes the set live (a pushed config):
+a VIP removed is not answered from that moment, a new one is announced.
 
 Every node has the VIP on `lo` with arp_ignore=1, so no node's *kernel* answers ARP for it. The
 scheduler's process answers ARP requests for the VIP itself, on an AF_PACKET socket read by its
@@ -20,7 +24,7 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -73,14 +77,18 @@ def arp_frame(op: int, sender_mac: bytes, sender_ip: str, target_mac: bytes, tar
     )
 
 
-def gratuitous_arp(ifname: str, ip: str, mac: bytes, count: int = 3, gap_s: float = 0.05) -> None:
-    """Announce `ip` at `mac`: both a gratuitous request and reply, as switches differ in which
-    one they learn from (the same as arping -U and -A)."""
+def gratuitous_arp(ifname: str, ip: str | Sequence[str], mac: bytes, count: int = 3,
+                   gap_s: float = 0.05) -> None:
+    """Announce `ip` (or each of several) at `mac`: both a gratuitous request and reply, as
+    switches differ in which one they learn from (the same as arping -U and -A)."""
+    ips = [ip] if isinstance(ip, str) else list(ip)
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as s:
         s.bind((ifname, 0))
         for i in range(count):
-            s.send(arp_frame(1, mac, ip, b"\x00" * 6, ip))
-            s.send(arp_frame(2, mac, ip, BROADCAST, ip))
+            for one in ips:
+                with contextlib.suppress(BlockingIOError):  # a full TX queue: next round
+                    s.send(arp_frame(1, mac, one, b"\x00" * 6, one))
+                    s.send(arp_frame(2, mac, one, BROADCAST, one))
             if i + 1 < count:
                 time.sleep(gap_s)
 
@@ -195,11 +203,26 @@ def remove_from_interface(ifname: str, address: str) -> bool:
 
 class VipOwner:
     def __init__(self, ifname: str, vip: str,
-                 on_held_request: Callable[[], None] | None = None) -> None:
+                 on_held_request: Callable[[], None] | None = None,
+                 vips: Sequence[str] = ()) -> None:
         self.ifname = ifname
-        self.vip = vip
+        self.vip = vip  # the cluster's VIP: what peers probe to find the scheduler
+        self.vips = _with_main(vip, vips)
         self.responder: ArpResponder | None = None
         self.on_held_request = on_held_request
+
+    def set_vips(self, vips: Sequence[str]) -> list[str]:
+        """Answer for these VIPs from now on (loop thread); the new ones, to announce()."""
+        wanted = _with_main(self.vip, vips)
+        new = [v for v in wanted if v not in self.vips]
+        gone = [v for v in self.vips if v not in wanted]
+        self.vips = wanted
+        if self.responder is not None:
+            self.responder.vips = frozenset(ipaddress.IPv4Address(v).packed for v in wanted)
+        if new or gone:
+            events.info("event=vips_changed vips=%d added=%d removed=%d interface=%s",
+                        len(wanted), len(new), len(gone), self.ifname)
+        return new
 
     @property
     def held(self) -> bool:
@@ -212,7 +235,7 @@ class VipOwner:
     def take(self, mac: bytes, loop: asyncio.AbstractEventLoop) -> None:
         """Answer ARP for the VIP from now on (call from the loop's thread), then announce()."""
         if self.responder is None:
-            responder = ArpResponder(self.ifname, [self.vip], mac, self.on_held_request)
+            responder = ArpResponder(self.ifname, self.vips, mac, self.on_held_request)
             responder.start(loop)
             self.responder = responder
 
@@ -223,14 +246,18 @@ class VipOwner:
             events.info("event=vip_arp_%s vip=%s interface=%s",
                            "held" if held else "resumed", self.vip, self.ifname)
 
-    def announce(self, mac: bytes, announcements: int = 3) -> None:
-        """Gratuitous ARP (blocking: from a thread). A VIP on `front` left by an older version
-        would make the kernel answer for it beyond this process's life: removed first."""
-        with contextlib.suppress(OSError, NetlinkError):
-            remove_from_interface(self.ifname, self.vip)
-        gratuitous_arp(self.ifname, self.vip, mac, announcements)
-        events.info("event=vip_taken vip=%s interface=%s mac=%s", self.vip, self.ifname,
-                       mac_text(mac))
+    def announce(self, mac: bytes, announcements: int = 3,
+                 only: Sequence[str] | None = None) -> None:
+        """Gratuitous ARP for every VIP, or `only` these (blocking: from a thread). A VIP on
+        `front` left by an older version would make the kernel answer for it beyond this
+        process's life: removed first (older versions only ever put the cluster's VIP there)."""
+        if only is None:
+            with contextlib.suppress(OSError, NetlinkError):
+                remove_from_interface(self.ifname, self.vip)
+        ips = list(self.vips if only is None else only)
+        gratuitous_arp(self.ifname, ips, mac, announcements)
+        events.info("event=vip_taken vip=%s vips=%d interface=%s mac=%s", self.vip, len(ips),
+                    self.ifname, mac_text(mac))
 
     def release(self) -> None:
         """Stop answering at once (call from the loop's thread)."""
@@ -238,3 +265,54 @@ class VipOwner:
             self.responder.stop()
             self.responder = None
             events.info("event=vip_released vip=%s interface=%s", self.vip, self.ifname)
+
+
+def _with_main(vip: str, vips: Sequence[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys((vip, *vips)))
+
+
+def lo_networks(services: Sequence[object]) -> list[str]:
+    """Every VIP address of a config's services as `lo` holds it ("a.b.c.d/32"), each once.
+
+    One /32 per address, not the prefix: a prefix on lo would make its last address the
+    subnet's broadcast, which TCP never accepts, and a VIP prefix is a set of VIPs."""
+    out: dict[str, None] = {}
+    for svc in services:
+        for v in getattr(svc, "vips", ()):
+            net = ipaddress.IPv4Network(v)
+            out.update((f"{net[i]}/32", None) for i in range(net.num_addresses))
+    return list(out)
+
+
+def sync_lo_vips(wanted: Sequence[str], previous: Sequence[str] = (),
+                 ifname: str = "lo") -> tuple[list[str], list[str]]:
+    """Hold every VIP address on `lo`, and drop those of `previous` no longer wanted;
+    (added, removed).
+
+    Blocking (pyroute2): call from a thread. arp_ignore keeps the kernel from answering ARP
+    for them: only the scheduler's process does (ArpResponder)."""
+    added: list[str] = []
+    removed: list[str] = []
+    with IPRoute() as ipr:
+        index = int(ipr.link_lookup(ifname=ifname)[0])
+        for text in wanted:
+            net = ipaddress.IPv4Network(text)
+            try:
+                ipr.addr("add", index=index, address=str(net.network_address),
+                         prefixlen=net.prefixlen)
+                added.append(text)
+            except NetlinkError as e:
+                if e.code != 17:  # EEXIST: already there
+                    raise
+        for text in previous:
+            if text in wanted:
+                continue
+            net = ipaddress.IPv4Network(text)
+            with contextlib.suppress(NetlinkError):  # already gone
+                ipr.addr("del", index=index, address=str(net.network_address),
+                         prefixlen=net.prefixlen)
+                removed.append(text)
+    if added or removed:
+        events.info("event=lo_vips_changed added=%d removed=%d first_added=%s",
+                    len(added), len(removed), added[0] if added else "-")
+    return added, removed

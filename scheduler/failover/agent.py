@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from prometheus_client.core import Metric
+from pyroute2.netlink.exceptions import NetlinkError
 
 from dlba.config import Config
 from dlba.proxy.proxy_health import ProxyHealth
@@ -35,7 +36,7 @@ from scheduler.failover.routes import add_routes, agent_metrics
 from scheduler.failover.sync_messages import SyncMessage
 from scheduler.failover.table_sync import apply_message, pull_snapshot, push_message
 from scheduler.scheduler_role import SchedulerRole
-from scheduler.vip_owner import link_running
+from scheduler.vip_owner import link_running, lo_networks, sync_lo_vips
 
 events = logging.getLogger("dlba.event")
 
@@ -80,6 +81,8 @@ class NodeAgent:
         self.front: str | None = None  # our front interface's name, for its link state
         self.link_ok = True  # the last check, for the log's transitions
         self.fence_task: asyncio.Task[None] | None = None
+        self.lo_vips: list[str] = []  # the VIP networks this process put (or found) on lo
+        self.lo_task: asyncio.Future[None] | None = None
 
     # --- what the node's admin API shows ------------------------------------------------------
     def role_name(self) -> str:
@@ -104,8 +107,19 @@ class NodeAgent:
         VIP were checked unchanged by the stage)."""
         self.config = config
         self.election.threshold = config.cluster.ping_failures
+        self.lo_task = asyncio.ensure_future(self.hold_vips_on_lo())
         if self.role is not None:
             self.role.reconfigure(config)
+
+    async def hold_vips_on_lo(self) -> None:
+        """Every VIP of every service on lo (a pushed config adds and removes them live)."""
+        wanted = lo_networks(self.config.services)
+        try:
+            await asyncio.to_thread(sync_lo_vips, wanted, self.lo_vips)
+        except (OSError, IndexError, NetlinkError) as e:  # no CAP_NET_ADMIN: the host's job
+            events.warning("event=lo_vips_failed node=%s reason=%r", self.name, str(e))
+            return
+        self.lo_vips = wanted
 
     def metrics(self) -> Iterator[Metric]:
         return agent_metrics(self)
@@ -136,6 +150,7 @@ class NodeAgent:
     async def start(self) -> None:
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0))
         self.pinger = Pinger(self.key)
+        await self.hold_vips_on_lo()
         self.heartbeat = await serve_heartbeat(
             self.address, self.config.admin_endpoint(self.index).port, self.key, self.self_state)
         await self._prepare()
