@@ -178,9 +178,9 @@ async def test_two_services_three_pools_routes_and_sni(tmp_path: Path) -> None:
         assert h3["x-backend"] == h["x-backend"]  # pinned within its own pool
 
         async with aiohttp.ClientSession(
-                headers={"Authorization": f"Bearer {arr.token}"}) as s:
-            async with s.get(arr.admin_url + "/status") as r:
-                status = await r.json()
+                headers={"Authorization": f"Bearer {arr.token}"}) as s, \
+                s.get(arr.admin_url + "/status") as r:
+            status = await r.json()
         svc = status["services"]
         assert [x["name"] for x in svc["services"]] == ["shop", "api"]
         assert set(svc["pools"]) == {"default", "web", "static"}
