@@ -57,7 +57,7 @@ class H2Stream(ExchangeClient):
     # --- request body: flow control tied to the back end's back-pressure ----------------------
     def body(self, data: bytes, flow_len: int) -> None:
         ex = self.ex
-        if ex is not None and not self.done:
+        if data and ex is not None and not self.done:  # an empty chunk would end the body
             ex.feed_body(data)
         if self.paused and not self.done:
             self.unacked += flow_len

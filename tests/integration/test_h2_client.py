@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import cast
 
 from tests.integration.loopback import LoopbackArray, loopback_array
 
@@ -69,11 +70,12 @@ async def test_curl_http2_bodies_both_ways_and_cookie_persistence(tmp_path: Path
                  url(arr, path)],
                 input=body, capture_output=True, timeout=30, check=False)
             assert res.returncode == 0, res.stderr
+            out = cast(bytes, res.stdout)
             if path == "/digest":
-                assert json.loads(res.stdout) == {
+                assert json.loads(out) == {
                     "length": len(body), "sha256": hashlib.sha256(body).hexdigest()}
             else:
-                assert res.stdout == body
+                assert out == body
 
 
 async def test_request_headers_translated_for_the_back_end(tmp_path: Path) -> None:

@@ -1,0 +1,248 @@
+"""Playbook tests for HTTP/2 clients: streams as exchanges, header translation, flow control
+both ways, and the limits against HTTP/2's attacks (rapid reset, CONTINUATION, control-frame
+floods, stalls, timeouts, graceful GOAWAY)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    ResponseReceived,
+    StreamEnded,
+    StreamReset,
+)
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    HeadersFrame,
+    PingFrame,
+    RstStreamFrame,
+)
+
+from dlba.proxy import h2_session
+from tests.unit.proxy.h2_playbook import GET, frames, h2book
+from tests.unit.proxy.playbook import Has, Starts, body, complete, connected, flush, head
+
+
+def ONE_OF_TWO(backend_id: object) -> bool:
+    return backend_id in (1, 2)
+
+
+def test_streams_of_one_connection_are_scheduled_each_on_its_own(tmp_path: Path) -> None:
+    pb = h2book(tmp_path, backends=2)
+    for sid in (1, 3):
+        pb.client.send_headers(sid, [*GET, (b"cookie", b"a=1"), (b"cookie", b"b=2")],
+                               end_stream=True)
+    pb.send()
+    # least connections: the second stream goes to the other back end
+    pb << ("open", ONE_OF_TWO) << ("open", ONE_OF_TWO)
+    pb >> connected("b1") >> connected("b2")
+    pb << ("b_write", "b1", Has(b"GET / HTTP/1.1\r\n", b"host: shop.example\r\n",
+                                b"cookie: a=1; b=2\r\n", b"X-Forwarded-Proto: https\r\n"))
+    pb << ("b_write", "b2", Starts(b"GET / HTTP/1.1\r\n"))
+    # answered out of order, each on its own stream; hop-by-hop fields never reach HTTP/2
+    pb >> head("b2", 200, ((b"Content-Length", b"2"), (b"Connection", b"keep-alive"),
+                           (b"Keep-Alive", b"timeout=5"), (b"X-Backend", b"b2")))
+    pb >> body("b2", b"b2") >> complete("b2") << ("b_release", "b2")
+    pb >> head("b1", 200, ((b"Transfer-Encoding", b"chunked"), (b"Set-Cookie", b"JSESSIONID=x")))
+    pb >> body("b1", b"hello") >> flush("b1") >> complete("b1") << ("b_release", "b1")
+    pb.idle()
+    heads = {e.stream_id: dict(e.headers) for e in pb.events(ResponseReceived)}
+    assert heads[3] == {b":status": b"200", b"content-length": b"2", b"x-backend": b"b2",
+                        b"strict-transport-security": b"max-age=31536000"}
+    assert b"transfer-encoding" not in heads[1] and b"content-length" not in heads[1]
+    assert any(v.startswith(b"DLBASERVER=") for n, v in pb.events(ResponseReceived)[1].headers
+               if n == b"set-cookie")
+    data = {(e.stream_id, e.data) for e in pb.events(DataReceived) if e.data}
+    assert data == {(3, b"b2"), (1, b"hello")}
+    assert {e.stream_id for e in pb.events(StreamEnded)} == {1, 3}
+    assert pb.ctx.stats.requests == 2 and pb.ctx.stats.connections_open == 2  # + playbook's
+
+
+def test_request_that_would_smuggle_into_http1_is_refused(tmp_path: Path) -> None:
+    pb = h2book(tmp_path)
+    pb.client.send_headers(1, [(b":method", b"GET"), (b":scheme", b"https"),
+                               (b":authority", b"a"), (b":path", b"/a b")], end_stream=True)
+    pb.send()
+    pb.idle()  # no back end opened
+    assert [dict(e.headers)[b":status"] for e in pb.events(ResponseReceived)] == [b"400"]
+    # CR/LF in a value: h2 itself refuses the connection (h2_headers checks it again)
+    pb.client.send_headers(3, [*GET, (b"x-a", b"1\r\nX-Injected: 2")], end_stream=True)
+    pb.send()
+    pb << ("close",)
+    pb.idle()
+    assert pb.events(ConnectionTerminated)[0].error_code == ErrorCodes.PROTOCOL_ERROR
+
+
+def test_response_waits_for_the_client_window_and_pauses_the_back_end(tmp_path: Path) -> None:
+    pb = h2book(tmp_path, window=10)
+    pb.send()
+    pb.client.send_headers(1, GET, end_stream=True)
+    pb.send()
+    pb << ("open", 1) >> connected("b1") << ("b_write", "b1", Starts(b"GET"))
+    pb >> head("b1", 200, ((b"Content-Length", b"100"),)) >> body("b1", b"x" * 100)
+    pb >> flush("b1") << ("b_pause", "b1")  # 10 bytes went; 90 wait for a window update
+    assert sum(len(e.data) for e in pb.events(DataReceived)) == 10
+    pb.client.increment_flow_control_window(200, 1)
+    pb.client.increment_flow_control_window(200)
+    pb.send()
+    pb << ("b_resume", "b1")
+    pb >> complete("b1") << ("b_release", "b1")
+    pb.idle()
+    assert sum(len(e.data) for e in pb.events(DataReceived)) == 100
+    assert pb.events(StreamEnded)
+
+
+def test_request_body_window_reopens_only_as_the_back_end_takes_it(tmp_path: Path) -> None:
+    pb = h2book(tmp_path)
+    pb.client.send_headers(1, [(b":method", b"POST"), *GET[1:]])
+    pb.send()
+    pb << ("open", 1)
+    chunk = b"y" * 16_000
+    for _ in range(4):  # 64 000 bytes before the back end is connected: held, window reopened
+        pb.client.send_data(1, chunk)
+        pb.send()
+    assert pb.h2.streams[1].unacked == 0
+    pb.client.send_data(1, b"z" * 3_000)  # beyond RETAIN_LIMIT: the client's window stays shut
+    pb.send()
+    assert pb.h2.streams[1].unacked == 3_000
+    pb >> connected("b1")
+    pb << ("b_write", "b1", Has(b"Transfer-Encoding: chunked\r\n"))  # no length: chunked
+    assert pb.h2.streams[1].unacked == 0
+    pb.client.end_stream(1)
+    pb.send()
+    pb << ("b_write", "b1", b"0\r\n\r\n")
+    pb.idle()
+
+
+def test_rapid_reset_opens_no_back_end_and_a_flood_gets_enhance_your_calm(
+        tmp_path: Path) -> None:
+    pb = h2book(tmp_path)
+    sid = 1
+    for _ in range(50):  # HEADERS + RST_STREAM in one read: never scheduled
+        pb.client.send_headers(sid, GET, end_stream=True)
+        pb.client.reset_stream(sid, ErrorCodes.CANCEL)
+        sid += 2
+    pb.send()
+    pb.idle()
+    assert not pb.events(ConnectionTerminated)
+    raw = b""
+    for _ in range(h2_session.RESET_LIMIT):
+        pb.client.send_headers(sid, GET, end_stream=True)
+        pb.client.reset_stream(sid, ErrorCodes.CANCEL)
+        sid += 2
+    raw = pb.client.data_to_send()
+    pb.h2.client_data(raw)
+    pb << ("close",)
+    pb.idle()
+    goaway = pb.events(ConnectionTerminated)
+    assert goaway and goaway[0].error_code == ErrorCodes.ENHANCE_YOUR_CALM
+
+
+def test_continuation_flood_is_cut_without_a_back_end(tmp_path: Path) -> None:
+    pb = h2book(tmp_path)
+    pb.send()
+    block = pb.client.encoder.encode(GET)
+    frames = [HeadersFrame(1, data=block[:5]).serialize()]
+    frames += [ContinuationFrame(1, data=b"\x00" * 16).serialize() for _ in range(200)]
+    pb.h2.client_data(b"".join(frames))
+    pb << ("close",)
+    pb.idle()
+    assert pb.events(ConnectionTerminated)
+
+
+def test_ping_flood_gets_enhance_your_calm(tmp_path: Path) -> None:
+    pb = h2book(tmp_path)
+    pb.send()
+    pings = b"".join(PingFrame(0, opaque_data=b"%08d" % i).serialize()
+                     for i in range(h2_session.CONTROL_LIMIT + 1))
+    pb.h2.client_data(pings)
+    pb << ("close",)
+    pb.idle()
+    goaway = pb.events(ConnectionTerminated)
+    assert goaway and goaway[-1].error_code == ErrorCodes.ENHANCE_YOUR_CALM
+
+
+def test_idle_connection_gets_goaway_and_is_closed(tmp_path: Path) -> None:
+    pb = h2book(tmp_path, keepalive_timeout_s=5.0)
+    pb.client.send_headers(1, GET, end_stream=True)
+    pb.send()
+    pb << ("open", 1) >> connected("b1") << ("b_write", "b1", Starts(b"GET"))
+    pb >> head("b1", 204) >> complete("b1") << ("b_release", "b1")
+    pb.tick(4.0)
+    pb.idle()
+    pb.tick(1.5)
+    pb << ("close",)
+    pb.idle()
+    assert pb.events(ConnectionTerminated)[0].error_code == ErrorCodes.NO_ERROR
+
+
+def test_silent_connection_is_closed_after_the_header_timeout(tmp_path: Path) -> None:
+    pb = h2book(tmp_path, header_timeout_s=3.0)
+    pb.tick(3.5)
+    pb << ("close",)
+    pb.idle()
+
+
+def test_zero_window_stall_is_reset(tmp_path: Path) -> None:
+    pb = h2book(tmp_path, window=0, backend_timeout_s=20.0)
+    pb.send()
+    pb.client.send_headers(1, GET, end_stream=True)
+    pb.send()
+    pb << ("open", 1) >> connected("b1") << ("b_write", "b1", Starts(b"GET"))
+    pb >> head("b1", 200, ((b"Content-Length", b"5"),)) >> body("b1", b"hello")
+    pb >> complete("b1") << ("b_pause", "b1") << ("b_release", "b1")  # the client reads nothing
+    pb.tick(21.0)
+    pb.idle()
+    resets = pb.events(StreamReset)
+    assert resets and resets[0].error_code == ErrorCodes.CANCEL
+    assert not pb.h2.streams
+
+
+def test_graceful_stop_lets_streams_in_flight_finish(tmp_path: Path) -> None:
+    pb = h2book(tmp_path)
+    pb.client.send_headers(1, GET, end_stream=True)
+    pb.send()
+    pb << ("open", 1) >> connected("b1") << ("b_write", "b1", Starts(b"GET"))
+    pb.h2.drain()
+    goaway = pb.events(ConnectionTerminated)
+    assert goaway and goaway[0].last_stream_id == 1 and goaway[0].error_code == 0
+    # after the GOAWAY: refused, not served
+    pb.h2.client_data(HeadersFrame(3, data=pb.client.encoder.encode(GET),
+                                   flags=["END_HEADERS", "END_STREAM"]).serialize())
+    pb >> head("b1", 200, ((b"Content-Length", b"2"),)) >> body("b1", b"ok")
+    pb >> complete("b1") << ("b_release", "b1") << ("close",)
+    pb.idle()
+    sent = frames(pb.unparsed)
+    assert any(isinstance(f, RstStreamFrame) and f.stream_id == 3
+               and f.error_code == ErrorCodes.REFUSED_STREAM for f in sent)
+    assert [f.data for f in sent if isinstance(f, DataFrame) and f.stream_id == 1] == [b"ok"]
+    assert any(isinstance(f, DataFrame) and "END_STREAM" in f.flags for f in sent)
+
+
+def test_client_reset_of_a_stream_in_flight_aborts_its_back_end(tmp_path: Path) -> None:
+    pb = h2book(tmp_path)
+    pb.client.send_headers(1, GET, end_stream=True)
+    pb.send()
+    pb << ("open", 1) >> connected("b1") << ("b_write", "b1", Starts(b"GET"))
+    pb.h2.client_data(RstStreamFrame(1, error_code=ErrorCodes.CANCEL).serialize())
+    pb << ("b_abort", "b1")
+    pb.idle()
+    assert not pb.h2.streams
+
+
+def test_more_streams_than_advertised_is_a_protocol_error(tmp_path: Path) -> None:
+    pb = h2book(tmp_path)
+    pb.send()
+    assert pb.client.remote_settings.max_concurrent_streams == h2_session.MAX_STREAMS
+    assert pb.client.remote_settings.max_header_list_size == 65536
+    frames = [HeadersFrame(sid, data=pb.client.encoder.encode(GET),
+                           flags=["END_HEADERS"]).serialize()
+              for sid in range(1, 2 * h2_session.MAX_STREAMS + 4, 2)]
+    pb.h2.client_data(b"".join(frames))
+    assert pb.events(ConnectionTerminated)
+    assert ("close",) in pb.calls
+    assert sum(1 for c in pb.calls if c[0] == "open") <= h2_session.MAX_STREAMS
