@@ -26,6 +26,7 @@ from typing import Any
 from gunicorn.config import Config as GunicornConfig
 from gunicorn.workers.base import Worker as GunicornWorker
 
+from dlba.cdn.worker_link import worker_link
 from dlba.config import Config, ConfigError, load_config, parse_config
 from dlba.proxy.client_connection import client_protocols
 from dlba.proxy.core_io import IDLE_TIMER, LINE
@@ -113,6 +114,7 @@ def drain_step(ctx: ProxyContext, now: float) -> None:
     a keepalive connection idle for IDLE_CLOSE_S is closed. A response already under way is
     never cut (the wait in `ProxyWorker.serve` outlives it)."""
     keepalive = ctx.limits.keepalive_timeout_s
+    ctx.drain()  # HTTP/2 connections: GOAWAY; their streams in flight finish, then they close
     for conn in list(ctx.connections):
         s = conn.session
         if s is None:
@@ -172,14 +174,15 @@ class ProxyWorker(GunicornWorker):  # type: ignore[misc]
                  asyncio.ensure_future(commands.report()), asyncio.ensure_future(ctx.janitor()),
                  asyncio.ensure_future(commands.share_sessions()),
                  asyncio.ensure_future(rotate_ticket_keys(ring, ctx.secret)),
-                 asyncio.ensure_future(self.heartbeat())]
+                 asyncio.ensure_future(self.heartbeat()),
+                 asyncio.ensure_future(worker_link(ctx, args.name))]  # the CDN offload's
         await stop.wait()
         events.info("event=worker_draining node=%s pid=%d open=%d", args.name, os.getpid(),
                     ctx.stats.connections_open)
         for s in servers:
             s.close()  # our copy of the listening socket: the master's keeps the queue alive
         deadline = loop.time() + DRAIN_S
-        while ctx.connections and loop.time() < deadline:
+        while (ctx.connections or ctx.h2_connections) and loop.time() < deadline:
             drain_step(ctx, loop.time())
             await asyncio.sleep(DRAIN_TICK_S)
         commands.send_stats()  # the last counters, before the master forgets us

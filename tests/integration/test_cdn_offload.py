@@ -125,3 +125,39 @@ async def test_cache_fresh_then_revalidated_and_never_private(tmp_path: Path) ->
             seen = [(await _get(s, page, headers))[1]["X-Dlba-Cdn"] for _ in range(2)]
             assert seen == ["rewritten", "rewritten"], uncacheable
         assert await _renders(arr, s) == before + 2 + 6
+
+
+async def test_worker_processes_report_and_rewrite(tmp_path: Path) -> None:
+    """With [proxy] workers = 2 each worker samples, reports to its node and rewrites with the
+    node's choice; the node's metrics sum the workers' counters."""
+    extra = CONFIG + "\n[proxy]\nworkers = 2\n"
+    async with loopback_array(tmp_path, extra=extra) as arr:
+        for _ in range(100):  # the workers listen once they are up
+            try:
+                async with _session() as s:
+                    await _get(s, f"{arr.url}/health")
+                break
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.1)
+        # A new connection per request: the kernel spreads them over both workers.
+        conn = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=conn, auto_decompress=False) as s:
+            await _choose_all_objects(arr, s)
+            page = f"{arr.url}/page?private=1"
+            for _ in range(100):  # each worker takes the node's choice with its next report
+                seen = [(await _get(s, page))[1].get("X-Dlba-Cdn") for _ in range(4)]
+                if seen == ["rewritten"] * 4:
+                    break
+                await asyncio.sleep(0.1)
+            seen = [(await _get(s, page))[1].get("X-Dlba-Cdn") for _ in range(12)]
+            assert seen == ["rewritten"] * 12
+            for _ in range(50):  # the workers' counters arrive with their next reports
+                async with s.get(f"{arr.admin_url}/metrics",
+                                 headers={"Authorization": f"Bearer {arr.token}"}) as r:
+                    metrics = await r.text()
+                line = next(x for x in metrics.splitlines()
+                            if x.startswith("dlba_cdn_rewritten_total"))
+                if float(line.split()[-1]) >= 16:
+                    break
+                await asyncio.sleep(0.1)
+    assert float(line.split()[-1]) >= 16  # every page each worker rewrote, summed
