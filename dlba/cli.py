@@ -20,6 +20,7 @@ commands:
   config push    commit a config:         dlba config push FILE
   config check   validate, apply nothing: dlba config check FILE [--name NAME]
   certs init     make dev CA and certs:   dlba certs init [--dir DIR]
+  class-token    sign a client class:     dlba class-token CLASS --ttl S --config FILE
   demo-backend   demo web server:         dlba demo-backend --name B --listen HOST:PORT
   help           help on a command:       dlba help [COMMAND [SUBCOMMAND]]
 
@@ -145,6 +146,12 @@ def _supervise(argv: list[str]) -> int:
     return supervise_main(argv)
 
 
+def _class_token(argv: list[str]) -> int:
+    from dlba.services.token_cli import class_token_main
+
+    return class_token_main(argv)
+
+
 def _demo_backend(argv: list[str]) -> int:
     from dlba.demo_backend import demo_backend_main
 
@@ -158,6 +165,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "status": _status,
     "certs": _certs,
     "config": _config,
+    "class-token": _class_token,
     "demo-backend": _demo_backend,
     "_supervise": _supervise,
 }

@@ -16,7 +16,7 @@ from dlba.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = [["node"], ["up"], ["down"], ["status"], ["config", "push"], ["config", "check"],
-            ["certs", "init"], ["demo-backend"]]
+            ["certs", "init"], ["class-token"], ["demo-backend"]]
 GROUPS = {"config": ["push", "check"], "certs": ["init"]}
 
 
