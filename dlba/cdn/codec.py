@@ -2,8 +2,8 @@
 
 gzip through zlib's streaming objects; br through the `brotli` package when it is installed
 (else a br page is passed through untouched and counted). Decoding gives out at most OUT_STEP
-bytes per step, so a small compressed chunk cannot make a large buffer (a decompression bomb
-costs time, bounded by the page size limit of the caller, not memory).
+bytes per step (brotli: under twice that, its buffer grows once past the limit), so a small
+compressed chunk cannot make a large buffer (a decompression bomb costs time, not memory).
 """
 
 from __future__ import annotations
@@ -49,13 +49,15 @@ class Gzip(Codec):
 
     def decode(self, data: bytes) -> Iterator[bytes]:
         try:
-            while data:
+            while True:
                 out = self.d.decompress(data, OUT_STEP)
                 data = self.d.unconsumed_tail
                 if out:
                     yield out
                 if self.d.eof:
                     return  # trailing garbage after the member is dropped, as browsers do
+                if not data and len(out) < OUT_STEP:
+                    return  # a full step may leave output inside zlib: asked for again
         except zlib.error as e:
             raise CodecError(str(e)) from e
 
@@ -80,8 +82,8 @@ class Brotli(Codec):
             while True:
                 if out:
                     yield out
-                if self.d.is_finished() or self.d.can_accept_more_data():
-                    return
+                if self.d.is_finished() or len(out) < OUT_STEP:
+                    return  # else the limit stopped it: more output waits inside
                 out = self.d.process(b"", output_buffer_limit=OUT_STEP)
         except brotli.error as e:
             raise CodecError(str(e)) from e
