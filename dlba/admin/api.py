@@ -14,9 +14,10 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from dlba.admin.metrics import NodeCollector, render
+from dlba.admin.metrics import NodeCollector, ServiceCollector, render
 from dlba.proxy.proxy_context import ProxyContext
 from dlba.proxy.worker_pool import WorkerPool
+from dlba.services.runtime import merge_json
 
 events = logging.getLogger("dlba.event")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -76,8 +77,11 @@ def _services_json(view: NodeView) -> dict[str, Any]:
     services = getattr(view.ctx, "services", None)  # test doubles of a view may have none
     if services is None:
         return {"services": [], "pools": {}, "classes": []}
-    out: dict[str, Any] = services.to_json()
-    return out
+    workers = getattr(view, "workers", None)
+    reports = getattr(workers, "reports", None) or {}
+    parts = [r["services"] for r in reports.values() if isinstance(r, dict) and "services" in r]
+    # Worker processes serve and count: their reports, summed; else this process's own.
+    return merge_json(parts) if parts else services.to_json()
 
 
 def _learned_sessions(view: NodeView) -> int:
@@ -132,7 +136,8 @@ def make_admin_app(
     async def metrics(_: web.Request) -> web.Response:
         await fresh_counters()
         return web.Response(
-            body=render(view.collector),
+            body=render(view.collector) + render(ServiceCollector(
+                view.name, lambda: _services_json(view))),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -117,3 +118,38 @@ def learned_session_metrics(node: str, entries: int, learned: int, selections: i
         c = CounterMetricFamily(f"dlba_{name}", doc, labels=["node"])
         c.add_metric([node], value)
         yield c
+
+
+def service_metrics(node: str, view: dict[str, Any]) -> Iterator[Metric]:
+    """Virtual services, pools and classes (dlba/services/runtime.py `to_json`/`merge_json`):
+    requests per service, each pool's queue and slots, requests and shedding per class."""
+    c = CounterMetricFamily("dlba_service_requests", "Requests per virtual service",
+                            labels=["node", "service"])
+    for s in view["services"]:
+        c.add_metric([node, s["name"]], s["requests"])
+    yield c
+    gauges = [("queue_depth", "Requests waiting for a back-end slot"),
+              ("slots_used", "Back-end slots held (back ends with maxconn)"),
+              ("slots", "Back-end slots (sum of maxconn, this node's share)")]
+    for key, doc in gauges:
+        g = GaugeMetricFamily(f"dlba_pool_{key}", doc, labels=["node", "pool"])
+        for name, pool in sorted(view["pools"].items()):
+            g.add_metric([node, name], pool[key])
+        yield g
+    for key, doc in (("requests", "Requests per pool and client class"),
+                     ("queued", "Requests that waited in the pool's queue, per class"),
+                     ("shed", "Requests answered 503 by a full pool, per class")):
+        c = CounterMetricFamily(f"dlba_class_{key}", doc, labels=["node", "pool", "class"])
+        for name, pool in sorted(view["pools"].items()):
+            for cls, counters in sorted(pool["classes"].items()):
+                c.add_metric([node, name, cls], counters[key])
+        yield c
+
+
+class ServiceCollector(Collector):
+    def __init__(self, node: str, view: Callable[[], dict[str, Any]]) -> None:
+        self.node = node
+        self.view = view
+
+    def collect(self) -> Iterator[Metric]:
+        yield from service_metrics(self.node, self.view())

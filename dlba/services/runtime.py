@@ -272,3 +272,34 @@ class Services:
             "classes": [{"name": c.name, "priority": c.priority, "weight": c.weight}
                         for c in self.classifier.classes],
         }
+
+
+def merge_json(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The operator view of a node whose worker processes each report `Services.to_json()`:
+    counters and depths summed, the lists (services, classes) from the first with their request
+    counts summed."""
+    if not parts:
+        return {"services": [], "pools": {}, "classes": []}
+    first = parts[0]
+    services = [dict(s, requests=sum(
+        next((x["requests"] for x in p["services"] if x["name"] == s["name"]), 0)
+        for p in parts)) for s in first["services"]]
+    pools: dict[str, Any] = {}
+    for p in parts:
+        for name, pool in p["pools"].items():
+            into = pools.setdefault(name, {k: v for k, v in pool.items() if k != "classes"}
+                                    | {"classes": {}} | {k: 0 for k in _SUMMED})
+            for k in _SUMMED:
+                into[k] = (max if k == "max_depth" else _add)(into[k], pool[k])
+            for cname, c in pool["classes"].items():
+                cc = into["classes"].setdefault(cname, dict.fromkeys(c, 0))
+                for k, v in c.items():
+                    cc[k] = cc.get(k, 0) + v
+    return {"services": services, "pools": pools, "classes": first["classes"]}
+
+
+_SUMMED = ("queue_depth", "queued", "shed", "timeouts", "max_depth", "slots_used", "slots")
+
+
+def _add(a: int, b: int) -> int:
+    return a + b

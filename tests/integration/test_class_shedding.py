@@ -65,6 +65,9 @@ async def test_low_class_is_shed_high_class_is_served(tmp_path: Path) -> None:
         async with s.get(arr.admin_url + "/status",
                          headers={"Authorization": f"Bearer {arr.token}"}) as r:
             status = await r.json()
+        async with s.get(arr.admin_url + "/metrics",
+                         headers={"Authorization": f"Bearer {arr.token}"}) as r:
+            metrics = await r.text()
     assert [st for st, _ in gold] == [200] * 4
     shed = [ra for st, ra in low if st == 503]
     assert shed and all(ra == "2" for ra in shed)
@@ -73,3 +76,8 @@ async def test_low_class_is_shed_high_class_is_served(tmp_path: Path) -> None:
     assert pool["classes"]["gold"]["shed"] == 0 and pool["classes"]["gold"]["queued"] >= 1
     assert pool["classes"]["bronze"]["shed"] == len(shed)
     assert pool["slots"] == 2 and pool["queue_depth"] == 0
+    assert (f'dlba_class_shed_total{{class="bronze",node="n1",pool="default"}} {len(shed)}.0'
+            in metrics)
+    assert 'dlba_class_shed_total{class="gold",node="n1",pool="default"} 0.0' in metrics
+    assert 'dlba_pool_queue_depth{node="n1",pool="default"} 0.0' in metrics
+    assert 'dlba_service_requests_total{node="n1",service="svc"} 154.0' in metrics

@@ -133,3 +133,21 @@ def test_playbook_invariants(steps: list[tuple[str, int]]) -> None:
         else:
             for item in q.expire(now):
                 assert item not in set(q.items())
+
+
+def test_worker_views_merge() -> None:
+    from dlba.services.runtime import merge_json
+
+    def part(depth: int, shed: int) -> dict[str, object]:
+        return {"services": [{"name": "s", "requests": 3}],
+                "pools": {"web": {"backends": [1], "policy": "p2c", "queue_depth": depth,
+                                  "queued": 1, "shed": shed, "timeouts": 0, "max_depth": depth,
+                                  "slots_used": 1, "slots": 2,
+                                  "classes": {"gold": {"requests": 2, "shed": shed}}}},
+                "classes": [{"name": "gold", "priority": 0, "weight": 100}]}
+
+    m = merge_json([part(2, 1), part(5, 0)])
+    web = m["pools"]["web"]
+    assert (web["queue_depth"], web["shed"], web["max_depth"], web["slots"]) == (7, 1, 5, 4)
+    assert web["classes"]["gold"] == {"requests": 4, "shed": 1}
+    assert m["services"][0]["requests"] == 6
