@@ -16,6 +16,7 @@ from rich.table import Table
 
 from dlba.config import ConfigError
 from dlba.local_array.running import NoArrayRunning, running_record
+from dlba.services.runtime import merge_json
 
 TIMEOUT_S = 2.0
 NODE_COLS = ("name", "address", "mac", "ip_groups", "avg_response_ms", "hits",
@@ -23,7 +24,28 @@ NODE_COLS = ("name", "address", "mac", "ip_groups", "avg_response_ms", "hits",
 BACKEND_COLS = ("id", "address", "state", "cookie_groups", "avg_response_ms", "hits",
                 "open_connections", "unable_to_connect", "weight")
 HEADERS = {"avg_response_ms": "avg_ms", "open_connections": "open", "cookie_groups": "groups",
-           "unable_to_connect": "unreachable", "ip_groups": "groups"}
+           "unable_to_connect": "unreachable", "ip_groups": "groups", "queue_depth": "waiting"}
+SERVICE_COLS = ("name", "vips", "ports", "pool", "routes", "requests")
+POOL_COLS = ("name", "policy", "backends", "slots", "queue_depth", "queued", "shed",
+             "timeouts")
+CLASS_COLS = ("pool", "class", "priority", "requests", "queued", "shed", "waiting")
+
+
+def service_rows(view: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
+                                                list[dict[str, Any]]]:
+    """Rows of the services, pools and classes tables from the array's summed view
+    (dlba/services/runtime.py merge_json)."""
+    services = [{**s, "vips": " ".join(s["vips"]), "ports": " ".join(map(str, s["ports"]))}
+                for s in view.get("services", [])]
+    pools = [{**p, "name": name, "backends": " ".join(map(str, p["backends"])),
+              "slots": f"{p['slots_used']}/{p['slots']}" if p["slots"] else "-"}
+             for name, p in sorted(view.get("pools", {}).items())]
+    priority = {c["name"]: c["priority"] for c in view.get("classes", [])}
+    classes = [{**c, "pool": name, "class": cname, "priority": priority.get(cname)}
+               for name, p in sorted(view.get("pools", {}).items())
+               for cname, c in sorted(p["classes"].items(),
+                                      key=lambda kv: (priority.get(kv[0], 0), kv[0]))]
+    return services, pools, classes
 
 
 def fetch(url: str, token: str) -> Any:
@@ -88,6 +110,8 @@ def gather(urls: list[str], token: str) -> dict[str, Any]:
     else:  # a standalone node, or no scheduler reachable: each node's own rows
         doc["nodes"] = [row for s in statuses for row in s.get("nodes", [])]
         doc["backends"] = first.get("backends", [])
+    # Services, pools and classes: every node's counters summed.
+    doc["services"] = merge_json([s["services"] for s in statuses if "services" in s])
     draining = {b.get("id") for s in statuses for b in s.get("backends", [])
                 if b.get("state") == "draining"}
     doc["backends"] = [{**b, "state": backend_state(b, b.get("id") in draining)}
@@ -182,6 +206,13 @@ def render(doc: dict[str, Any], console: Console) -> None:
                                doc.get("nodes", []), console.width))
     console.print(status_table("Web server status table (Fig. 7/8)", BACKEND_COLS,
                                doc.get("backends", []), console.width))
+    services, pools, classes = service_rows(doc.get("services") or {})
+    if len(services) > 1 or len(pools) > 1 or classes:
+        for title, cols, rows in (("Virtual services", SERVICE_COLS, services),
+                                  ("Pools (slots: held/maxconn)", POOL_COLS, pools),
+                                  ("Client classes per pool", CLASS_COLS, classes)):
+            if rows:
+                console.print(status_table(title, cols, rows, console.width))
     if doc.get("last_sweep"):
         console.print(f"last sweep: {time.ctime(doc['last_sweep'])}")
     for e in doc.get("unreachable", []):
