@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import os
 import signal
 import socket
@@ -34,10 +33,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
 from dlba.config import Config
+from dlba.proxy.gunicorn_app import NodeApplication
 from dlba.proxy.sockets import listen_socket, proxy_addresses
 from dlba.proxy.worker import DRAIN_S, worker_argv
 from dlba.proxy.worker_pool import WorkerPool
@@ -63,66 +62,6 @@ def inherited_sockets() -> dict[str, socket.socket]:
 
 def listener_name(addr: object, tls: bool) -> str:
     return f"{'https' if tls else 'http'}://{addr}"
-
-
-class EventLog:
-    """gunicorn's logger interface, onto the node's one-line event log."""
-
-    def __init__(self, cfg: object = None) -> None:
-        self.cfg = cfg
-
-    def _log(self, level: int, msg: str, *args: Any, **_: Any) -> None:
-        if events.isEnabledFor(level):
-            events.log(level, "event=gunicorn message=%r", msg % args if args else msg)
-
-    def critical(self, msg: str, *args: Any, **kw: Any) -> None:
-        self._log(logging.CRITICAL, msg, *args, **kw)
-
-    def error(self, msg: str, *args: Any, **kw: Any) -> None:
-        self._log(logging.ERROR, msg, *args, **kw)
-
-    def warning(self, msg: str, *args: Any, **kw: Any) -> None:
-        self._log(logging.WARNING, msg, *args, **kw)
-
-    def info(self, msg: str, *args: Any, **kw: Any) -> None:
-        self._log(logging.INFO, msg, *args, **kw)
-
-    def debug(self, msg: str, *args: Any, **kw: Any) -> None:
-        self._log(logging.DEBUG, msg, *args, **kw)
-
-    def exception(self, msg: str, *args: Any, **kw: Any) -> None:
-        self._log(logging.ERROR, msg, *args, **kw)
-
-    def log(self, level: int, msg: str, *args: Any, **kw: Any) -> None:
-        self._log(level, msg, *args, **kw)
-
-    def setup(self, cfg: object) -> None:
-        self.cfg = cfg
-
-    def reopen_files(self) -> None:
-        """Logs go to stderr: nothing to reopen."""
-
-    def close_on_exec(self) -> None:
-        """Logs go to stderr, which workers share."""
-
-
-class NodeApplication(BaseApplication):  # type: ignore[misc]
-    """gunicorn's settings for the node's workers; the proxy is the application."""
-
-    def __init__(self, workers: int, timeout_s: float) -> None:
-        self.workers = workers
-        self.timeout_s = timeout_s
-        super().__init__()
-
-    def load_config(self) -> None:
-        self.cfg.set("workers", self.workers)
-        self.cfg.set("timeout", max(1, math.ceil(self.timeout_s)))
-        self.cfg.set("graceful_timeout", int(DRAIN_S))
-        self.cfg.set("worker_class", "dlba.proxy.worker.ProxyWorker")
-        self.cfg.set("logger_class", "dlba.proxy.arbiter.EventLog")
-
-    def load(self) -> None:
-        return None
 
 
 class NodeHooks:
@@ -155,6 +94,7 @@ class NodeArbiter(Arbiter):  # type: ignore[misc]
         self.stopping = False
         timeout = pool.config.proxy.worker_timeout_s
         super().__init__(NodeApplication(pool.count, timeout))
+        self.WORKERS: dict[int, Any] = {}  # gunicorn's is a class attribute: one per node here
         self.timeout = timeout
         pool.replacer = self.replace_workers
 
@@ -324,7 +264,12 @@ class NodeArbiter(Arbiter):  # type: ignore[misc]
         gracefully, as gunicorn does: new workers also run the code on disk. A refused file
         changes nothing."""
         async def reload() -> None:
-            if await self.hooks.reload() and not self.replace_below:
+            if not await self.hooks.reload():
+                return
+            proxy = self.pool.config.proxy
+            self.num_workers = max(1, proxy.workers)  # as gunicorn's reload: the new count
+            self.timeout = proxy.worker_timeout_s
+            if not self.replace_below:
                 self.replace_workers()
 
         task = asyncio.ensure_future(reload())

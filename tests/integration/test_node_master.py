@@ -129,3 +129,21 @@ async def test_hung_worker_is_killed_and_replaced(tmp_path: Path) -> None:
         async with load(node) as tallies:
             await asyncio.sleep(0.5)
         no_failures(tallies)
+
+
+async def test_sighup_reloads_a_single_process_node(tmp_path: Path) -> None:
+    """`[proxy] workers = 1`: no master and workers, but SIGHUP still re-reads the file."""
+    with master_node(tmp_path, workers=1) as node:
+        async with load(node) as tallies:
+            text = node.config.read_text()
+            node.config.write_text(text.replace("[[backends]]\nid = 2",
+                                                "[[backends]]\nid = 2\nweight = 50"))
+            os.kill(node.master, signal.SIGHUP)
+            await eventually("reloaded", lambda: node.status()["config_version"] == 2)
+            node.config.write_text(text.replace("workers = 1", "workers = 0"))
+            os.kill(node.master, signal.SIGHUP)
+            await eventually("refusal logged",
+                             lambda: "config_reload_refused" in node.log.read_text())
+            assert node.status()["config_version"] == 2
+        no_failures(tallies)
+        assert children(node.master) == []
