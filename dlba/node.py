@@ -12,18 +12,19 @@ import sys
 from typing import Any
 
 from aiohttp import web
+from gunicorn import systemd
 
 import dlba
 from dlba.admin.api import make_admin_app, own_node_row
 from dlba.admin.dashboard import register_dashboard
 from dlba.admin.metrics import NodeCollector
 from dlba.cdn.hub import CdnHub
-from dlba.cdn.hub import CdnHub
 from dlba.cluster.session_sync import SessionSync
 from dlba.config import Config, ConfigError, ConfigErrors
 from dlba.config.node_files import load_node_config
 from dlba.config.reload import ConfigReloader
 from dlba.proxy.arbiter import NodeArbiter, NodeHooks, inherited_sockets
+from dlba.proxy.gunicorn_app import EventLog
 from dlba.proxy.listeners import admin_address, open_admin_site
 from dlba.proxy.proxy_context import ProxyContext
 from dlba.proxy.proxy_health import ProxyHealth, listeners_health
@@ -197,7 +198,6 @@ class NodeRuntime:
                                     self.workers, self.loop)
         self.sessions.routes(app)
         CdnHub(self.ctx, self.name, token, self.scheduler_name).attach(app, self.collector)
-        CdnHub(self.ctx, self.name, token, self.scheduler_name).attach(app, self.collector)
         self.collector.extra.append(self.sessions.metrics)
         self.admin_runner = web.AppRunner(app, access_log=None)
         await self.admin_runner.setup()
@@ -213,6 +213,8 @@ class NodeRuntime:
             await self.agent.start()
         self._janitor = asyncio.ensure_future(self.ctx.janitor())
         self.control = True
+        # Type=notify units: ready now; after an upgrade, the new master says so too.
+        systemd.sd_notify(f"READY=1\nMAINPID={os.getpid()}", EventLog())
         events.info(
             "event=node_started node=%s http=%s https=%s admin=%s backends=%d workers=%d "
             "pid=%d native=%s", self.name, ",".join(map(str, node.listen)) or "-",
@@ -224,6 +226,9 @@ class NodeRuntime:
     async def stop(self) -> None:
         """The control plane first (a new master may be waiting for it), then the workers:
         they stop accepting and finish what they serve."""
+        if self.arbiter is not None and self.arbiter.reexec_pid:
+            # An upgrade: systemd follows the new master before this one exits.
+            systemd.sd_notify(f"MAINPID={self.arbiter.reexec_pid}", EventLog())
         if self.control:
             await self.reloader.stop()
             if self.sessions is not None:

@@ -117,7 +117,8 @@ def _answers(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def master_node(tmp: Path, workers: int = 2, extra: str = "") -> Iterator[Node]:
+def master_node(tmp: Path, workers: int = 2, extra: str = "",
+                env: dict[str, str] | None = None) -> Iterator[Node]:
     """Two demo back ends and `dlba node` with `workers` workers; every process it started
     (old and new masters, their workers) is stopped by PID at the end."""
     certs = make_certs(tmp / "certs")
@@ -126,7 +127,7 @@ def master_node(tmp: Path, workers: int = 2, extra: str = "") -> Iterator[Node]:
     proxy = f"[proxy]\nworkers = {workers}\nworker_timeout_s = 2\n{extra}"
     cfg = write_config(tmp, certs, [(1, f"127.0.0.1:{bports[0]}"), (2, f"127.0.0.1:{bports[1]}")],
                        http_port=hport, https_port=sport, admin_port=aport, extra=proxy)
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
     procs = [subprocess.Popen([sys.executable, "-m", "dlba", "demo-backend", "--name",
                                f"b{i + 1}", "--listen", f"127.0.0.1:{p}"], env=env,
                               stderr=subprocess.DEVNULL) for i, p in enumerate(bports)]

@@ -5,8 +5,10 @@ hung worker is replaced; under load of HTTP and TLS keepalive clients, no reques
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import socket
 from pathlib import Path
 
 from tests.integration.master_harness import (
@@ -68,7 +70,11 @@ async def test_sighup_reloads_config_and_replaces_workers_without_failing(
 
 
 async def test_usr2_then_quit_upgrades_the_node_without_failing(tmp_path: Path) -> None:
-    with master_node(tmp_path) as node:
+    # systemd's notify socket (Type=notify, NotifyAccess=all): the unit follows the new master
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.setblocking(False)
+    with notify, master_node(tmp_path, env={"NOTIFY_SOCKET": str(tmp_path / "notify")}) as node:
         old_master = node.master
         old_workers = set(node.workers())
         async with load(node) as tallies:
@@ -95,6 +101,13 @@ async def test_usr2_then_quit_upgrades_the_node_without_failing(tmp_path: Path) 
         no_failures(tallies)
         await eventually("old workers finished", lambda: not any(alive(p) for p in old_workers))
         assert node.status()["node"] == "n1"
+        said = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                said.append(notify.recv(4096).decode())
+        assert said[0] == f"READY=1\nMAINPID={old_master}", said
+        assert f"MAINPID={master}" in said, said  # from the old master, before it exits
+        assert said[-1] == f"READY=1\nMAINPID={master}", said
         # the new master is a master in full: it can be upgraded again
         assert len(node.workers(master)) == 2
 

@@ -34,8 +34,11 @@ def test_unit_restarts_and_has_what_the_node_needs() -> None:
     assert caps <= set(svc["CapabilityBoundingSet"].split())
     assert int(svc["LimitNOFILE"]) >= 65536
     assert svc["User"] != "root"
-    # The node installs no SIGHUP handler: a HUP would kill it, so the unit offers no reload.
-    assert "ExecReload" not in svc
+    # SIGHUP reloads the node (its master re-reads the config and replaces its workers).
+    assert svc["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    # The node notifies readiness, and an upgrade's old master names the new MAINPID.
+    assert svc["Type"] == "notify" and svc["NotifyAccess"] == "all"
+    assert svc["KillMode"] == "mixed"
     assert unit()["Install"]["WantedBy"] == "multi-user.target"
 
 
