@@ -87,8 +87,9 @@ class Commands:
     def send_stats(self, seq: int | None = None) -> None:
         if self.writer.is_closing():
             return
-        self.writer.write(json.dumps(stats_json(
-            self.ctx.stats, self.ctx.table, self.ctx.selector.learned, seq)).encode() + b"\n")
+        doc = stats_json(self.ctx.stats, self.ctx.table, self.ctx.selector.learned, seq)
+        doc["services"] = self.ctx.services.to_json()  # summed by the node (admin/api.py)
+        self.writer.write(json.dumps(doc).encode() + b"\n")
 
     async def report(self) -> None:
         while True:
