@@ -11,6 +11,7 @@ import signal
 import socket
 from pathlib import Path
 
+from tests.chromium_cdp import chromium
 from tests.integration.master_harness import (
     Node,
     Tally,
@@ -160,3 +161,16 @@ async def test_sighup_reloads_a_single_process_node(tmp_path: Path) -> None:
             assert node.status()["config_version"] == 2
         no_failures(tallies)
         assert children(node.master) == []
+
+
+async def test_status_and_dashboard_count_workers(tmp_path: Path) -> None:
+    with master_node(tmp_path) as node:
+        async with chromium(tmp_path) as b:
+            await b.goto(f"http://127.0.0.1:{node.admin}/?token={node.token}")
+            await b.wait("document.getElementById('workers').textContent === '2'")
+            os.kill(node.master, signal.SIGTTIN)
+            await eventually("three in /status", lambda: len(node.serving()) == 3)
+            await b.wait("document.getElementById('workers').textContent === '3'")
+            os.kill(node.master, signal.SIGTTOU)
+            await eventually("two in /status", lambda: len(node.serving()) == 2)
+            await b.wait("document.getElementById('workers').textContent.startsWith('2')")

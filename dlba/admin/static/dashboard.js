@@ -132,6 +132,13 @@ function render(d) {
   $("panic").textContent = summary ? (summary.panic ? "ON" : "off") : "—";
   $("panic").className = summary && summary.panic ? "st-down" : "";
   $("updated").textContent = new Date(t * 1000).toLocaleTimeString();
+  // This node's proxy workers (children of its gunicorn master): serving, and retiring ones
+  // that finish their connections after a reload; none listed: the node is one process.
+  const ws = st.workers || [];
+  const serving = ws.filter((w) => !w.retiring).length;
+  const retiring = ws.length - serving;
+  $("workers").textContent = ws.length
+    ? `${serving}${retiring ? ` (+${retiring} retiring)` : ""}` : "1 process";
   if (sch.error) say(`scheduler data: ${sch.error}`, true);
   ["panic-on", "panic-off"].forEach((id) => { $(id).disabled = !sch.name; });
 
