@@ -64,7 +64,7 @@ test-compose:
 
 # bench: HAProxy, nginx (back end and proxy), wrk, openssl s_time; installed when missing. A fresh
 # Debian install starts the packaged services: stop them (the bench runs its own instances).
-BENCH_APT_PKGS := haproxy nginx wrk openssl
+BENCH_APT_PKGS := haproxy nginx wrk openssl nghttp2-client
 
 .bench-apt-stamp:
 	@missing=""; for p in $(BENCH_APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

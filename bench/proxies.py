@@ -241,7 +241,8 @@ http {{
 # --- nginx as a reverse proxy -------------------------------------------------------------------
 
 def start_nginx_proxy(work: Path, certs: Certs, backend_port: int) -> Server:
-    ports = {"http": free_port(), "https": free_port(), "https_full": free_port()}
+    ports = {"http": free_port(), "https": free_port(), "https_full": free_port(),
+             "h2": free_port()}
     conf = work / "nginx-proxy.conf"
     tls = f"""ssl_certificate {certs.cert}; ssl_certificate_key {certs.key};
         ssl_protocols TLSv1.2 TLSv1.3; ssl_prefer_server_ciphers on;"""
@@ -261,6 +262,8 @@ http {{
         ssl_session_cache shared:SSL:20m; ssl_session_tickets on; {loc} }}
     server {{ listen {HOST}:{ports["https_full"]} ssl backlog=4096 reuseport; {tls}
         ssl_session_cache off; ssl_session_tickets off; {loc} }}
+    server {{ listen {HOST}:{ports["h2"]} ssl http2 backlog=4096 reuseport; {tls}
+        ssl_session_cache shared:SSL:20m; ssl_session_tickets on; {loc} }}
 }}
 """)
     proc, log = _spawn("nginx-proxy", ["nginx", "-c", str(conf), "-p", str(work)], work)
@@ -270,7 +273,8 @@ http {{
 # --- HAProxy ------------------------------------------------------------------------------------
 
 def start_haproxy(work: Path, certs: Certs, backend_port: int, threads: int = 2) -> Server:
-    ports = {"http": free_port(), "https": free_port(), "https_full": free_port()}
+    ports = {"http": free_port(), "https": free_port(), "https_full": free_port(),
+             "h2": free_port()}
     conf = work / "haproxy.cfg"
     # Tuning as HAProxy's configuration manual / management guide advise for a 2-core box:
     # one process, nbthread = cores, http-reuse always (idle server connections shared between
@@ -301,6 +305,7 @@ frontend fe
     bind {HOST}:{ports["http"]}
     bind {HOST}:{ports["https"]} ssl crt {certs.pem_bundle} alpn http/1.1
     bind {HOST}:{ports["https_full"]} ssl crt {certs.pem_bundle} alpn http/1.1 no-tls-tickets
+    bind {HOST}:{ports["h2"]} ssl crt {certs.pem_bundle} alpn h2,http/1.1
     option forwardfor
     default_backend be
 
@@ -365,6 +370,9 @@ def start_dlba(work: Path, certs: Certs, backend_port: int, workers: int = 2) ->
             srv.notes.append(f"dlba node: `workers = {w}` is accepted by the config but the node "
                              f"runs {n} process(es): figures are for a single-process node")
         srv.ports.pop("admin")
+        # ALPN offers h2 on the node's TLS listeners ([proxy] http2, on by default); HTTP/1.1
+        # clients (wrk, s_time) offer no ALPN and keep HTTP/1.1 there.
+        srv.ports["h2"] = srv.ports["https"]
         return srv
     raise RuntimeError("dlba node did not start: " + "; ".join(notes))
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import proxies
+from bench import h2, proxies
 from bench.proxies import HOST, Server
 
 HERE = Path(__file__).resolve().parent
@@ -277,6 +277,9 @@ class Bench:
                 time.sleep(self.a.pause)
 
     def run_all(self) -> None:
+        if self.a.h2_only:
+            h2.run_h2(self)
+            return
         # First, on fresh processes (same state for all): memory with idle keepalive clients.
         self.idle_rss()
         d = self.a.duration
@@ -316,6 +319,10 @@ class Bench:
         peak = statistics.median(x.rate for x in self.figures["http_rps"].samples["haproxy"])
         for name, rate in (("p99_fixed_rate_ms", peak / 2), ("p99_1000rps_ms", 1000.0)):
             self.latency(name, rate)
+        if shutil.which("h2load"):  # HTTP/2 rows (bench/h2.py)
+            h2.run_h2(self)
+        else:
+            self.notes.append("h2load missing (apt nghttp2-client): no HTTP/2 rows")
 
     def latency(self, name: str, rate: float) -> None:
         fig = Figure(name, "ms", "req/CPU-s")
@@ -478,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pause", type=float, default=0.5, help="seconds between runs")
     p.add_argument("--out", default=str(HERE / "results.json"))
     p.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs)")
+    p.add_argument("--h2-only", action="store_true", help="only the HTTP/2 rows (bench/h2.py)")
     a = p.parse_args(argv)
     if a.duration is None:
         a.duration = 3.0 if a.quick else 8.0

@@ -18,12 +18,15 @@ if TYPE_CHECKING:
 
 
 class H2ClientConnection(ClientIO):
-    __slots__ = ("ctx", "session", "transport")
+    __slots__ = ("ctx", "out", "session", "transport")
 
     def __init__(self, ctx: ProxyContext) -> None:
         self.ctx = ctx
         self.transport: asyncio.Transport | None = None
         self.session: H2Session | None = None
+        # Frames written in this turn of the event loop, sent together at its end: the
+        # responses of many streams (many back-end reads) in one TLS write and one syscall.
+        self.out: list[bytes] | None = None
 
     # --- asyncio protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -65,12 +68,21 @@ class H2ClientConnection(ClientIO):
 
     # --- ClientIO ----------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
+        if self.out is None:
+            self.out = [data]
+            self.ctx.loop.call_soon(self._send)
+        else:
+            self.out.append(data)
+
+    def _send(self) -> None:
+        out, self.out = self.out, None
+        t = self.transport
+        # Not after a failed send (the peer went): each write would log a warning.
+        if out and t is not None and not t.is_closing():
+            t.write(out[0] if len(out) == 1 else b"".join(out))
 
     def writelines(self, pieces: list[bytes]) -> None:
-        if self.transport is not None:
-            self.transport.writelines(pieces)
+        self.write(b"".join(pieces))
 
     def pause_reading(self) -> None:
         if self.transport is not None:
@@ -81,10 +93,12 @@ class H2ClientConnection(ClientIO):
             self.transport.resume_reading()
 
     def close(self) -> None:
+        self._send()  # what is written goes first (a GOAWAY, the last frames)
         if self.transport is not None:
             self.transport.close()
 
     def abort(self) -> None:
+        self.out = None
         if self.transport is not None:
             self.transport.abort()
 

@@ -77,7 +77,11 @@ class H2Session:
         self.goaway_sent = False
         self.streams: dict[int, H2Stream] = {}
         self.blocked: dict[H2Stream, None] = {}  # streams whose response waits for a window
-        conn = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+        # What we send is checked where it is made (h2_headers: lower-case names, no
+        # connection-specific fields): h2's second pass over it would cost per response.
+        conn = H2Connection(H2Configuration(
+            client_side=False, header_encoding=None, validate_outbound_headers=False,
+            normalize_outbound_headers=False))
         conn.local_settings = Settings(client=False, initial_values={
             SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
             SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEAD_BYTES,
