@@ -46,6 +46,7 @@ from dlba.config.services import (
     read_service,
 )
 from dlba.services.listen import with_service_ports
+from dlba.services.pool_health import with_pool_health
 
 
 def load_config(path: str | Path, *, check_files: bool = True) -> Config:
@@ -120,7 +121,8 @@ def collect_config(text: str, path: Path, *, check_files: bool = True
                      "needed for the services' tls_ports (the fallback certificate)")
     cfg = Config(
         path, cluster, tuple(p for _, p in ports), listening, tls,
-        persistence, scheduling, tuple(b for _, b in backends), admin, proxy, text,
+        persistence, scheduling, with_pool_health([b for _, b in backends], [p for _, p in pools]),
+        admin, proxy, text,
         tuple(s for _, s in services)
         or (implicit_service(cluster.vip, tls.hsts, persistence.cookie),),
         effective_pools([p for _, p in pools], scheduling.policy, scheduling.url_hash_paths),
