@@ -43,6 +43,7 @@ from dlba.proxy.worker_pool import WorkerPool
 
 events = logging.getLogger("dlba.event")
 TICK_S = 0.25  # how often the master reaps, checks heartbeats and keeps the worker count
+BOOT_S = 10.0  # a starting worker's heartbeat may come this much later than the timeout
 READY_WAIT_S = 10.0  # old workers are retired when the new ones serve, or after this long
 LISTEN_FDS = "DLBA_LISTEN_FDS"  # the sockets a re-exec'd master inherits, by name (JSON)
 MASTER_PID = "GUNICORN_PID"  # gunicorn's: the old master of a re-exec'd one
@@ -165,7 +166,10 @@ class NodeArbiter(Arbiter):  # type: ignore[misc]
         self.worker_age += 1
         worker = self.worker_class(self.worker_age, self.pid, self.LISTENERS, self.app,
                                    self.timeout / 2.0, self.cfg, self.log)
-        worker.tmp.notify()  # its clock starts now: it must boot within the timeout
+        # Its clock starts now, BOOT_S ahead: a fresh interpreter importing the proxy on a
+        # loaded machine may take a while before its first heartbeat.
+        boot = time.monotonic() + BOOT_S
+        os.utime(worker.tmp.fileno(), (boot, boot))
         parent, child = socket.socketpair()
         # Only what the pool's config names: during a replacement the master still holds the
         # sockets the old config named, for the old workers.

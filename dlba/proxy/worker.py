@@ -20,6 +20,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from dlba.cdn.worker_link import worker_link
 from dlba.config import Config, ConfigError, load_config, parse_config
 from dlba.proxy.client_connection import client_protocols
 from dlba.proxy.core_io import IDLE_TIMER, LINE
+from dlba.proxy.core_session import ClientSession
 from dlba.proxy.proxy_context import ProxyContext
 from dlba.proxy.sockets import (
     rotate_ticket_keys,
@@ -115,16 +117,19 @@ def drain_step(ctx: ProxyContext, now: float) -> None:
     a keepalive connection idle for IDLE_CLOSE_S is closed. A response already under way is
     never cut (the wait in `ProxyWorker.serve` outlives it)."""
     keepalive = ctx.limits.keepalive_timeout_s
-    for conn in list(ctx.connections):
-        s = conn.session
-        if s is None:
-            continue
+    drain_sessions([c.session for c in ctx.connections if c.session is not None], now,
+                   keepalive)
+
+
+def drain_sessions(sessions: Iterable[ClientSession], now: float, keepalive_s: float) -> None:
+    """drain_step for HTTP/1 client sessions (pure: unit-tested with the Playbook)."""
+    for s in sessions:
         if s.queue:
             for ex in s.queue:
                 if not ex.response_started:
                     ex.client_keep_alive = False
         elif (s.state == LINE and s.parsing is None and not s.in_head and s.timer == IDLE_TIMER
-              and now - (s.deadline - keepalive) >= IDLE_CLOSE_S):
+              and now - (s.deadline - keepalive_s) >= IDLE_CLOSE_S):
             s.close()
 
 
