@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import cast
 
+from tests.chromium_cdp import chromium
 from tests.integration.loopback import LoopbackArray, loopback_array
 
 
@@ -87,3 +88,35 @@ async def test_request_headers_translated_for_the_back_end(tmp_path: Path) -> No
         assert got["Cookie"] == "a=1; b=2"
         assert got["X-Forwarded-For"] == "127.0.0.1" and got["X-Forwarded-Proto"] == "https"
         assert "TE" not in got and "te" not in got
+
+
+async def test_chromium_fetches_many_assets_over_one_http2_connection(tmp_path: Path) -> None:
+    """A browser offers h2: the page and its 40 assets come over one connection, each asset a
+    stream scheduled on its own (several back ends answer)."""
+    async with loopback_array(tmp_path, 3) as arr, chromium(tmp_path) as b:
+        # The dev CA is not in Chromium's store; the certificate is checked by the tests above.
+        await b.send("Security.setIgnoreCertificateErrors", {"ignore": True})
+        before = arr.node.ctx.stats.connections_total
+        await b.goto(url(arr, "/whoami"))
+        await b.wait("document.readyState === 'complete' && document.body.innerText.length > 0")
+        names = await b.eval(
+            "Promise.all(Array.from({length: 40}, (_, i) => fetch('/whoami?asset=' + i)"
+            ".then(r => r.text())))")
+        assert len(names) == 40 and set(names) == {"b1", "b2", "b3"}, names
+        protocols = await b.eval(
+            "[performance.getEntriesByType('navigation')[0].nextHopProtocol, "
+            "...performance.getEntriesByType('resource').map(e => e.nextHopProtocol)]")
+        assert set(protocols) == {"h2"} and len(protocols) >= 41, protocols
+        assert arr.node.ctx.stats.connections_total - before == 1
+        assert arr.node.ctx.stats.requests >= 41
+
+
+async def test_h2load_smoke(tmp_path: Path) -> None:
+    async with loopback_array(tmp_path, 2) as arr:
+        res = await asyncio.to_thread(
+            subprocess.run, ["h2load", "-n", "400", "-c", "2", "-m", "20",
+                             f"https://127.0.0.1:{arr.https_port}/whoami"],
+            capture_output=True, text=True, timeout=60, check=False)
+        assert "Application protocol: h2" in res.stdout, res.stdout
+        assert "400 succeeded, 0 failed, 0 errored, 0 timeout" in res.stdout, res.stdout
+        assert "400 2xx" in res.stdout
