@@ -136,6 +136,18 @@ class ClientTable:
         self._counts.append(0)
         return len(self._weights) - 1
 
+    def drop_last_node(self) -> None:
+        """Forget the last node once it owns no bucket: a member a config push removed, and
+        whose buckets have all left it as they fell idle (it drained)."""
+        last = len(self._weights) - 1
+        if last < 0 or self._counts[last]:
+            raise ValueError("only a last node that owns no bucket can be dropped")
+        self._weights.pop()
+        self._live.pop()
+        self._counts.pop()
+        if self.panic_scheduler == last:
+            self.panic_scheduler = None
+
     def set_weight(self, node: int, weight: int) -> None:
         """Change a weight; like a join, buckets follow only as they fall idle (``rebalance``)."""
         if weight < 0:

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from dlba.config import Config
+from dlba.config import Config, NodeConfig
 from scheduler.client_table import ClientTable
 from scheduler.dataplane import DataPlane, make_dataplane, vip_map
 from scheduler.failover.election import PeerView
@@ -24,6 +24,7 @@ from scheduler.failover.heartbeat_udp import Pinger
 from scheduler.failover.server_heartbeats import HEARTBEAT, SWEEP, NodeLiveness, ServerHeartbeats
 from scheduler.failover.sync_messages import SyncMessage, SyncSnapshot
 from scheduler.failover.table_sync import message_for, snapshot_of
+from scheduler.membership import endpoint, next_members
 from scheduler.server_status_table import ServerStatusTable
 from scheduler.status_sweep import (
     NodeAnswered,
@@ -67,6 +68,7 @@ class SchedulerRole:
         assert config.cluster.vip is not None
         self.config = config
         self.vip = config.cluster.vip
+        self.members = list(config.nodes)  # + removed members still draining (membership.py)
         self.names = [n.name for n in config.nodes]
         self.index = self.names.index(self_name)
         self.token = token
@@ -99,6 +101,7 @@ class SchedulerRole:
         self._old_vips = vip_map(config)
         self.stop_event = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
+        self.monitors: list[asyncio.Task[None]] = []
         self.session: aiohttp.ClientSession | None = None
         self.push = push
         self.push_lock = asyncio.Lock()
@@ -132,9 +135,10 @@ class SchedulerRole:
         self.vip_owner = VipOwner(self.ifname, self.vip, self.on_arp_held, list(vips))
         now = time.monotonic()
         self.session = aiohttp.ClientSession()
-        fetch = StatusFetcher(self.session, [self.config.admin_url(i) + "/status"
-                                             for i in range(len(self.names))],
-                             self.token, timeout_s=1.0)
+        fetch = self._fetcher()
+        while self.table.node_count > len(self.names):  # members a push removed: the synced
+            self.table.node_failed(self.table.node_count - 1, now)  # copy cannot say who
+            self.table.drop_last_node()                             # they were: cut
         if self.takeover:
             for i in self.known_failed:
                 self.status.mark_failed(i)
@@ -166,19 +170,61 @@ class SchedulerRole:
         await self.push_now()
         self.vip_owner.take(self.mac, asyncio.get_running_loop())
         await asyncio.to_thread(self.vip_owner.announce, self.mac)
-        self.tasks = [
-            asyncio.ensure_future(run_sweep(
-                self.sweep, self.status, fetch, stop=self.stop_event, on_event=self._on_sweep,
-            )),
-            asyncio.ensure_future(self._maintenance()),
-        ]
-        if self.heartbeat_key is not None:
-            self.tasks.append(asyncio.ensure_future(self._heartbeat_servers(self.heartbeat_key)))
+        self.tasks = [asyncio.ensure_future(self._maintenance())]
+        self._monitor(fetch)
         events.info(
             "event=scheduler_started node=%s vip=%s dataplane=%s buckets=%d vips=%d live=%s",
             self.names[self.index], self.vip, type(dp).__name__, self.table.size, len(vips),
             ",".join(n for i, n in enumerate(self.names) if self.table.is_live(i)),
         )
+
+    def _fetcher(self) -> StatusFetcher:
+        assert self.session is not None
+        return StatusFetcher(self.session, [f"http://{e.host}:{e.port}/status" for e in
+                                            (endpoint(self.config, m) for m in self.members)],
+                             self.token, timeout_s=1.0)
+
+    def _monitor(self, fetch: StatusFetcher) -> None:
+        """(Re)start the sweep and the heartbeats over the current members."""
+        for t in self.monitors:
+            t.cancel()
+        self.monitors = [asyncio.ensure_future(run_sweep(
+            self.sweep, self.status, fetch, stop=self.stop_event, on_event=self._on_sweep))]
+        if self.heartbeat_key is not None:
+            self.monitors.append(asyncio.ensure_future(
+                self._heartbeat_servers(self.heartbeat_key)))
+        self.tasks += self.monitors
+
+    def _set_members(self, members: list[NodeConfig]) -> None:
+        """New members (a push added or removed some, or a removed one drained): the tables
+        that count nodes are rebuilt around the client table, which keeps every assignment."""
+        old = {r.name: r for r in self.status.rows}
+        self.members = members
+        self.names = [m.name for m in members]
+        self.status = ServerStatusTable(
+            members, macs={n: r.mac for n, r in old.items() if r.mac},
+            enabled={n: r.enabled for n, r in old.items()})
+        while self.table.node_count < len(members):  # joins not live: the sweep brings it in
+            self.table.add_node(members[self.table.node_count].weight)
+        while self.table.node_count > len(members):
+            self.table.drop_last_node()
+        down = [i for i in range(len(members)) if i != self.index and not self.table.is_live(i)]
+        for i in down:
+            self.status.mark_failed(i)
+        if self.table.panic_scheduler is not None:
+            self.status.panic()
+        self.sweep = StatusSweep(
+            len(members), retries=self.config.cluster.sweep_retries, retry_delay_s=0.1,
+            sweep_delay_s=self.config.cluster.sweep_interval_s, now=time.monotonic(),
+            initially_failed=frozenset(down))
+        self.liveness = NodeLiveness(len(members), down)
+        self.heartbeats = ServerHeartbeats(len(members), self.index,
+                                           threshold=self.config.cluster.ping_failures,
+                                           initially_failed=down)
+        if self.session is not None:
+            self._monitor(self._fetcher())
+        events.info("event=members_changed members=%s leaving=%s", ",".join(self.names),
+                    ",".join(self.names[len(self.config.nodes):]) or "-")
 
     async def _first_visit(self, fetch: StatusFetcher, now: float) -> None:
         """One visit to every node before the first fill, so buckets go to live nodes only."""
@@ -277,8 +323,9 @@ class SchedulerRole:
         """Every ping interval, the heartbeat to every peer at once: a node whose processes
         died loses its buckets after `ping_failures` missed answers, not at the next sweep."""
         pinger = Pinger(key)
-        peers = self.heartbeats.peers()
-        targets = {i: self.config.admin_endpoint(i) for i in peers}
+        heartbeats = self.heartbeats
+        peers = heartbeats.peers()
+        targets = {i: endpoint(self.config, self.members[i]) for i in peers}
         try:
             while True:
                 interval = self.config.cluster.ping_interval_s
@@ -287,7 +334,7 @@ class SchedulerRole:
                     pinger.ping(targets[i].host, targets[i].port, interval) for i in peers))
                 mine = {i: a for i, a in zip(peers, answers, strict=True)
                         if a is not None and a.name == self.names[i]}
-                for event in self.heartbeats.on_round(
+                for event in heartbeats.on_round(
                         {i: i in mine and mine[i].proxy_ok for i in peers}):
                     self._on_liveness(HEARTBEAT, event)
                 if self.on_heartbeats is not None:
@@ -300,9 +347,9 @@ class SchedulerRole:
             pinger.close()
 
     async def _maintenance(self) -> None:
-        idle_s = self.config.cluster.bucket_idle_s
         while True:
             await asyncio.sleep(MAINTENANCE_S)
+            idle_s = self.config.cluster.bucket_idle_s  # a push may change it
             dp = self.dataplane
             if dp is None:
                 continue
@@ -312,6 +359,12 @@ class SchedulerRole:
                 if moved:
                     events.info("event=rebalance buckets_moved=%d version=%d", moved,
                                 self.table.version)
+            if len(self.members) > len(self.config.nodes):
+                members = next_members(self.config.nodes, self.members, self.table.counts())
+                if len(members) < len(self.members):
+                    events.info("event=node_drained nodes=%s",
+                                ",".join(self.names[len(members):]))
+                    self._set_members(members)
             await self.push_now()
 
     # --- what the admin API shows -------------------------------------------------------------
@@ -350,7 +403,10 @@ class SchedulerRole:
         reach the data plane at once (a removed VIP is dropped from the kernel's map and no
         longer answered by ARP; a new one is announced)."""
         self.config = config
-        for i, n in enumerate(config.nodes):
+        members = next_members(config.nodes, self.members, self.table.counts())
+        if [m.name for m in members] != self.names:
+            self._set_members(members)
+        for i, n in enumerate(members):
             self.status.rows[i].config_weight = n.weight
             self.status.set_weight(i, n.weight)
             self.table.set_weight(i, self.status.table_weights()[i])

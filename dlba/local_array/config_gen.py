@@ -189,7 +189,8 @@ def cert_subjects(plan: Plan | None) -> tuple[list[str], list[str]]:
     names = ["localhost", "dlba.local"]
     ips = ["127.0.0.1"]
     if plan is not None:
-        ips += [plan.vip, CLIENT_ADDRESS] + [plan.node_front(k) for k in range(1, plan.nodes + 1)]
+        ips += [plan.vip, CLIENT_ADDRESS] + [plan.node_front(k) for k in
+                                             range(1, plan.nodes + plan.spare_nodes + 1)]
     return names, ips
 
 

@@ -77,6 +77,9 @@ class Plan:
     back_bridge: str
     host_address: str | None  # address of the front bridge in the root namespace, if any
     namespaces: tuple[Namespace, ...]
+    # Node namespaces n(nodes+1).. built without a node process or a [[nodes]] entry: room
+    # for a node to join the running array by `dlba config push`.
+    spare_nodes: int = 0
 
     # --- names -------------------------------------------------------------------------
     @property
@@ -189,10 +192,12 @@ def make_plan(
     prefix: str = DEFAULT_PREFIX,
     redis: bool = False,
     host_access: bool = False,
+    spare_nodes: int = 0,
 ) -> Plan:
     """The contract's topology for N nodes and M back ends; ValueError on impossible sizes."""
-    if not 1 <= nodes <= MAX_NODES:
-        raise ValueError(f"nodes must be 1..{MAX_NODES}, got {nodes}")
+    if not 1 <= nodes <= MAX_NODES or not 0 <= spare_nodes <= MAX_NODES - nodes:
+        raise ValueError(f"nodes (spare ones too) must be 1..{MAX_NODES}, got {nodes} + "
+                         f"{spare_nodes}")
     if not 1 <= backends <= MAX_BACKENDS:
         raise ValueError(f"backends must be 1..{MAX_BACKENDS}, got {backends}")
     if not prefix or not prefix.replace("-", "").isalnum():
@@ -202,7 +207,7 @@ def make_plan(
     # like a host on the same switch as a hardware load balancer.
     spaces = [_host(f"{prefix}client", Role.CLIENT, 0, f"{prefix}ce", front_br, CLIENT_ADDRESS,
                     default_dev="eth0")]
-    spaces += [_node(prefix, k, front_br, back_br) for k in range(1, nodes + 1)]
+    spaces += [_node(prefix, k, front_br, back_br) for k in range(1, nodes + spare_nodes + 1)]
     spaces += [_host(f"{prefix}b{j}", Role.BACKEND, j, f"{prefix}b{j}e", back_br,
                      backend_address(j)) for j in range(1, backends + 1)]
     if redis:
@@ -218,6 +223,7 @@ def make_plan(
         back_bridge=back_br,
         host_address=HOST_ADDRESS if host_access else None,
         namespaces=tuple(spaces),
+        spare_nodes=spare_nodes,
     )
     too_long = [n for n in link_names(plan) if len(n.encode()) > IFNAMSIZ]
     if too_long:

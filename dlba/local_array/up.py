@@ -71,6 +71,9 @@ def _up_parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
     p.add_argument("--backends", type=int, default=3, help="number of demo back ends (default 3)")
     p.add_argument("--redis", action="store_true", help="start redis-server as the config bus")
+    p.add_argument("--spare-nodes", type=int, default=0, metavar="N",
+                   help="also build N node namespaces with no node in them: nodes to add by "
+                   "`dlba config push` (start one with `ip netns exec dlba-nK dlba node`)")
     p.add_argument("--detach", action="store_true", help="start, print, exit; stop with dlba down")
     p.add_argument(
         "--host-access",
@@ -247,10 +250,10 @@ def _up_netns(args: argparse.Namespace, state: StatePaths) -> int:
     if args.config:
         config, names, user_token = _user_config(args.config)
         plan = make_plan(len(names), args.backends, prefix=args.prefix, redis=args.redis,
-                         host_access=args.host_access)  # fmt: skip
+                         host_access=args.host_access, spare_nodes=args.spare_nodes)  # fmt: skip
     else:
         plan = make_plan(args.nodes, args.backends, prefix=args.prefix, redis=args.redis,
-                         host_access=args.host_access)  # fmt: skip
+                         host_access=args.host_access, spare_nodes=args.spare_nodes)  # fmt: skip
         names = [plan.node_name(k) for k in range(1, plan.nodes + 1)]
         config = state.config
     cert_names, cert_ips = config_gen.cert_subjects(plan)

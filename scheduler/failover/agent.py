@@ -107,6 +107,12 @@ class NodeAgent:
         VIP were checked unchanged by the stage)."""
         self.config = config
         self.election.threshold = config.cluster.ping_failures
+        # Members join or leave at the end of [[nodes]] (checked at stage): numbers hold.
+        self.names = [n.name for n in config.nodes]
+        self.by_address.update({n.address: n.name for n in config.nodes})
+        self.addresses = {n.name: n.address for n in config.nodes}
+        while self.table.node_count < len(self.names):
+            self.table.add_node(config.nodes[self.table.node_count].weight)
         self.lo_task = asyncio.ensure_future(self.hold_vips_on_lo())
         if self.role is not None:
             self.role.reconfigure(config)

@@ -31,6 +31,12 @@ def apply_message(table: ClientTable, msg: SyncMessage, *, term: int,
     if msg.epoch < term:
         # A scheduler of an older term that has not yet seen it was replaced.
         return {"ok": False, "reason": f"term {msg.epoch} is older than {term}"}, False
+    # A node a config push just added may own buckets before this follower commits the
+    # push: its copy grows to fit (the scheduler's table is the truth).
+    nodes = (msg.assignments if isinstance(msg, SyncSnapshot) else [n for _, n in msg.changes])
+    highest = max((n for n in nodes if n is not None), default=-1)
+    while table.node_count <= highest:
+        table.add_node(0)
     try:
         if isinstance(msg, SyncSnapshot):
             table.apply_snapshot(msg.version, msg.assignments, epoch=msg.epoch)
