@@ -30,14 +30,26 @@ RAW_ELEMENTS = frozenset({b"script", b"style", b"textarea", b"title", b"xmp", b"
 URL_ATTRS = frozenset({b"src", b"href", b"poster", b"background", b"data"})
 SRCSET_ATTRS = frozenset({b"srcset", b"imagesrcset"})
 
-_LT = re.compile(rb"<")
-_SIMPLE_TAG = re.compile(rb"<[a-zA-Z][^>\"']*>")  # a tag with no quoted value: ends at its >
+_WS = rb"[\t\n\f\r ]"
+_RAW_START = (rb"(?i:script|style|textarea|title|xmp|iframe|noembed|noframes|plaintext)"
+              rb"(?=[\t\n\f\r />])")
+_URL_ATTR = rb"(?i:src|href|poster|style|background|data|srcset|imagesrcset)" + _WS + rb"*+="
+# Text, end tags and start tags with no quote, no URL attribute and no raw-text name: passed on
+# in one slice without a Python step per tag (most of a page). An attribute name follows
+# whitespace or / in a tag without quotes, which is where the URL names are looked for.
+_BORING = re.compile(
+    rb"(?:[^<]++|</[a-zA-Z][^>]*+>|<(?!" + _RAW_START + rb")[a-zA-Z]"
+    rb"(?:[^>\"'\t\n\f\r /]|[\t\n\f\r /]++(?!" + _URL_ATTR + rb"))*+>)*+")
 _MAYBE_URL = re.compile(rb"(?:src|href|poster|style|background|data|srcset)\s*=", re.I)
-_TAG_NAME = re.compile(rb"[^\s/>]*")
-_BETWEEN = re.compile(rb"[\s/]*")
-_ATTR_NAME = re.compile(rb"=?[^\s/>=]*")
-_EQUALS = re.compile(rb"\s*=\s*")
-_UNQUOTED = re.compile(rb"[^\s>]*")
+_TAG_NAME = re.compile(rb"[^\t\n\f\r />]*")
+# An attribute as the tokenizer reads it: a name (an = may start one), then maybe = and a
+# double-quoted (2), single-quoted (3) or unquoted (4) value. Possessive: never backtracks. A
+# quote left open fails the attribute (the tag is unfinished), never reads as something else.
+_ATTR = (rb"(=[^\t\n\f\r />=]*+|[^\t\n\f\r />=]++)(?:" + _WS + rb"*+=" + _WS
+         + rb"*+(?:\"([^\"]*+)\"|'([^']*+)'|(?![\"'])([^\t\n\f\r >]*+))|(?!" + _WS
+         + rb"*+=))")
+_ATTRS = re.compile(_ATTR)
+_FULL_TAG = re.compile(rb"<[a-zA-Z][^\t\n\f\r />]*+(?:[\t\n\f\r /]++|" + _ATTR + rb")*+>")
 _CSS_URL = re.compile(
     rb"url\(\s*(?:\"([^\"]*)\"|'([^']*)'|&quot;(.*?)&quot;|([^)\s\"']*))\s*\)", re.I)
 _SRCSET_URL = re.compile(rb"[\s,]*([^\s,][^\s]*)")
@@ -76,13 +88,11 @@ class HtmlRewriter:
         while pos < n:
             mode = self.mode
             if mode == TEXT:
-                m = _LT.search(data, pos)
-                if m is None:
-                    out.append(data[pos:])
-                    return n
-                lt = m.start()
+                lt = _end_of(_BORING, data, pos)
                 if lt > pos:
                     out.append(data[pos:lt])
+                if lt >= n:
+                    return n
                 end = self._markup(data, lt, out)
                 if end == INCOMPLETE:
                     return lt
@@ -153,43 +163,48 @@ class HtmlRewriter:
         return self._start_tag(data, lt, out)
 
     def _start_tag(self, data: bytes, lt: int, out: list[bytes]) -> int:
-        m = _SIMPLE_TAG.match(data, lt)
-        if m is not None and not _MAYBE_URL.search(data, lt, m.end()):
-            end = m.end()
-            out.append(data[lt:end])
-            name = data[lt + 1:_end_of(_TAG_NAME, data, lt + 1)].lower()
+        name_end = _end_of(_TAG_NAME, data, lt + 1)
+        name = data[lt + 1:name_end].lower()
+        m = _FULL_TAG.match(data, lt)
+        if m is None:
+            if len(data) - lt > self.max_tag:
+                self.tags_too_long += 1
+                out.append(data[lt:])
+                self.mode = BOGUS
+                return len(data)
+            return INCOMPLETE
+        end = m.end()
+        if _MAYBE_URL.search(data, name_end, end):
+            self._emit_tag(data, lt, name_end, end, out)
         else:
-            parsed = _parse_tag(data, lt)
-            if parsed is None:
-                if len(data) - lt > self.max_tag:
-                    self.tags_too_long += 1
-                    out.append(data[lt:])
-                    self.mode = BOGUS
-                    return len(data)
-                return INCOMPLETE
-            end, name, attrs = parsed
-            self._emit_tag(data, lt, end, attrs, out)
+            out.append(data[lt:end])
         if name in RAW_ELEMENTS:
             self.mode = RAWTEXT
-            self.raw_end = re.compile(rb"</" + re.escape(name) + rb"(?=[\s/>])", re.I)
+            self.raw_end = re.compile(rb"</" + re.escape(name) + rb"(?=[\t\n\f\r />])", re.I)
         elif name == b"plaintext":
             self.mode = PLAINTEXT
         return end
 
-    def _emit_tag(self, data: bytes, lt: int, end: int,
-                  attrs: list[tuple[bytes, int, int, int]], out: list[bytes]) -> None:
+    def _emit_tag(self, data: bytes, lt: int, name_end: int, end: int,
+                  out: list[bytes]) -> None:
         pos = lt
-        for name, vs, ve, quote in attrs:
+        for a in _ATTRS.finditer(data, name_end, end - 1):
+            name = a.group(1).lower()
+            g = 2 if a.start(2) >= 0 else 3 if a.start(3) >= 0 else 4
+            vs, ve = a.start(g), a.end(g)
+            if vs < 0:
+                continue  # no value
             if name in URL_ATTRS:
                 spans = [_trimmed(data, vs, ve)]
             elif name in SRCSET_ATTRS:
                 spans = [(m.start(1), _srcset_end(data, m.end(1)))
                          for m in _SRCSET_URL.finditer(data, vs, ve)]
             elif name == b"style":
-                spans = [(m.start(g), m.end(g)) for m in _CSS_URL.finditer(data, vs, ve)
-                         for g in (1, 2, 3, 4) if m.start(g) >= 0][:64]
+                spans = [(m.start(k), m.end(k)) for m in _CSS_URL.finditer(data, vs, ve)
+                         for k in (1, 2, 3, 4) if m.start(k) >= 0][:64]
             else:
                 continue
+            quote = 0x22 if g == 2 else 0x27 if g == 3 else 0
             for s, e in spans:
                 new = self._map(data[s:e], quote)
                 if new is not None:
@@ -241,43 +256,3 @@ def _srcset_end(data: bytes, e: int) -> int:
     while data[e - 1] == 0x2C:
         e -= 1
     return e
-
-
-def _parse_tag(data: bytes, lt: int) -> tuple[int, bytes, list[tuple[bytes, int, int, int]]] | None:
-    """A start tag from `<`: its end, lower-cased name and attributes (name, value start, value
-    end, quote byte or 0; value start -1 without a value); None while the tag is unfinished."""
-    n = len(data)
-    i = _end_of(_TAG_NAME, data, lt + 1)
-    name = data[lt + 1:i].lower()
-    attrs: list[tuple[bytes, int, int, int]] = []
-    while True:
-        i = _end_of(_BETWEEN, data, i)
-        if i >= n:
-            return None
-        if data[i] == 0x3E:
-            return i + 1, name, attrs
-        j = _end_of(_ATTR_NAME, data, i)
-        aname = data[i:j].lower()
-        if j >= n:
-            return None
-        m = _EQUALS.match(data, j)
-        if m is None:
-            attrs.append((aname, -1, -1, 0))
-            i = j
-            continue
-        k = m.end()
-        if k >= n:
-            return None
-        q = data[k]
-        if q in (0x22, 0x27):
-            close = data.find(b'"' if q == 0x22 else b"'", k + 1)
-            if close < 0:
-                return None
-            attrs.append((aname, k + 1, close, q))
-            i = close + 1
-        else:
-            e = _end_of(_UNQUOTED, data, k)
-            if e >= n:
-                return None
-            attrs.append((aname, k, e, 0))
-            i = e

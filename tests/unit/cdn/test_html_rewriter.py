@@ -65,6 +65,11 @@ CORPUS = [
     (b"<img data-src=/s/a.png>", None),
     (b'<img src="/s/a.png>', None),  # never closed: left as it came
     (b"<", None),
+    (b"<img = src=/s/a.png>", b"<img = src=https://cdn.test/s/a.png>"),  # "=" is a name
+    (b"<img ==/s/a.png src==/s/a.png>", b"<img ==/s/a.png src==/s/a.png>"),
+    (b"<img/src=/s/a.png>", b"<img/src=https://cdn.test/s/a.png>"),
+    (b"<img src=/s/a.png/>", b"<img src=https://cdn.test/s/a.png/>"),  # / is in the value
+    (b'<img alt="x"src="/s/a.png">', b'<img alt="x"src="https://cdn.test/s/a.png">'),
     # After a raw-text element ends, tags count again.
     (b"<script>x</script><img src=/s/a.png>", b"<script>x</script><img src=https://cdn.test/s/a.png>"),
     (b'<img alt="a>b" src="/s/a.png">', b'<img alt="a>b" src="https://cdn.test/s/a.png">'),
@@ -120,7 +125,8 @@ PIECES = st.sampled_from([
     b"<!doctype html>", b"<?x ?>", b"</p>", b"<", b">", b'"', b"'", b"=", b" ", b"\n", b"&amp;",
     b'<img srcset="/s/d.png 1x, /s/e.png 2x">', b"<p style=\"x:url('/s/f.gif')\">", b"/s/g.png",
     b"src=/s/h.png", b"<div ", b"<Img\tsrc\n=\n/s/i.png ", b"caf\xc3\xa9", b"\xff\xfe", b"url(",
-    b"<title>", b"</title>", b"<textarea>", b"</TEXTAREA>", b"<plaintext>",
+    b"<title>", b"</title>", b"<textarea>", b"</TEXTAREA>", b"<plaintext>", b"<a = ", b"==",
+    b"<img/src=/s/j.png>", b"\t", b'src="/s/k.png"', b"<SCRIPT/>", b"<scripts>", b"/",
 ])
 
 
