@@ -14,12 +14,16 @@ from h2.events import (
     StreamEnded,
     StreamReset,
 )
+from h2.settings import SettingCodes
+from hpack import Encoder
 from hyperframe.frame import (
     ContinuationFrame,
     DataFrame,
     HeadersFrame,
     PingFrame,
     RstStreamFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
 )
 
 from dlba.proxy import h2_session
@@ -246,3 +250,53 @@ def test_more_streams_than_advertised_is_a_protocol_error(tmp_path: Path) -> Non
     assert pb.events(ConnectionTerminated)
     assert ("close",) in pb.calls
     assert sum(1 for c in pb.calls if c[0] == "open") <= h2_session.MAX_STREAMS
+
+
+def test_hpack_table_larger_than_advertised_is_refused(tmp_path: Path) -> None:
+    pb = h2book(tmp_path)
+    pb.send()
+    assert pb.client.remote_settings.header_table_size == 4096
+    enc = Encoder()
+    enc.header_table_size = 1 << 20  # the next block starts with a table size update to 1 MiB
+    pb.h2.client_data(HeadersFrame(1, data=enc.encode(GET),
+                                   flags=["END_HEADERS", "END_STREAM"]).serialize())
+    pb << ("close",)
+    pb.idle()
+    assert pb.events(ConnectionTerminated)[0].error_code in (
+        ErrorCodes.COMPRESSION_ERROR, ErrorCodes.PROTOCOL_ERROR)  # h2 says the latter
+    # the same block without the update is served
+    pb = h2book(tmp_path)
+    pb.send()
+    pb.h2.client_data(HeadersFrame(1, data=Encoder().encode(GET),
+                                   flags=["END_HEADERS", "END_STREAM"]).serialize())
+    pb << ("open", 1)
+
+
+def test_header_list_over_the_limit_is_refused_without_a_back_end(tmp_path: Path) -> None:
+    pb = h2book(tmp_path)
+    pb.send()
+    big = [(b"x-%d" % i, b"v" * 1000) for i in range(80)]  # 80 KB of fields
+    pb.client.send_headers(1, [*GET, *big], end_stream=True)
+    pb.send()
+    assert ("open", 1) not in pb.calls
+    statuses = [dict(e.headers)[b":status"] for e in pb.events(ResponseReceived)]
+    assert statuses == [b"431"] or pb.events(ConnectionTerminated)
+
+
+def test_settings_and_window_update_floods_get_enhance_your_calm(tmp_path: Path) -> None:
+    for frame in (lambda i: SettingsFrame(0, settings={SettingCodes.MAX_FRAME_SIZE: 16384}),
+                  lambda i: WindowUpdateFrame(0, window_increment=1)):
+        pb = h2book(tmp_path)
+        pb.send()
+        limit = max(h2_session.CONTROL_LIMIT, h2_session.WINDOW_UPDATE_LIMIT) + 1
+        pb.h2.client_data(b"".join(frame(i).serialize() for i in range(limit)))
+        pb << ("close",)
+        pb.idle()
+        assert pb.events(ConnectionTerminated)[-1].error_code == ErrorCodes.ENHANCE_YOUR_CALM
+
+
+def test_websockets_over_h2_are_not_offered(tmp_path: Path) -> None:
+    """No SETTINGS_ENABLE_CONNECT_PROTOCOL: browsers open WebSockets over HTTP/1.1."""
+    pb = h2book(tmp_path)
+    pb.send()
+    assert not pb.client.remote_settings.get(SettingCodes.ENABLE_CONNECT_PROTOCOL)
