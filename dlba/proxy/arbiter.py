@@ -257,7 +257,8 @@ class NodeArbiter(Arbiter):  # type: ignore[misc]
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)  # a retiring worker that hangs
         if self.reexec_proc is not None and self.reexec_proc.poll() is not None:
-            events.warning("event=upgrade_failed node=%s pid=%d code=%s", self.pool.name,
+            # Backed out (TERM to it) or failed to start: this master goes on as it was.
+            events.warning("event=new_master_exited node=%s pid=%d code=%s", self.pool.name,
                            self.reexec_proc.pid, self.reexec_proc.returncode)
             self.reexec_proc = None
             self.reexec_pid = 0
