@@ -203,7 +203,35 @@ function render(d) {
     });
   });
 
+  renderServices(st.services || { services: [], pools: {}, classes: [] });
   drawTable(sch.table, d.array || []);
+}
+
+// Virtual services, their pools (queue depth, shed count) and client classes, this node's.
+function renderServices(sv) {
+  fill("services", sv.services, "no services", (tr, s) => {
+    tr.dataset.service = s.name;
+    [s.name, s.vips.join(" "), s.ports.join(" ") || "listen", s.pool, s.routes, s.requests]
+      .forEach((v) => cell(tr, v));
+  });
+  const pools = Object.entries(sv.pools).sort((a, b) => a[0].localeCompare(b[0]));
+  fill("pools", pools, "no pools", (tr, [name, p]) => {
+    tr.dataset.pool = name;
+    [name, p.policy, p.backends.join(" "), p.slots ? `${p.slots_used}/${p.slots}` : "-",
+      p.queue_depth, p.queued].forEach((v) => cell(tr, v));
+    cell(tr, p.shed, p.shed ? "st-draining" : "");
+    cell(tr, p.timeouts);
+  });
+  const prio = Object.fromEntries(sv.classes.map((c) => [c.name, c.priority]));
+  const rows = pools.flatMap(([name, p]) => Object.entries(p.classes)
+    .sort((a, b) => (prio[a[0]] ?? 0) - (prio[b[0]] ?? 0))
+    .map(([cls, c]) => ({ pool: name, cls, ...c })));
+  fill("classes", rows, "no requests yet", (tr, c) => {
+    tr.dataset.class = `${c.pool}/${c.cls}`;
+    [c.pool, c.cls, prio[c.cls] ?? "", c.requests, c.queued].forEach((v) => cell(tr, v));
+    cell(tr, c.shed, c.shed ? "st-draining" : "");
+    cell(tr, c.waiting);
+  });
 }
 
 // --- the client table picture ---------------------------------------------------------------
