@@ -51,6 +51,9 @@ class NodeCollector(Collector):
             ("tls_handshakes", "TLS connections accepted", s.tls_handshakes),
             ("cookie_injections", "Persistence cookies injected", s.cookie_injected),
             ("cookie_rejections", "Tampered or foreign persistence cookies", s.cookie_rejected),
+            ("h2_connections", "Client connections that chose HTTP/2", s.h2_connections),
+            ("h2_refused", "HTTP/2 connections closed for a flood, a protocol error or a limit",
+             s.h2_refused),
         ):
             c = CounterMetricFamily(f"dlba_{name}", doc, labels=["node"])
             c.add_metric([node], value)

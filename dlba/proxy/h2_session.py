@@ -96,6 +96,7 @@ class H2Session:
         stats.connections_open += 1
         stats.connections_total += 1
         stats.tls_handshakes += 1
+        stats.h2_connections += 1
         self.flush_out()
 
     # --- events from the client -------------------------------------------------------------
@@ -107,6 +108,7 @@ class H2Session:
         except ProtocolError as e:  # h2 has queued its GOAWAY
             events.info("event=h2_protocol_error peer=%s reason=%r", self.peer, str(e))
             self.ctx.stats.bad_requests += 1
+            self.ctx.stats.h2_refused += 1
             self._close()
             return
         fresh: list[H2Stream] = []
@@ -286,6 +288,7 @@ class H2Session:
         else:
             return False
         self.ctx.stats.bad_requests += 1
+        self.ctx.stats.h2_refused += 1
         self.goaway(ErrorCodes.ENHANCE_YOUR_CALM, what)
         return True
 

@@ -53,6 +53,8 @@ class NodeStats:
     tls_handshakes: int = 0
     cookie_injected: int = 0
     cookie_rejected: int = 0
+    h2_connections: int = 0  # client connections that chose HTTP/2 (ALPN h2)
+    h2_refused: int = 0  # HTTP/2 connections ended for an attack pattern or a broken limit
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     by_backend: dict[int, BackendCounters] = field(default_factory=dict)
 

@@ -117,6 +117,7 @@ def drain_step(ctx: ProxyContext, now: float) -> None:
     a keepalive connection idle for IDLE_CLOSE_S is closed. A response already under way is
     never cut (the wait in `ProxyWorker.serve` outlives it)."""
     keepalive = ctx.limits.keepalive_timeout_s
+    ctx.drain()  # HTTP/2 connections: GOAWAY; their streams in flight finish, then they close
     drain_sessions([c.session for c in ctx.connections if c.session is not None], now,
                    keepalive)
 
@@ -187,7 +188,7 @@ class ProxyWorker(GunicornWorker):  # type: ignore[misc]
         for s in servers:
             s.close()  # our copy of the listening socket: the master's keeps the queue alive
         deadline = loop.time() + DRAIN_S
-        while ctx.connections and loop.time() < deadline:
+        while (ctx.connections or ctx.h2_connections) and loop.time() < deadline:
             drain_step(ctx, loop.time())
             await asyncio.sleep(DRAIN_TICK_S)
         commands.send_stats()  # the last counters, before the master forgets us

@@ -37,7 +37,7 @@ SUMMED_ROW_FIELDS = ("hits", "open_connections", "unable_to_connect", "cookie_gr
                      "bytes_out", "reroutes")
 NODE_COUNTERS = ("requests", "errors", "bad_requests", "bytes_out", "reroutes",
                  "connections_open", "connections_total", "tls_handshakes", "cookie_injected",
-                 "cookie_rejected")
+                 "cookie_rejected", "h2_connections", "h2_refused")
 
 
 class BroadcastingTable(WebServerStatusTable):

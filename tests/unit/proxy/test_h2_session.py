@@ -144,6 +144,7 @@ def test_rapid_reset_opens_no_back_end_and_a_flood_gets_enhance_your_calm(
     pb.idle()
     goaway = pb.events(ConnectionTerminated)
     assert goaway and goaway[0].error_code == ErrorCodes.ENHANCE_YOUR_CALM
+    assert pb.ctx.stats.h2_connections == 1 and pb.ctx.stats.h2_refused == 1
 
 
 def test_continuation_flood_is_cut_without_a_back_end(tmp_path: Path) -> None:
