@@ -142,12 +142,13 @@ class PoolQueue(Generic[T]):
         self.counters.shed += 1
         self.counters.of(cls).shed += 1
 
-    def pop_for(self, backend: int, alive: Callable[[T], bool] = lambda _: True
-                ) -> Waiter[T] | None:
-        """The waiter a free slot of `backend` goes to (removed from the queue), skipping and
-        dropping those `alive` says are gone (their client closed)."""
+    def pop_for(self, backend: int, alive: Callable[[T], bool] = lambda _: True,
+                fits: Callable[[Waiter[T]], bool] = lambda _: True) -> Waiter[T] | None:
+        """The waiter a free slot of `backend` goes to (removed from the queue), dropping those
+        `alive` says are gone (their client closed) and passing over those it does not `fit`
+        (a back end the request already failed on, a draining one for a new session)."""
         self.waiting = [w for w in self.waiting if alive(w.item)]
-        usable = [w for w in self.waiting if w.backend in (0, backend)]
+        usable = [w for w in self.waiting if w.backend in (0, backend) and fits(w)]
         if not usable:
             return None
         top = min(w.cls.priority for w in usable)

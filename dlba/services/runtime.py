@@ -21,7 +21,7 @@ from dlba.config.services import ServiceConfig
 from dlba.scheduling.selection import BackendSelector, Selection, request_path
 from dlba.scheduling.web_server_status_table import WebServerStatusTable
 from dlba.services.classes import Classifier, ClientClass
-from dlba.services.pool_queue import PoolQueue
+from dlba.services.pool_queue import PoolQueue, Waiter
 from dlba.services.routing import ServiceRouter, host_of
 from dlba.services.tokens import token_key, verify_token
 
@@ -221,8 +221,16 @@ class Services:
         pool.dispatching = False
         q = pool.queue
         for bid in list(q.maxconn):
+            row = self.table.get(bid)
+            if row is None or not row.accepts_persistent:
+                continue  # down: its waiters (pinned ones too) wait for another or time out
+            new_ok = row.accepts_new
+
+            def fits(w: Waiter[Exchange], bid: int = bid, new_ok: bool = new_ok) -> bool:
+                return bid not in w.item.excluded and (new_ok or w.backend == bid)
+
             while q.waiting and q.has_room(bid):
-                w = q.pop_for(bid, alive=lambda e: not e.finished)
+                w = q.pop_for(bid, alive=lambda e: not e.finished, fits=fits)
                 if w is None:
                     break
                 ex = w.item

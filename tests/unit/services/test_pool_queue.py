@@ -151,3 +151,12 @@ def test_worker_views_merge() -> None:
     assert (web["queue_depth"], web["shed"], web["max_depth"], web["slots"]) == (7, 1, 5, 4)
     assert web["classes"]["gold"] == {"requests": 4, "shed": 1}
     assert m["services"][0]["requests"] == 6
+
+
+def test_waiters_that_do_not_fit_are_passed_over_not_dropped() -> None:
+    q = queue()
+    q.push("failed-on-1", GOLD, 0)
+    q.push("any", BRONZE, 0)
+    w = q.pop_for(1, fits=lambda w: w.item != "failed-on-1")
+    assert w is not None and w.item == "any"
+    assert list(q.items()) == ["failed-on-1"]
