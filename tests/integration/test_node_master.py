@@ -174,3 +174,32 @@ async def test_status_and_dashboard_count_workers(tmp_path: Path) -> None:
             os.kill(node.master, signal.SIGTTOU)
             await eventually("two in /status", lambda: len(node.serving()) == 2)
             await b.wait("document.getElementById('workers').textContent.startsWith('2')")
+
+
+async def test_usr2_backed_out_with_term_to_the_new_master(tmp_path: Path) -> None:
+    """An upgrade can be backed out before QUIT: TERM to the new master; the old one goes on
+    serving (its control plane never stopped) and can be upgraded again."""
+    with master_node(tmp_path) as node:
+        workers = set(node.workers())
+
+        def new_master() -> int | None:
+            ms = [p for p in children(node.master)
+                  if " node " in cmdline(p) and "dlba.proxy.worker" not in cmdline(p)]
+            node.seen.update(ms)
+            return ms[0] if ms else None
+
+        async with load(node) as tallies:
+            os.kill(node.master, signal.SIGUSR2)
+            await eventually("a new master", lambda: new_master() is not None)
+            master = new_master()
+            assert master is not None
+            await eventually("its workers", lambda: len(node.workers(master)) == 2)
+            os.kill(master, signal.SIGTERM)
+            await eventually("new master gone", lambda: not alive(master))
+            await eventually("backed out", lambda: "event=new_master_exited"
+                             in node.log.read_text())
+            assert set(node.workers()) == workers
+            assert {w["pid"] for w in node.serving()} == workers
+            os.kill(node.master, signal.SIGUSR2)  # and again
+            await eventually("another new master", lambda: new_master() not in (None, master))
+        no_failures(tallies)
