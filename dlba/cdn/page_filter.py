@@ -39,7 +39,8 @@ class PageFilter(ResponseFilter):
         self.cacheable = True
         self.codec: Codec | None = None
         self.rewriter: HtmlRewriter | None = None
-        self.offloaded = 0
+        self.offloaded = 0  # bytes of the distinct chosen objects the page now sends to the CDN
+        self.objects: set[str] = set()
         self.keep: list[bytes] | None = None  # the page's bytes as sent, while it may be stored
         self.kept = 0
         self.page: CachedPage | None = None
@@ -98,7 +99,9 @@ class PageFilter(ResponseFilter):
     def _map(self, url: str) -> str | None:
         new = self.rt.map_url(url, self.path, self.host)
         if new is not None:
-            self.offloaded += self.rt.object_size(new[1])
+            if new[1] not in self.objects:  # a browser fetches an object once per page
+                self.objects.add(new[1])
+                self.offloaded += self.rt.object_size(new[1])
             return new[0]
         return None
 

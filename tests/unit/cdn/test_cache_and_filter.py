@@ -130,7 +130,8 @@ def test_filter_rewrites_gzip_stores_and_serves_304_from_cache() -> None:
     assert zlib.decompress(out, 31) == WANT
     names = {n.lower(): v for n, v in out_headers}
     assert b"content-length" not in names and names[b"etag"] == b'W/"e1"'
-    assert rt.rewritten == 1 and rt.urls_rewritten == 2 and rt.bytes_offloaded == 2000
+    # Two URLs of one object: the browser fetches it once, from the CDN.
+    assert rt.rewritten == 1 and rt.urls_rewritten == 2 and rt.bytes_offloaded == 1000
     page = rt.cache.get(b"http://h/p", [])
     assert page is not None and page.origin_etag == b'"e1"' and page.body == out
     # Stale (max-age=0): the back end's 304 brings the stored page back, fresh from the 304.
