@@ -13,6 +13,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 from dlba.demo_site import OBJECTS
+from tests.chromium_cdp import chromium
 from tests.integration.loopback import LoopbackArray, loopback_array
 
 CDN = "https://cdn.example.test"
@@ -161,3 +162,16 @@ async def test_worker_processes_report_and_rewrite(tmp_path: Path) -> None:
                     break
                 await asyncio.sleep(0.1)
     assert float(line.split()[-1]) >= 16  # every page each worker rewrote, summed
+
+
+async def test_dashboard_lists_the_chosen_objects(tmp_path: Path) -> None:
+    async with loopback_array(tmp_path, extra=CONFIG) as arr, _session() as s, \
+            chromium(tmp_path) as b:
+        await _choose_all_objects(arr, s)
+        await b.goto(f"{arr.admin_url}/?token={arr.token}")
+        rows = "[...document.querySelectorAll('#cdn tbody tr[data-object]')].length"
+        assert await b.wait(f"{rows} === {len(OBJECTS)}")
+        first = await b.eval("document.querySelector('#cdn tbody tr').dataset.object")
+        assert first == "/static/hero.jpg"  # heaviest first
+        caption = await b.eval("document.getElementById('cdn-caption').textContent")
+        assert "decided by n1" in caption

@@ -234,6 +234,25 @@ function renderServices(sv) {
   });
 }
 
+// The objects the array chose for the CDN (GET /cdn) and this node's offload counters.
+async function renderCdn() {
+  try {
+    const r = await fetch("/cdn", { credentials: "same-origin", cache: "no-store" });
+    if (!r.ok) return;
+    const c = await r.json();
+    const n = c.counters;
+    $("cdn-caption").textContent = !c.enabled ? "(off: [cdn] enabled = false)"
+      : `(decided by ${c.decider}; pages rewritten ${n.rewritten}, cache hits ${n.cache_hits}, ` +
+        `misses ${n.cache_misses}, bytes offloaded ${n.bytes_offloaded})`;
+    fill("cdn", c.objects, c.enabled ? "nothing chosen yet" : "off", (tr, o) => {
+      tr.dataset.object = o.path;
+      [o.path, o.bytes, o.count, o.cdn_url].forEach((v) => cell(tr, v));
+    });
+  } catch (e) {
+    // the rest of the page stands without this panel
+  }
+}
+
 // --- the client table picture ---------------------------------------------------------------
 function colourOf(name, order) {
   const i = order.indexOf(name);
@@ -306,6 +325,7 @@ async function poll() {
     last = await r.json();
     csrf = last.csrf;
     render(last);
+    await renderCdn();
     document.body.dataset.loaded = String(Number(document.body.dataset.loaded || 0) + 1);
   } catch (e) {
     say(`refresh failed: ${e.message}`, true);
