@@ -76,7 +76,7 @@ class CdnRuntime(RequestHook):
     # --- requests ---------------------------------------------------------------------------
     def on_request(self, ex: Exchange) -> bytes | None:
         method = ex.method
-        if method != b"GET" or type(ex).__name__ != "Exchange":
+        if method != b"GET" or ex.upgrade or type(ex).__name__ != "Exchange":
             return None  # HTTP/1 GETs only (an HTTP/2 stream frames its own answers)
         target = ex.target.decode("latin-1")
         path = target.split("?", 1)[0]
