@@ -159,6 +159,10 @@ class NodeRuntime:
         """SIGHUP: the config file again, through the same stage and commit as a push; a bad
         file is refused with every problem logged, and the running config stays."""
         path = self.config.path
+        if not self.control:
+            events.warning("event=config_reload_refused node=%s reason=%r", self.name,
+                           "a new master reloads once its old master is gone")
+            return False
         try:
             text = await asyncio.to_thread(path.read_text)
             await self.reloader.stage_and_commit(text, self.config_version + 1)
