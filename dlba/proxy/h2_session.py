@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 events = logging.getLogger("dlba.event")
 
 MAX_STREAMS = 100
+CONNECTION_WINDOW = 4 << 20  # request body bytes in flight on one connection, all streams
 FLOOD_WINDOW_S = 10.0
 RESET_LIMIT = 200  # client resets a window (a browser cancels a few on each navigation)
 CONTROL_LIMIT = 200  # SETTINGS, PING, PRIORITY, unknown frames a window
@@ -87,6 +88,10 @@ class H2Session:
             SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEAD_BYTES,
         })
         conn.initiate_connection()
+        # The connection's window is larger than one stream's, so a stream whose back end is
+        # slow to take its body (its window not reopened) does not stall the others' bodies;
+        # h2 keeps it topped up to this size from then on.
+        conn.increment_flow_control_window(CONNECTION_WINDOW - conn.inbound_flow_control_window)
         self.conn = conn
         now = ctx.loop.time()
         self.window_start = now

@@ -301,3 +301,25 @@ def test_websockets_over_h2_are_not_offered(tmp_path: Path) -> None:
     pb = h2book(tmp_path)
     pb.send()
     assert not pb.client.remote_settings.get(SettingCodes.ENABLE_CONNECT_PROTOCOL)
+
+
+def test_a_stream_held_by_its_back_end_does_not_stall_the_others_bodies(
+        tmp_path: Path) -> None:
+    pb = h2book(tmp_path, backends=2)
+    pb.send()
+    assert pb.client.outbound_flow_control_window == h2_session.CONNECTION_WINDOW
+    post = [(b":method", b"POST"), *GET[1:]]
+    pb.client.send_headers(1, post)
+    pb.client.send_headers(3, post)
+    pb.send()
+    pb << ("open", ONE_OF_TWO) << ("open", ONE_OF_TWO)
+    # Stream 1's back end is not connected: past RETAIN_LIMIT its window is not reopened.
+    for _ in range(20):
+        room = pb.client.local_flow_control_window(1)
+        if not room:
+            break
+        pb.client.send_data(1, b"a" * min(room, 16_000))
+        pb.send()
+    assert pb.client.local_flow_control_window(1) == 0 and pb.h2.streams[1].unacked > 0
+    # ... the other stream's body still flows: the connection's window is not used up
+    assert pb.client.local_flow_control_window(3) == 65_535
