@@ -56,6 +56,13 @@ async def test_curl_http2_bodies_both_ways_and_cookie_persistence(tmp_path: Path
         # The persistence cookie pins every stream of a new connection to that back end.
         res = await curl(arr, "-H", f"Cookie: {cookie}", "-w", "\n", *[url(arr, "/whoami")] * 6)
         assert res.stdout.split() == [backend] * 6, res.stdout
+        # HEAD: the length of the body a GET would get, and no body.
+        res = await curl(arr, "-I", url(arr, "/bytes/1000"))
+        assert res.returncode == 0 and res.stdout.lower().startswith("http/2 200"), res
+        assert "content-length: 1000" in res.stdout.lower()
+        # A status without a body, from the back end.
+        res = await curl(arr, "-o", "/dev/null", "-w", "%{http_code}", url(arr, "/status/204"))
+        assert res.returncode == 0 and res.stdout == "204", res
         # A large response streams through the client's flow-control window.
         res = await curl(arr, "-o", "/dev/null", "-w", "%{size_download} %{http_version}",
                          url(arr, "/bytes/3000000"))
