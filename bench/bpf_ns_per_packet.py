@@ -27,6 +27,16 @@ CLIENT = "198.18.0.2"
 BUCKETS = 4096
 OWN = b"\x02\0\0\0\0\x01"
 FWD = "forward (balanced, 3-CIDR deny list)"
+PREFIX_VIP = "198.18.5.77"  # inside the /24 of many_vips()
+
+
+def many_vips() -> dict[str, frozenset[int] | None]:
+    """4096 VIPs (seed 002): the cluster's on every port, a /24 and 3839 more /32s on 80/443."""
+    vips: dict[str, frozenset[int] | None] = {VIP: None}
+    web = frozenset({80, 443})
+    vips.update((str(a), web) for a in ipaddress.IPv4Network("198.18.5.0/24"))
+    vips.update((str(ipaddress.IPv4Address("10.64.0.0") + i), web) for i in range(4095 - 256))
+    return vips
 
 
 def measure(repeat: int = 1_000_000, rounds: int = 5) -> dict[str, float]:
@@ -50,10 +60,17 @@ def measure(repeat: int = 1_000_000, rounds: int = 5) -> dict[str, float]:
             "pass (not the VIP)": (build_frame(CLIENT, "198.18.0.11", 1, 80, dst_mac=OWN), None),
         }
         results: dict[str, float] = {}
-        for name, (frame, node) in [*cases.items(), ("", (b"", None))]:
-            if not name:  # last: the common configuration, no deny list (no trie lookup)
+        last = [("", (b"", None)), ("4096", (b"", None)), ("prefix", (b"", None))]
+        for name, (frame, node) in [*cases.items(), *last]:
+            if not name:  # the common configuration, no deny list (no trie lookup)
                 dp.set_deny([])
                 name, (frame, node) = "forward (balanced), empty deny list", cases[FWD]
+            elif name == "4096":  # many VIPs: the cluster's still one compare
+                dp.set_vips(many_vips())
+                name, (frame, node) = "forward, cluster VIP among 4096 VIPs", cases[FWD]
+            elif name == "prefix":  # a VIP of a /24: a hash lookup and a port lookup
+                name = "forward, a /24 VIP among 4096 VIPs"
+                frame, node = build_frame(CLIENT, PREFIX_VIP, 40000, 80, dst_mac=OWN), 1
             best = None
             for _ in range(rounds):
                 before = dp.raw_counters()[node] if node is not None else 0
