@@ -113,13 +113,10 @@ def validate_ports(
         validate_node(default_node, "default node")
 
 
-MAX_VIP_PORTS = 65536  # DLBA_MAX_VIP_PORTS in dlba_tc.h
-
-
 def validate_vips(vips: Mapping[str, Collection[int] | None]
                   ) -> dict[bytes, frozenset[int] | None]:
     """VIP text -> ports, as packed addresses; raises ValueError on a bad address, port or size."""
-    from dlba.config.services import MAX_VIPS
+    from dlba.config.services import MAX_VIP_PORTS, MAX_VIPS
 
     out: dict[bytes, frozenset[int] | None] = {}
     pairs = 0

@@ -24,6 +24,7 @@ from dlba.config.reader import Problems, Reader, networks, unique
 DEFAULT_POOL = "default"
 MAX_PREFIX_HOSTS = 256  # prefixes up to /24: each address is one entry of the data plane's map
 MAX_VIPS = 4096  # every address of every service (DLBA_MAX_VIPS in scheduler/bpf/dlba_tc.h)
+MAX_VIP_PORTS = 65536  # (address, port) pairs the services name (DLBA_MAX_VIP_PORTS)
 POOL_POLICIES = ("least_conn", "weighted_rr", "response_time", "url_hash", "p2c")
 
 
@@ -285,6 +286,8 @@ def _check_vips(problems: Problems, vip: str | None, ix: Indexed) -> None:
                     return
     if len(addresses) > MAX_VIPS:
         problems.add("services", f"{len(addresses)} VIP addresses, at most {MAX_VIPS}")
+    elif len(owner) > MAX_VIP_PORTS:
+        problems.add("services", f"{len(owner)} VIP:port pairs, at most {MAX_VIP_PORTS}")
     if ix.services and vip is not None and vip not in addresses:
         problems.add("cluster.vip", f"{vip} is not a VIP of any service")
     for i, c in ix.classes:

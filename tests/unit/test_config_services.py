@@ -191,6 +191,15 @@ def test_same_vip_on_other_ports_is_another_service(folder: Path) -> None:
     assert cfg.vip_addresses().count("198.18.0.113") == 1
 
 
+def test_the_data_plane_limits_are_checked(folder: Path) -> None:
+    many = "".join(f'[[services]]\nname = "s{i}"\nvips = ["10.{i}.0.0/24"]\n' for i in range(17))
+    assert ("services", "4352 VIP addresses, at most 4096") in problems(folder, BASE + many)
+    ports = ", ".join(str(p) for p in range(1000, 1300))
+    wide = f'[[services]]\nname = "w"\nvips = ["198.18.0.0/24"]\nports = [{ports}]\n'
+    assert ("services", "76800 VIP:port pairs, at most 65536") in problems(
+        folder, BASE.replace('vip = "198.18.0.100"\n', "") + wide)
+
+
 def test_several_problems_are_all_reported(folder: Path) -> None:
     text = (FULL.replace('policy = "url_hash"', 'policy = "x"')
             .replace('ports = [8443]', 'ports = [70000]')
