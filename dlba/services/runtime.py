@@ -44,6 +44,7 @@ class PoolRuntime:
     queue: PoolQueue[Exchange]
     retry_after: int = 1
     dispatching: bool = False
+    saturated: bool = False  # requests wait (logged once when it starts and once when over)
 
 
 @dataclass(slots=True, eq=False)
@@ -158,9 +159,9 @@ class Services:
         if q.has_room(bid) and not q.blocked(bid, cls):
             self._acquire(ex, route, bid)
             return sel
-        was_idle = not q.waiting
         shed = q.push(ex, cls, now, bid if pinned else 0)
-        if was_idle:
+        if not pool.saturated:
+            pool.saturated = True
             events.info("event=pool_saturated pool=%s", pool.name)
         for item in shed:
             item.refuse(503, "pool full", b"Retry-After: %d\r\n" % pool.retry_after)
@@ -238,9 +239,14 @@ class Services:
                 assert route is not None
                 self._acquire(ex, route, bid)
                 ex.proceed(Selection(bid, "cookie" if w.backend else "policy"))
-        if not q.waiting:
+        self._recovered(pool)
+
+    @staticmethod
+    def _recovered(pool: PoolRuntime) -> None:
+        if not pool.queue.waiting and pool.saturated:
+            pool.saturated = False
             events.info("event=pool_recovered pool=%s shed_total=%d", pool.name,
-                        q.counters.shed)
+                        pool.queue.counters.shed)
 
     def tick(self, now: float) -> None:
         """The janitor's sweep: waits that ran out, slots of exchanges cut without an end."""
@@ -253,6 +259,8 @@ class Services:
                     ex.refuse(503, "queue timeout", b"Retry-After: %d\r\n" % pool.retry_after)
             if q.waiting:
                 self._dispatch(pool)
+            else:
+                self._recovered(pool)
 
     # --- operator view ----------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
