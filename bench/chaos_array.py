@@ -78,7 +78,9 @@ def node_sample(pid: int) -> dict[str, int]:
             tables.append(f.read())
     targets = [t for p in pids for t in fd_targets(p)]
     counts = chaos_growth.fd_counts(targets, chaos_growth.established_sockets(tables))
-    return {"rss_kb": sum(rss_kb(p) for p in pids), **counts}
+    # The main process's own RSS beside the sum: the control plane (failover, table and config
+    # sync) lives there, the connections in the workers.
+    return {"rss_kb": sum(rss_kb(p) for p in pids), "main_rss_kb": rss_kb(pid), **counts}
 
 
 @dataclass

@@ -100,10 +100,10 @@ def node_growth(ss: list[dict[str, Any]], start: float, end: float) -> dict[str,
         "fds_raw": last["fds"] - first["fds"],
         "fds_not_conn": (last["fds"] - last["conn_fds"]) - (first["fds"] - first["conn_fds"]),
         "from_t": first["t"], "to_t": last["t"],
-        "first": {k_: first[k_] for k_ in ("rss_kb", "fds", "conn_fds", "client_conns",
-                                           "backend_conns")},
-        "last": {k_: last[k_] for k_ in ("rss_kb", "fds", "conn_fds", "client_conns",
-                                         "backend_conns")},
+        "first": {k_: first.get(k_) for k_ in ("rss_kb", "main_rss_kb", "fds", "conn_fds",
+                                               "client_conns", "backend_conns")},
+        "last": {k_: last.get(k_) for k_ in ("rss_kb", "main_rss_kb", "fds", "conn_fds",
+                                             "client_conns", "backend_conns")},
         "kb_per_conn": None if k is None else round(k, 2),
         "rss_endpoints_adjusted_mb": None if k is None else round(
             (last["rss_kb"] - first["rss_kb"] - k * (last["conn_fds"] - first["conn_fds"]))
@@ -117,7 +117,9 @@ def node_growth(ss: list[dict[str, Any]], start: float, end: float) -> dict[str,
     d_kb = b["rss_kb"] - a["rss_kb"] - (k or 0.0) * (b["conn_fds"] - a["conn_fds"])
     out.update(rss_mb=round(d_kb / 1024, 1), rss_span={
         "from_t": a["t"], "to_t": b["t"], "s": round(b["t"] - a["t"], 1),
-        "conns": [a["conn_fds"], b["conn_fds"]], "rss_kb": [a["rss_kb"], b["rss_kb"]]})
+        "conns": [a["conn_fds"], b["conn_fds"]], "rss_kb": [a["rss_kb"], b["rss_kb"]],
+        # the main process's part (no connections: no adjustment), where the control plane runs
+        "main_rss_kb": [a.get("main_rss_kb"), b.get("main_rss_kb")]})
     return out
 
 
@@ -142,9 +144,10 @@ def top(per_node: dict[str, Any], key: str) -> Any:
 
 def series(samples: list[dict[str, Any]]) -> dict[str, list[str]]:
     """Every sample, compact: per node one line "t rss_kb fds socket_fds conn_fds client_conns
-    backend_conns pid" each, so the figures can be computed again from the results file."""
+    backend_conns pid main_rss_kb" each, so the figures can be computed again from the results
+    file."""
     keys = ("t", "rss_kb", "fds", "socket_fds", "conn_fds", "client_conns", "backend_conns",
-            "pid")
+            "pid", "main_rss_kb")
     out: dict[str, list[str]] = {}
     for s in samples:
         out.setdefault(s["node"], []).append(" ".join(str(s.get(k, "")) for k in keys))

@@ -113,7 +113,7 @@ class Hostile:
                     self.idle_open -= 1
                 self.bump("idle_closed_by_array")
             except (OSError, TimeoutError, asyncio.IncompleteReadError,
-                    asyncio.LimitOverrunError):
+                    asyncio.LimitOverrunError, RuntimeError):  # uvloop: write after a reset
                 self.bump("idle_connect_failed")
             finally:
                 if w is not None:
@@ -158,7 +158,7 @@ class Hostile:
                 if self.running():
                     self.bump("slowloris_closed_by_array")
                     self.slowloris_hold_max = max(self.slowloris_hold_max, time.monotonic() - t)
-            except OSError:
+            except (OSError, RuntimeError):  # uvloop: write after a reset
                 self.bump("slowloris_closed_by_array")
                 self.slowloris_hold_max = max(self.slowloris_hold_max, time.monotonic() - t)
             finally:
@@ -172,11 +172,13 @@ class Hostile:
             self.bump(f"{name}_connect_failed")
             return
         try:
-            w.write(data)
-            if follow:
-                w.write(FOLLOW)
-            with contextlib.suppress(OSError):
+            try:
+                w.write(data)
+                if follow:
+                    w.write(FOLLOW)
                 await w.drain()
+            except (OSError, RuntimeError):  # reset already (uvloop: RuntimeError on write)
+                pass
             got = await self.read_all(r, 3.0)
             self.status(name, got)
         finally:
