@@ -3,6 +3,7 @@ references /static objects in every attribute the offload rewrites) and ``GET /s
 
 The same page and objects on every back end, byte for byte, so validators (ETag,
 Last-Modified) hold across the array. ``/page`` options (query): ``gzip=1`` gzip-encoded,
+``br=1`` brotli-encoded,
 ``size=N`` padded with paragraphs to about N bytes, ``max_age=N`` (default 60),
 ``private=1``, ``cookie=1``, ``v=TEXT`` a version string in the page (its content changes).
 ``/page/renders`` says how many full bodies /page sent (a revalidation answered 304 is not one).
@@ -13,6 +14,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 
+import brotli
 from aiohttp import web
 
 LAST_MODIFIED = "Tue, 01 Dec 2026 00:00:00 GMT"
@@ -85,6 +87,9 @@ async def page(request: web.Request) -> web.Response:
     if q.get("gzip"):
         body = gzip.compress(body, mtime=0)
         headers["Content-Encoding"] = "gzip"
+    elif q.get("br"):
+        body = brotli.compress(body)
+        headers["Content-Encoding"] = "br"
     headers["ETag"] = _etag(body)
     if request.headers.get("If-None-Match") in (headers["ETag"], "W/" + headers["ETag"]):
         return web.Response(status=304, headers={k: v for k, v in headers.items()

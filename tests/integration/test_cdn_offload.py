@@ -1,7 +1,8 @@
 """CDN offload end to end: a real node samples real demo back ends' traffic, chooses the heavy
 static objects, rewrites their URLs in /page on the way out (plain and gzip), caches the
 rewritten page while fresh, revalidates it with If-None-Match when stale, and never caches a
-private page, a page with Set-Cookie or an Authorization request; Vary is honoured."""
+private page, a page with Set-Cookie or an Authorization request; Vary is honoured. Pages
+encoded gzip and br are decoded, rewritten and encoded again."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import gzip
 from pathlib import Path
 
 import aiohttp
+import brotli
 from multidict import CIMultiDict
 
 from dlba.demo_site import OBJECTS
@@ -88,11 +90,14 @@ async def test_rewrite_plain_and_gzip_with_choice_and_metrics(tmp_path: Path) ->
                                            {"Accept-Encoding": "gzip"})
         assert headers["Content-Encoding"] == "gzip" and headers["X-Dlba-Cdn"] == "rewritten"
         assert 'src="https://cdn.example.test/static/app.js"' in gzip.decompress(body).decode()
+        status, headers, body = await _get(s, f"{arr.url}/page?br=1", {"Accept-Encoding": "br"})
+        assert headers["Content-Encoding"] == "br" and headers["X-Dlba-Cdn"] == "rewritten"
+        assert 'src="https://cdn.example.test/static/app.js"' in brotli.decompress(body).decode()
 
         async with s.get(f"{arr.admin_url}/metrics",
                          headers={"Authorization": f"Bearer {arr.token}"}) as r:
             metrics = await r.text()
-        assert 'dlba_cdn_rewritten_total{node="n1"} 2.0' in metrics
+        assert 'dlba_cdn_rewritten_total{node="n1"} 3.0' in metrics
         assert 'dlba_cdn_cache_misses_total{node="n1"}' in metrics
         assert 'dlba_cdn_cache_hits_total{node="n1"} 0.0' in metrics
         assert 'dlba_cdn_bytes_offloaded_total{node="n1"} 0.0' not in metrics
