@@ -30,11 +30,11 @@ from dlba.proxy.core_io import (
     ExchangeClient,
     mypyc_attr,
 )
+from dlba.services.runtime import Route  # at run time: compiled code checks this field's type
 
 if TYPE_CHECKING:
     from dlba.proxy.proxy_context import ProxyContext
     from dlba.scheduling.selection import Selection
-    from dlba.services.runtime import Route
 
 events = logging.getLogger("dlba.event")
 
