@@ -13,6 +13,7 @@ whitespace, never occur inside their multi-byte characters) and holds at most on
 It follows the HTML tokenizer where that decides which bytes are URLs: comments, CDATA,
 <!...> and <?...> declarations, end tags, raw-text elements (script, style, textarea, title, ...),
 attribute names in any case, quoted and unquoted values, a tag split across any chunks.
+Inside <style> the CSS url() are rewritten too (raw text: no entities there).
 """
 
 from __future__ import annotations
@@ -56,10 +57,12 @@ _SRCSET_URL = re.compile(rb"[\s,]*([^\s,][^\s]*)")
 _ENDS = {COMMENT: b"-->", CDATA: b"]]>"}
 
 INCOMPLETE = -1
+CSS_HOLD = 4096  # style text held back at most, waiting for a url( to close
 
 
 class HtmlRewriter:
-    __slots__ = ("buf", "mapper", "max_tag", "mode", "raw_end", "rewritten", "tags_too_long")
+    __slots__ = ("buf", "css", "mapper", "max_tag", "mode", "raw_end", "rewritten",
+                 "tags_too_long")
 
     def __init__(self, mapper: Mapper, max_tag: int = 64 * 1024) -> None:
         self.mapper = mapper
@@ -67,6 +70,7 @@ class HtmlRewriter:
         self.buf = b""
         self.mode = TEXT
         self.raw_end: re.Pattern[bytes] | None = None  # </name of the raw-text element we are in
+        self.css = False  # that element is <style>: its url() are rewritten too
         self.rewritten = 0  # URLs replaced
         self.tags_too_long = 0  # tags longer than max_tag, passed through untouched
 
@@ -80,6 +84,10 @@ class HtmlRewriter:
     def finish(self) -> bytes:
         """The end of the page: whatever was held (an unfinished tag) leaves as it came."""
         rest, self.buf = self.buf, b""
+        if self.mode == RAWTEXT and self.css:
+            out: list[bytes] = []
+            self._raw_text(rest, 0, len(rest), out)
+            return b"".join(out)
         return rest
 
     # --- the modes ------------------------------------------------------------------------
@@ -122,9 +130,14 @@ class HtmlRewriter:
             m = self.raw_end.search(data, pos)
             hold = 16  # longer than any </name and the byte after it
             if m is not None:
-                out.append(data[pos:m.start()])
+                self._raw_text(data, pos, m.start(), out)
                 self.mode = BOGUS  # the end tag itself, to its >
                 return m.start(), False
+            keep = max(pos, len(data) - hold)
+            if self.css:
+                keep = _before_open_url(data, pos, keep)
+            self._raw_text(data, pos, keep, out)
+            return keep, True
         else:
             end = _ENDS[self.mode]
             i = data.find(end, pos)
@@ -180,6 +193,7 @@ class HtmlRewriter:
             out.append(data[lt:end])
         if name in RAW_ELEMENTS:
             self.mode = RAWTEXT
+            self.css = name == b"style"
             self.raw_end = re.compile(rb"</" + re.escape(name) + rb"(?=[\t\n\f\r />])", re.I)
         elif name == b"plaintext":
             self.mode = PLAINTEXT
@@ -213,6 +227,21 @@ class HtmlRewriter:
                     pos = e
         out.append(data[pos:end])
 
+    def _raw_text(self, data: bytes, pos: int, end: int, out: list[bytes]) -> None:
+        """Raw text as it came; in <style>, its url() rewritten (no entities in raw text)."""
+        if self.css:
+            for m in _CSS_URL.finditer(data, pos, end):
+                for k in (1, 2, 4):
+                    s, e = m.start(k), m.end(k)
+                    if s < 0 or s == e:
+                        continue
+                    new = self.mapper(data[s:e].decode("latin-1"))
+                    if new is not None:
+                        self.rewritten += 1
+                        out += (data[pos:s], new.encode("latin-1", "replace"))
+                        pos = e
+        out.append(data[pos:end])
+
     def _map(self, raw: bytes, quote: int) -> bytes | None:
         if not raw:
             return None
@@ -237,6 +266,17 @@ def _end_of(pattern: re.Pattern[bytes], data: bytes, pos: int) -> int:
     """The end of a pattern that matches the empty string too (so always matches)."""
     m = pattern.match(data, pos)
     return m.end() if m is not None else pos
+
+
+def _before_open_url(data: bytes, pos: int, keep: int) -> int:
+    """Where style text may be cut at or before `keep`: not inside a url( ... ) (a url( more
+    than CSS_HOLD bytes back is cut anyway, so memory stays bounded)."""
+    start = max(pos, keep - CSS_HOLD)
+    j = data[start:keep + 3].lower().rfind(b"url(")
+    if j < 0 or start + j >= keep:
+        return keep
+    close = data.find(b")", start + j)
+    return start + j if close < 0 or close >= keep else keep
 
 
 def _is_alpha(c: int) -> bool:

@@ -55,6 +55,11 @@ CORPUS = [
      b'<div style="background:url(&quot;https://cdn.test/s/bg.gif&quot;)">'),
     # Not URLs: comments, scripts, style elements, CDATA, declarations, end tags, text.
     (b'<!-- <img src="/s/a.png"> -->', None),
+    (b"<style>p{background:url(/s/a.png)} a{b:URL( '/s/b.png' )}</style><p style=x>",
+     b"<style>p{background:url(https://cdn.test/s/a.png)} a{b:URL( 'https://cdn.test/s/b.png' "
+     b")}</style><p style=x>"),
+    (b'<style>a{b:url("/s/a&amp;.png")}</style>', b'<style>a{b:url("https://cdn.test/s/a&amp;.png")}</style>'),
+    (b"<style>a{b:url(/n.png)} /* url(/s/a.png */</style>", None),
     (b'<script>var s = "<img src=\'/s/a.png\'>";</script>', None),
     (b'<SCRIPT type=x>"<img src=/s/a.png>"</SCRIPT >', None),
     (b"<title><img src=/s/a.png></title>", None),
@@ -108,8 +113,18 @@ def test_tag_longer_than_the_bound_passes_through() -> None:
     assert out == page.replace(b"src=/s/b.png", b"src=https://cdn.test/s/b.png")
 
 
+def test_style_text_waits_for_a_url_to_close_within_a_bound() -> None:
+    rw = HtmlRewriter(mapper)
+    out = rw.feed(b"<style>a{b:url(/s/a.png") + rw.feed(b")}") + rw.finish()
+    assert out == b"<style>a{b:url(https://cdn.test/s/a.png)}"
+    rw = HtmlRewriter(mapper)
+    out = rw.feed(b"<style>a{b:url(/s/a.png" + b"x" * 5000)
+    assert len(rw.buf) <= 4096 + 16  # an unclosed url( too far back is not waited for
+    assert out + rw.feed(b")}") + rw.finish() == b"<style>a{b:url(/s/a.png" + b"x" * 5000 + b")}"
+
+
 def test_memory_bounded_on_an_endless_comment_and_script() -> None:
-    for start in (b"<!--", b"<script>", b"<![CDATA["):
+    for start in (b"<!--", b"<script>", b"<![CDATA[", b"<style>"):
         rw = HtmlRewriter(mapper)
         out = [rw.feed(start)]
         for _ in range(1000):
@@ -126,7 +141,8 @@ PIECES = st.sampled_from([
     b'<img srcset="/s/d.png 1x, /s/e.png 2x">', b"<p style=\"x:url('/s/f.gif')\">", b"/s/g.png",
     b"src=/s/h.png", b"<div ", b"<Img\tsrc\n=\n/s/i.png ", b"caf\xc3\xa9", b"\xff\xfe", b"url(",
     b"<title>", b"</title>", b"<textarea>", b"</TEXTAREA>", b"<plaintext>", b"<a = ", b"==",
-    b"<img/src=/s/j.png>", b"\t", b'src="/s/k.png"', b"<SCRIPT/>", b"<scripts>", b"/",
+    b"<img/src=/s/j.png>", b"\t", b'src="/s/k.png"', b"<SCRIPT/>", b"<scripts>", b"/", b")",
+    b"url('/s/m.png')", b"url(/s/n.png)", b"{", b"}",
 ])
 
 
