@@ -45,6 +45,7 @@ events = logging.getLogger("dlba.event")
 TICK_S = 0.25  # how often the master reaps, checks heartbeats and keeps the worker count
 BOOT_S = 10.0  # a starting worker's heartbeat may come this much later than the timeout
 READY_WAIT_S = 10.0  # old workers are retired when the new ones serve, or after this long
+RESPAWN_MIN_S, RESPAWN_MAX_S = 0.5, 30.0  # backoff for workers that die before they serve
 LISTEN_FDS = "DLBA_LISTEN_FDS"  # the sockets a re-exec'd master inherits, by name (JSON)
 MASTER_PID = "GUNICORN_PID"  # gunicorn's: the old master of a re-exec'd one
 
@@ -88,6 +89,8 @@ class NodeArbiter(Arbiter):  # type: ignore[misc]
         self.retired_at: dict[int, float] = {}
         self.reexec_proc: subprocess.Popen[bytes] | None = None
         self.replace_below = 0  # workers up to this age go once the newer ones serve
+        self.respawn_at = 0.0
+        self.respawn_backoff = RESPAWN_MIN_S
         self.replace_deadline = 0.0
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -196,6 +199,8 @@ class NodeArbiter(Arbiter):  # type: ignore[misc]
         if self.stopping:
             return
         self.pool.count = self.num_workers
+        if time.monotonic() < self.respawn_at:
+            return  # workers die before they serve: not again at once (gunicorn would halt)
         if self.replace_below:
             self._replacing()
             return
@@ -239,6 +244,12 @@ class NodeArbiter(Arbiter):  # type: ignore[misc]
                 continue
             del self.procs[pid]
             retired = pid in self.retiring
+            if not retired and pid not in self.pool.reports and not self.stopping:
+                # Died before its first report: a config or code that cannot start.
+                self.respawn_at = time.monotonic() + self.respawn_backoff
+                self.respawn_backoff = min(self.respawn_backoff * 2, RESPAWN_MAX_S)
+            elif pid in self.pool.reports:
+                self.respawn_backoff = RESPAWN_MIN_S
             worker = self.WORKERS.pop(pid, None) or self.retiring.pop(pid, None)
             self.retired_at.pop(pid, None)
             if worker is not None:
