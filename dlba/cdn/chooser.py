@@ -19,11 +19,19 @@ def type_matcher(globs: Sequence[str]) -> re.Pattern[str]:
     return re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in globs), re.IGNORECASE)
 
 
-def choose(figures: Iterable[Figure], types: re.Pattern[str], top: int) -> list[Figure]:
-    """The `top` heaviest cacheable objects of the configured types (ties by path)."""
+STICKY = 1.25  # a chosen object stays until a newcomer outweighs it by this factor
+
+
+def choose(figures: Iterable[Figure], types: re.Pattern[str], top: int,
+           current: frozenset[str] = frozenset()) -> list[Figure]:
+    """The `top` heaviest cacheable objects of the configured types (ties by path). Objects
+    already chosen (`current`) count STICKY times their bytes, so two objects near the cut do
+    not swap places at every decision (each change drops every node's cached pages)."""
     ok = [f for f in figures if f.cacheable and f.bytes > 0 and types.match(f.path)]
-    ok.sort(key=lambda f: (-f.bytes, f.path))
-    return ok[:top]
+    ok.sort(key=lambda f: (-f.bytes * (STICKY if f.path in current else 1.0), f.path))
+    chosen = ok[:top]
+    chosen.sort(key=lambda f: (-f.bytes, f.path))
+    return chosen
 
 
 @dataclass(frozen=True)

@@ -114,7 +114,8 @@ class CdnHub:
             f for src, (at, f, _) in self.reports.items()
             if src.startswith("node:") and src != f"node:{self.name}" and now - at < STALE_S]
         cfg = self.config.cdn
-        return Choice(tuple(choose(merge(groups), type_matcher(cfg.types), cfg.top)))
+        return Choice(tuple(choose(merge(groups), type_matcher(cfg.types), cfg.top,
+                                   self.choice.paths)))
 
     def _adopt(self, choice: Choice) -> None:
         rt = self.ctx.cdn

@@ -86,3 +86,14 @@ def test_choice_version_follows_paths_only() -> None:
     assert a.version == b.version
     assert Choice().version == "empty"
     assert Choice.from_wire(a.to_wire()) == a
+
+
+def test_chosen_objects_are_sticky_near_the_cut() -> None:
+    types = type_matcher(["*.css"])
+    figs = [Figure("/a.css", 1000, 1, 0, True), Figure("/b.css", 110, 1, 0, True),
+            Figure("/c.css", 100, 1, 0, True)]
+    assert [f.path for f in choose(figs, types, 2)] == ["/a.css", "/b.css"]
+    # /c.css chosen before: /b.css must outweigh it by 25 % to take its place.
+    assert [f.path for f in choose(figs, types, 2, frozenset({"/c.css"}))] == ["/a.css", "/c.css"]
+    figs[1] = Figure("/b.css", 130, 1, 0, True)
+    assert [f.path for f in choose(figs, types, 2, frozenset({"/c.css"}))] == ["/a.css", "/b.css"]
