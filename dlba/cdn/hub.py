@@ -49,6 +49,7 @@ class CdnHub:
         self.scheduler = scheduler
         self.choice = Choice()
         self.decided_at = 0.0
+        self.deciding_since = 0.0  # monotonic time this node became the decider (0: it is not)
         # source ("node:n2", "worker:1234") -> (when, figures, counters)
         self.reports: dict[str, tuple[float, list[Figure], dict[str, int]]] = {}
         self.session: aiohttp.ClientSession | None = None
@@ -101,8 +102,14 @@ class CdnHub:
                 continue
             decider = self.decider()
             if decider == self.name:
-                self._adopt(self.decide())
+                # A new decider first hears every node once (they report every period), so
+                # its first choice is not made from its own figures alone.
+                now = time.monotonic()
+                self.deciding_since = self.deciding_since or now
+                if now - self.deciding_since >= 2 * SHARE_S:
+                    self._adopt(self.decide())
             else:
+                self.deciding_since = 0.0
                 choice = await self._post(decider, self.local_figures())
                 if choice is not None:
                     self._adopt(choice)
