@@ -150,6 +150,19 @@ def vip_map(config: Any) -> dict[str, frozenset[int] | None]:
     return out
 
 
+def port_rules(config: Any) -> tuple[set[int], dict[int, int], int | None]:
+    """[[ports]] rules (80 and 443 balanced without any); a port a service names is balanced
+    unless a rule pins it: the same rules for every VIP."""
+    index = {n.name: i for i, n in enumerate(config.nodes)}
+    balanced = {p.port for p in config.ports if p.pinned_node is None}
+    pinned = {p.port: index[p.pinned_node] for p in config.ports if p.pinned_node is not None}
+    if not config.ports:
+        balanced = {80, 443}
+    balanced |= {p for s in config.services for p in s.ports if p not in pinned}
+    default = index.get(config.cluster.default_node) if config.cluster.default_node else None
+    return balanced, pinned, default
+
+
 def validate_cidrs(cidrs: Sequence[str]) -> list[ipaddress.IPv4Network]:
     return [ipaddress.IPv4Network(c, strict=False) for c in cidrs]
 

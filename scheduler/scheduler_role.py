@@ -18,7 +18,7 @@ import aiohttp
 
 from dlba.config import Config, NodeConfig
 from scheduler.client_table import ClientTable
-from scheduler.dataplane import DataPlane, make_dataplane, vip_map
+from scheduler.dataplane import DataPlane, make_dataplane, port_rules, vip_map
 from scheduler.failover.election import PeerView
 from scheduler.failover.heartbeat_udp import Pinger
 from scheduler.failover.server_heartbeats import HEARTBEAT, SWEEP, NodeLiveness, ServerHeartbeats
@@ -41,19 +41,6 @@ events = logging.getLogger("dlba.event")
 MAINTENANCE_S = 1.0
 Push = Callable[[SyncMessage], Awaitable[None]]
 OnHeartbeats = Callable[[list[PeerView]], None]
-
-
-def port_rules(config: Config) -> tuple[set[int], dict[int, int], int | None]:
-    """[[ports]] rules (80 and 443 balanced without any); a port a service names is balanced
-    unless a rule pins it: the same rules for every VIP."""
-    index = {n.name: i for i, n in enumerate(config.nodes)}
-    balanced = {p.port for p in config.ports if p.pinned_node is None}
-    pinned = {p.port: index[p.pinned_node] for p in config.ports if p.pinned_node is not None}
-    if not config.ports:
-        balanced = {80, 443}
-    balanced |= {p for s in config.services for p in s.ports if p not in pinned}
-    default = index.get(config.cluster.default_node) if config.cluster.default_node else None
-    return balanced, pinned, default
 
 
 class SchedulerRole:
@@ -148,13 +135,7 @@ class SchedulerRole:
             await self._first_visit(fetch, now)
         # Nodes already failed (first visit, synced table, the lost scheduler): their next
         # sweep answer and heartbeat answers bring them back, nothing else.
-        down = [i for i in range(len(self.names)) if i != self.index and not self.table.is_live(i)]
-        for i in down:
-            self.sweep.mark_failed(i)
-        self.liveness = NodeLiveness(len(self.names), down)
-        self.heartbeats = ServerHeartbeats(len(self.names), self.index,
-                                           threshold=self.config.cluster.ping_failures,
-                                           initially_failed=down)
+        self._new_monitors()
         self.table.begin_term(self.epoch, now, takeover=self.takeover)
         if self.panic_kept:
             self.table.panic_scheduler = self.index
@@ -163,8 +144,7 @@ class SchedulerRole:
         dp.install()
         self.dataplane = dp
         dp.set_self(self.index, self.mac)
-        balanced, pinned, default = port_rules(self.config)
-        dp.set_port_rules(balanced, pinned, default)
+        dp.set_port_rules(*port_rules(self.config))
         dp.set_deny(list(self.config.cluster.deny))
         dp.set_vips(vips)
         await self.push_now()
@@ -195,6 +175,21 @@ class SchedulerRole:
                 self._heartbeat_servers(self.heartbeat_key)))
         self.tasks += self.monitors
 
+    def _new_monitors(self) -> list[int]:
+        """Sweep, liveness and heartbeats over the members; those not live in the client table
+        start failed (only their next sweep and heartbeat answers bring them in)."""
+        n = len(self.members)
+        down = [i for i in range(n) if i != self.index and not self.table.is_live(i)]
+        self.sweep = StatusSweep(
+            n, retries=self.config.cluster.sweep_retries, retry_delay_s=0.1,
+            sweep_delay_s=self.config.cluster.sweep_interval_s, now=time.monotonic(),
+            initially_failed=frozenset(down))
+        self.liveness = NodeLiveness(n, down)
+        self.heartbeats = ServerHeartbeats(n, self.index,
+                                           threshold=self.config.cluster.ping_failures,
+                                           initially_failed=down)
+        return down
+
     def _set_members(self, members: list[NodeConfig]) -> None:
         """New members (a push added or removed some, or a removed one drained): the tables
         that count nodes are rebuilt around the client table, which keeps every assignment."""
@@ -208,19 +203,10 @@ class SchedulerRole:
             self.table.add_node(members[self.table.node_count].weight)
         while self.table.node_count > len(members):
             self.table.drop_last_node()
-        down = [i for i in range(len(members)) if i != self.index and not self.table.is_live(i)]
-        for i in down:
+        for i in self._new_monitors():
             self.status.mark_failed(i)
         if self.table.panic_scheduler is not None:
             self.status.panic()
-        self.sweep = StatusSweep(
-            len(members), retries=self.config.cluster.sweep_retries, retry_delay_s=0.1,
-            sweep_delay_s=self.config.cluster.sweep_interval_s, now=time.monotonic(),
-            initially_failed=frozenset(down))
-        self.liveness = NodeLiveness(len(members), down)
-        self.heartbeats = ServerHeartbeats(len(members), self.index,
-                                           threshold=self.config.cluster.ping_failures,
-                                           initially_failed=down)
         if self.session is not None:
             self._monitor(self._fetcher())
         events.info("event=members_changed members=%s leaving=%s", ",".join(self.names),
