@@ -23,7 +23,7 @@ from dlba.cluster.session_sync import SessionSync
 from dlba.config import Config, ConfigError, ConfigErrors
 from dlba.config.node_files import load_node_config
 from dlba.config.reload import ConfigReloader
-from dlba.proxy.arbiter import NodeArbiter, NodeHooks, inherited_sockets
+from dlba.proxy.arbiter import NodeArbiter, NodeHooks, hand_over_pid_file, inherited_sockets
 from dlba.proxy.gunicorn_app import EventLog
 from dlba.proxy.listeners import admin_address, open_admin_site
 from dlba.proxy.proxy_context import ProxyContext
@@ -233,6 +233,12 @@ class NodeRuntime:
         if self.arbiter is not None and self.arbiter.reexec_pid:
             # An upgrade: systemd follows the new master before this one exits.
             systemd.sd_notify(f"MAINPID={self.arbiter.reexec_pid}", EventLog())
+            # Under `dlba up` the state folder's pid file names this process: its supervisor
+            # and outside checks follow the new master instead of restarting the node.
+            pid_file = self.config.path.parent / "pids" / f"{self.name}.pid"
+            if hand_over_pid_file(pid_file, os.getpid(), self.arbiter.reexec_pid):
+                events.info("event=pid_file_handed_over node=%s file=%s pid=%d", self.name,
+                            pid_file, self.arbiter.reexec_pid)
         if self.control:
             await self.reloader.stop()
             if self.sessions is not None:

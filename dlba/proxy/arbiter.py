@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from gunicorn.arbiter import Arbiter
@@ -60,6 +61,23 @@ def inherited_sockets() -> dict[str, socket.socket]:
             sock.setblocking(False)
             out[str(name)] = sock
     return out
+
+
+def hand_over_pid_file(path: Path, old: int, new: int) -> bool:
+    """Rewrite a pid file ("pid starttime ...", as `dlba up` keeps `pids/<node>.pid`) that
+    names `old` so it names `new`, the rest of the line kept; False if it names another."""
+    try:
+        fields = path.read_text().split()
+        if not fields or int(fields[0]) != old:
+            return False
+        stat = Path(f"/proc/{new}/stat").read_text()
+        start = stat[stat.rindex(")") + 2:].split()[19]
+        tmp = path.with_name(path.name + ".new")
+        tmp.write_text(" ".join([str(new), start, *fields[2:]]) + "\n")
+        tmp.replace(path)  # whoever reads it sees the old line or the new, never half of one
+    except (OSError, ValueError, IndexError):
+        return False
+    return True
 
 
 def listener_name(addr: object, tls: bool) -> str:

@@ -24,6 +24,11 @@ from tests.integration.master_harness import (
 )
 
 
+def start_time(pid: int) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2:].split()[19]
+
+
 def no_failures(tallies: dict[str, Tally]) -> None:
     for name, t in tallies.items():
         assert t.failed == 0, (name, t.errors[:5])
@@ -77,6 +82,10 @@ async def test_usr2_then_quit_upgrades_the_node_without_failing(tmp_path: Path) 
     notify.setblocking(False)
     with notify, master_node(tmp_path, env={"NOTIFY_SOCKET": str(tmp_path / "notify")}) as node:
         old_master = node.master
+        # as `dlba up` keeps it: its supervisor must follow the new master, not restart the node
+        pid_file = tmp_path / "pids" / "n1.pid"
+        pid_file.parent.mkdir()
+        pid_file.write_text(f"{old_master} {start_time(old_master)} dlba-n1\n")
         old_workers = set(node.workers())
         async with load(node) as tallies:
             os.kill(old_master, signal.SIGUSR2)
@@ -108,6 +117,7 @@ async def test_usr2_then_quit_upgrades_the_node_without_failing(tmp_path: Path) 
                 said.append(notify.recv(4096).decode())
         assert said[0] == f"READY=1\nMAINPID={old_master}", said
         assert f"MAINPID={master}" in said, said  # from the old master, before it exits
+        assert pid_file.read_text() == f"{master} {start_time(master)} dlba-n1\n"
         assert said[-1] == f"READY=1\nMAINPID={master}", said
         # the new master is a master in full: it can be upgraded again
         assert len(node.workers(master)) == 2
