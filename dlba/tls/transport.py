@@ -11,8 +11,9 @@ handshakes per CPU-second than the same server on uvloop's. OpenSSL still does a
 
 Closing, as nginx and HAProxy do: `close()` sends close_notify and closes the socket without
 waiting for the peer's (RFC 8446 6.1 allows it). `write_eof()` is TLS's half-close: it sends
-close_notify and keeps reading until the peer's close_notify or EOF, which is the lingering a
-protocol needs after an error answer (a client still sending must not get a reset).
+close_notify, then a TCP FIN, and keeps reading until the peer's close_notify or EOF, which is
+the lingering a protocol needs after an error answer or a long response (a client still sending
+must not get a reset).
 """
 
 from __future__ import annotations
@@ -265,11 +266,14 @@ class TLSTransport(asyncio.Protocol):
         return True
 
     def write_eof(self) -> None:
-        """TLS half-close: close_notify now, the socket when the peer has finished too."""
+        """TLS half-close: close_notify and a FIN now (a client reading to the end of the TCP
+        stream is done too), the socket when the peer has finished too."""
         if self.eof_sent or self.closing or self.lost:
             return
         self.eof_sent = True
         self._close_notify()
+        if self.transport is not None and self.transport.can_write_eof():
+            self.transport.write_eof()
 
     def is_closing(self) -> bool:
         return self.closing or self.transport is None or self.transport.is_closing()

@@ -147,7 +147,8 @@ async def test_tls_close_sends_close_notify_and_does_not_wait(tmp_path: Path) ->
                 break
             await asyncio.sleep(0.02)
         assert arr.node.ctx.stats.connections_open == 0
-        # a response still in the node's buffers when it closes arrives whole, then the notify
+        # a long response still in the node's buffers arrives whole, then the notify and a FIN
+        # (a half-close: the node waits for the client to close first, test_half_close.py)
         data, notified, tail = await asyncio.to_thread(
             close_after_response, arr.https_port, arr.certs.ca_cert, "/bytes/8000000", True)
         head, _, body = data.partition(b"\r\n\r\n")

@@ -292,13 +292,13 @@ async def test_write_eof_half_closes_until_the_clients_close_notify(certs: CertP
             with connect(port, certs.ca_cert) as s:
                 s.sendall(b"req")
                 data = recv_to_tls_eof(s)  # the server's close_notify
-                still_open = tcp_peek(s, 0.3)
+                fin = tcp_peek(s, 0.3)  # then its FIN: b"" (a half-close; it still reads)
                 s.settimeout(5)
                 s.sendall(late)  # the server still reads (and discards) after write_eof
                 sent_late.set()
                 assert go.wait(5)
                 raw = s.unwrap()  # our close_notify: now the server closes the socket
-                return data, still_open, tcp_peek(raw, 3)
+                return data, fin, tcp_peek(raw, 3)
 
         task = asyncio.ensure_future(asyncio.to_thread(client))
         await asyncio.to_thread(sent_late.wait, 10)
@@ -308,10 +308,10 @@ async def test_write_eof_half_closes_until_the_clients_close_notify(certs: CertP
         assert app.received == b"req", "data after write_eof reached the app"
         assert app.events == ["made"] and not app.t.is_closing()
         go.set()
-        data, still_open, tail = await asyncio.wait_for(task, 10)
+        data, fin, tail = await asyncio.wait_for(task, 10)
         await until(lambda: "lost" in app.events, "connection_lost after our close_notify")
     assert data == b"answer"
-    assert still_open is None, "the socket closed before the client's close_notify"
+    assert fin == b"", "no FIN after the server's close_notify"
     assert tail == b"" and app.lost_exc is None and app.received == b"req"
 
 
