@@ -10,6 +10,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from dlba.local_array import config_gen
 from dlba.local_array.topology import make_plan
 from tests.array.array_harness import running_array, wait_until
@@ -23,7 +25,10 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-def test_usr2_quit_upgrades_a_node_of_the_array(tmp_path: Path) -> None:
+@pytest.mark.parametrize("which", ["server", "scheduler"])
+def test_usr2_quit_upgrades_a_node_of_the_array(tmp_path: Path, which: str) -> None:
+    """The scheduler's old master gives the role up when it stands down: a peer is elected
+    (a planned failover) and the upgraded node rejoins as a server; never two schedulers."""
     state = tmp_path / "state"
     state.mkdir()
     config = state / "workers.toml"
@@ -31,7 +36,7 @@ def test_usr2_quit_upgrades_a_node_of_the_array(tmp_path: Path) -> None:
     with running_array(tmp_path, nodes=3, backends=2, up_args=("--config", str(config))) as arr:
         sched = arr.scheduler()
         assert sched is not None
-        k = next(i for i in (1, 2, 3) if i != sched)
+        k = sched if which == "scheduler" else next(i for i in (1, 2, 3) if i != sched)
         name = f"n{k}"
         table = owners(arr, sched)
         ports = [p for p in range(42000, 44000) if table[arr.bucket(p)] == name][:6]
@@ -56,6 +61,10 @@ def test_usr2_quit_upgrades_a_node_of_the_array(tmp_path: Path) -> None:
         wait_until(lambda: arr.pid(name) == new, 10, "the pid file to name the new master")
         wait_until(lambda: (arr.try_admin(k, "/status") or {}).get("role") == "server", 15,
                    "the new master's admin API, as a server")
+        if which == "scheduler":
+            others = [i for i in (1, 2, 3) if i != k]
+            sched = wait_until(lambda: arr.scheduler(others), 10, "a new scheduler")
+            wait_until(lambda: connects(arr, ports[0]), 10, "the VIP to answer again")
         time.sleep(2)  # a few supervisor rounds: it must not start the node again
         assert arr.pid(name) == new
         new_workers = set(children(new))
@@ -63,5 +72,6 @@ def test_usr2_quit_upgrades_a_node_of_the_array(tmp_path: Path) -> None:
         st = arr.admin(k, "/status")
         assert {w["pid"] for w in st["workers"]} == new_workers
         assert all(connects(arr, p) for p in ports)
-        summary = arr.admin(sched, "/summary")
-        assert not summary["nodes"][k - 1]["failed"]
+        wait_until(lambda: not arr.admin(sched, "/summary")["nodes"][k - 1]["failed"], 10,
+                   "the upgraded node shown up by the scheduler")
+        assert arr.scheduler() == sched  # one scheduler, not the upgraded node again
