@@ -11,6 +11,9 @@ import subprocess
 from pathlib import Path
 from typing import cast
 
+import pytest
+
+from dlba.config import ConfigError, parse_config
 from tests.chromium_cdp import chromium
 from tests.integration.loopback import LoopbackArray, loopback_array
 
@@ -127,3 +130,12 @@ async def test_h2load_smoke(tmp_path: Path) -> None:
         assert "Application protocol: h2" in res.stdout, res.stdout
         assert "400 succeeded, 0 failed, 0 errored, 0 timeout" in res.stdout, res.stdout
         assert "400 2xx" in res.stdout
+
+
+async def test_http2_off_offers_http1_only(tmp_path: Path) -> None:
+    async with loopback_array(tmp_path, 1, extra="[proxy]\nhttp2 = false\n") as arr:
+        res = await curl(arr, "-o", "/dev/null", "-w", "%{http_version}", url(arr, "/whoami"))
+        assert res.returncode == 0 and res.stdout == "1.1", res
+        text = arr.config_path.read_text().replace("http2 = false", 'http2 = "yes"')
+    with pytest.raises(ConfigError, match=r"proxy\.http2"):
+        parse_config(text, arr.config_path, check_files=False)
