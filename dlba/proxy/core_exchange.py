@@ -74,6 +74,7 @@ class Exchange:
         "rechunk",
         "retained",
         "route",
+        "stale_reset",
         "state",
         "status",
         "t0",
@@ -106,6 +107,7 @@ class Exchange:
         self.backend_id = 0
         self.reason = ""
         self.excluded: set[int] = set()
+        self.stale_reset = 0  # the back end whose reused connection reset before responding
         self.attempts = 0
         # Response bytes gathered while one read from the back end is parsed, sent with one
         # writev when it is done: the head and the first body bytes leave in one segment.
@@ -381,9 +383,11 @@ class Exchange:
         self.ctx.table.on_request_end(self.backend_id, 0.0, 0)
         if self.retained is not None and self.body_done and not got_bytes:
             # A reused keepalive connection the back end had closed is not the back end's fault;
-            # a fresh connection that resets is.
-            if conn is None or conn.reused == 0:
+            # a fresh connection that resets is, and so is a second reused one (a killed back
+            # end leaves every pooled connection dead: four of them would use up the attempts).
+            if conn is None or conn.reused == 0 or self.stale_reset == self.backend_id:
                 self.excluded.add(self.backend_id)
+            self.stale_reset = self.backend_id
             self.ctx.stats.reroutes += 1
             events.info(
                 "event=retry backend=%d method=%s reason=%s", self.backend_id,

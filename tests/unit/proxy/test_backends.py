@@ -199,3 +199,19 @@ def test_refused_upgrade_is_answered_then_closed(tmp_path: Path) -> None:
         << ("write", Has(b"HTTP/1.1 403 -\r\n", b"Connection: close\r\n"))
         << ("b_release", "b1") << ("close",))
     pb.idle()
+
+
+def test_second_dead_pooled_link_excludes_the_back_end(tmp_path: Path) -> None:
+    """A killed back end leaves every pooled connection to it dead: the first reset may be the
+    keepalive race, the second is the back end, which is then excluded (here the only one, so
+    the answer comes at once instead of after every attempt on one dead link after another)."""
+    pb = playbook(tmp_path, backends=1)
+    (pb >> data(GET) << ("open", 1) >> connected("b1") << ("b_write", "b1", Starts(b"GET"))
+        >> response("b1") << ("write", Has(b"ok")) << ("b_release", "b1")
+        >> data(GET) << ("open", 1) >> connected("b1", pooled="b1")
+        << ("b_write", "b1", Starts(b"GET"))
+        >> backend_lost("b1")  # a pooled link: the same back end again
+        << ("open", 1) >> connected("b1", pooled="b1") << ("b_write", "b1", Starts(b"GET"))
+        >> backend_lost("b1")  # another dead pooled link: that back end is excluded
+        << ("write", Starts(b"HTTP/1.1 503 ")))
+    assert pb.ctx.stats.reroutes == 2
