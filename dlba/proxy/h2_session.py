@@ -202,10 +202,7 @@ class H2Session:
         self.ctx.stats.connections_open -= 1
         streams, self.streams = self.streams, {}
         self.blocked = {}
-        for st in streams.values():
-            if st.ex is not None and not st.done:
-                st.done = True
-                st.ex.client_gone()
+        _let_go(streams)
 
     def client_writable(self, writable: bool) -> None:
         """The transport's buffer crossed its high (False) or low (True) water mark."""
@@ -271,6 +268,7 @@ class H2Session:
         if self.streams.get(st.sid) is st:
             del self.streams[st.sid]
         self.blocked.pop(st, None)
+        st.ex = None  # the stream and its exchange refer to each other: freed by refcount now
         if not self.streams and not self.closed:
             if self.goaway_sent:
                 self.flush_out()
@@ -309,8 +307,15 @@ class H2Session:
         self.closed = True
         streams, self.streams = self.streams, {}
         self.blocked = {}
-        for st in streams.values():
-            if st.ex is not None and not st.done:
-                st.done = True
-                st.ex.client_gone()
+        _let_go(streams)
         self.io.close()
+
+
+def _let_go(streams: dict[int, H2Stream]) -> None:
+    """The connection is over: every exchange still running is cut, and each stream lets go
+    of its exchange (a reference cycle otherwise)."""
+    for st in streams.values():
+        ex, st.ex = st.ex, None
+        if ex is not None and not st.done:
+            st.done = True
+            ex.client_gone()
