@@ -8,6 +8,8 @@ import gc
 import subprocess
 from pathlib import Path
 
+from h2.connection import H2Connection
+
 from dlba.proxy.h2_connection import H2ClientConnection
 from dlba.proxy.h2_session import H2Session
 from dlba.proxy.h2_stream import H2Exchange, H2Stream
@@ -34,7 +36,7 @@ async def test_ended_streams_leave_no_cyclic_garbage(tmp_path: Path) -> None:
             gc.collect()
             leaked = sorted(type(o).__name__ for o in gc.garbage
                             if isinstance(o, (H2Stream, H2Exchange, H2Session,
-                                              H2ClientConnection)))
+                                              H2ClientConnection, H2Connection)))
         finally:
             gc.set_debug(0)
             gc.garbage.clear()
