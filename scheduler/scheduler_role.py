@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -51,6 +51,7 @@ class SchedulerRole:
         prepared: tuple[str, bytes, DataPlane] | None = None,
         heartbeat_key: bytes | None = None, on_heartbeats: OnHeartbeats | None = None,
         on_arp_held: Callable[[], None] | None = None,
+        departed: Sequence[NodeConfig] = (),
     ) -> None:
         assert config.cluster.vip is not None
         self.config = config
@@ -77,6 +78,15 @@ class SchedulerRole:
         self.table = synced or ClientTable(size, self.status.table_weights(), live=[
             i == self.index for i in range(len(self.names))
         ])
+        # Members a push removed that still drain in the synced copy (`departed`: the agent
+        # remembers who they were) stay members with weight 0; others are cut at start().
+        known = [*config.nodes, *departed][:self.table.node_count]
+        self.members = next_members(config.nodes, known, self.table.counts())
+        if len(self.members) > len(config.nodes):
+            self.names = [m.name for m in self.members]
+            self.status = ServerStatusTable(self.members, macs=macs)
+            for i in range(len(config.nodes), len(self.members)):
+                self.table.set_weight(i, 0)
         self.sweep = StatusSweep(
             len(self.names), retries=config.cluster.sweep_retries, retry_delay_s=0.1,
             sweep_delay_s=config.cluster.sweep_interval_s, now=time.monotonic(),

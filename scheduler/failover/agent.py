@@ -24,7 +24,7 @@ from aiohttp import web
 from prometheus_client.core import Metric
 from pyroute2.netlink.exceptions import NetlinkError
 
-from dlba.config import Config
+from dlba.config import Config, NodeConfig
 from dlba.proxy.proxy_health import ProxyHealth
 from scheduler.client_table import ClientTable
 from scheduler.failover import front
@@ -81,7 +81,9 @@ class NodeAgent:
         self.front: str | None = None  # our front interface's name, for its link state
         self.link_ok = True  # the last check, for the log's transitions
         self.fence_task: asyncio.Task[None] | None = None
-        self.lo_vips: list[str] = []  # the VIP networks this process put (or found) on lo
+        self.lo_vips: list[str] = []  # the VIP addresses this process put (or found) on lo
+        self.departed: list[NodeConfig] = []  # members pushes removed from the end
+        self.outsider = False  # a peer's config does not name this node (see _elect)
         self.lo_task: asyncio.Future[None] | None = None
 
     # --- what the node's admin API shows ------------------------------------------------------
@@ -97,7 +99,7 @@ class NodeAgent:
 
     def peer_view(self) -> dict[str, Any]:
         return peer_json(self.name, self.election.view(), self.scheduler_name(), self.mac,
-                         self.table_version(), self.current_table().epoch)
+                         self.table_version(), self.current_table().epoch, self.names)
 
     def current_table(self) -> ClientTable:
         return self.role.table if self.role is not None else self.table
@@ -105,6 +107,9 @@ class NodeAgent:
     def reconfigure(self, config: Config) -> None:
         """A committed config: node weights, port rules, deny list, timers (members and the
         VIP were checked unchanged by the stage)."""
+        # Members removed from the end, remembered so that a takeover while they still drain
+        # keeps them (scheduler/membership.py); a member added back takes its place again.
+        self.departed = [*self.config.nodes, *self.departed][len(config.nodes):]
         self.config = config
         self.election.threshold = config.cluster.ping_failures
         # Members join or leave at the end of [[nodes]] (checked at stage): numbers hold.
@@ -253,6 +258,15 @@ class NodeAgent:
         """Starting, or the scheduler's pings failed: ask the peers, then follow or take over."""
         views = await self._ask_peers()
         followed = self.peers_follow
+        if self.outsider:
+            # A peer's config leaves us out (removed and draining, or not yet added): follow
+            # the scheduler they name, never take over.
+            seen = next((v.address for v in views if v.is_scheduler), followed)
+            if seen and self.election.on_scheduler_seen(seen, now) is Decision.STAY_SERVER:
+                events.info("event=following node=%s scheduler=%s via=peers", self.name,
+                            self.by_address.get(seen, seen))
+                self._pull_soon()
+            return
         if role is Role.STARTING and followed and not any(v.is_scheduler for v in views):
             # A peer whose pings to its scheduler work vouches for it, even if that
             # scheduler's status channel does not answer us (a stuck daemon, a firewall).
@@ -319,9 +333,13 @@ class NodeAgent:
             skip.add(self.names.index(self.by_address[self.election.scheduler]))
         found = await ask_peers(self.session, self.config,
                                 [i for i in range(len(self.names)) if i not in skip],
-                                self.headers)
+                                self.headers, self.name)
         self.peer_macs.update(found.macs)
         self.peers_follow = found.follows
+        if found.outsider != self.outsider:
+            self.outsider = found.outsider
+            events.warning("event=%s node=%s", "not_a_member" if found.outsider else "member",
+                           self.name)
         return found.views
 
     async def _act(self, decision: Decision) -> None:
@@ -373,7 +391,7 @@ class NodeAgent:
                 macs={self.by_address[a]: m for m, a in self.peer_macs.items()
                       if a in self.by_address},
                 heartbeat_key=self.key, on_heartbeats=self._on_peer_heartbeats,
-                on_arp_held=self._on_arp_held,
+                on_arp_held=self._on_arp_held, departed=self.departed,
             )
             self.role = role
             await role.start()

@@ -6,6 +6,7 @@ no failed request."""
 from __future__ import annotations
 
 import re
+import socket
 import sys
 import threading
 import time
@@ -15,16 +16,16 @@ import pytest
 
 from dlba.config.push import push_direct
 from dlba.local_array import processes
-from tests.array.array_harness import Array, running_array, wait_until
+from tests.array.array_harness import CLIENT_IP, VIP, Array, running_array, wait_until
 
 pytestmark = pytest.mark.array
 
 
-def config_with(arr: Array, name: str, fourth: bool) -> Path:
-    """The array's config with buckets idle after 2 s (so a drain ends within the test), and
-    with n4 appended to [[nodes]] when `fourth`."""
+def config_with(arr: Array, name: str, fourth: bool, idle_s: int = 2) -> Path:
+    """The array's config with buckets idle after `idle_s` (2: a drain ends within the test),
+    and with n4 appended to [[nodes]] when `fourth`."""
     text = (arr.state / "cluster.toml").read_text()
-    text = re.sub(r"bucket_idle_s = \d+", "bucket_idle_s = 2", text)
+    text = re.sub(r"bucket_idle_s = \d+", f"bucket_idle_s = {idle_s}", text)
     if fourth:
         n4 = ('[[nodes]]\nname = "n4"\naddress = "198.18.0.14"\nweight = 100\n'
               'listen = ["198.18.0.100:80"]\nlisten_tls = ["198.18.0.100:443"]\n\n')
@@ -104,3 +105,72 @@ def test_node_added_and_removed_by_push_under_load(tmp_path: Path) -> None:
         finally:
             processes.stop_pid(n4.pid, None)
         print(f"requests={load.done} failed={len(load.failed)}", file=sys.stderr)
+
+
+class KeepAlive:
+    """One client connection from a chosen port (so a chosen bucket), kept open."""
+
+    def __init__(self, arr: Array, sport: int) -> None:
+        self.arr = arr
+
+        def connect() -> socket.socket:
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.settimeout(5.0)
+            s.bind((CLIENT_IP, sport))
+            s.connect((VIP, 80))
+            return s
+
+        self.sock: socket.socket = arr.in_client(connect)
+
+    def get(self) -> int:
+        self.sock.sendall(b"GET /whoami HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = self.sock.recv(4096)
+            assert chunk, "connection closed"
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+        while len(body) < length:
+            body += self.sock.recv(4096)
+        return int(head.split()[1])
+
+
+def test_a_draining_node_survives_a_takeover_and_never_takes_over(tmp_path: Path) -> None:
+    with running_array(tmp_path, nodes=3, backends=2, up_args=("--spare-nodes", "1")) as arr:
+        sched = arr.scheduler()
+        assert sched == 3
+        four = config_with(arr, "four.toml", True, idle_s=60)
+        three = config_with(arr, "three.toml", False, idle_s=60)
+        from dlba.local_array.up import node_command
+
+        n4 = processes.start("n4", node_command(four, "n4"), arr.state, arr.node_ns(4))
+        conn: KeepAlive | None = None
+        try:
+            wait_until(lambda: arr.try_admin(4, "/status"), 20, "n4 to answer")
+            push(arr, four, [1, 2, 3, 4])
+            wait_until(lambda: owned(arr, sched, "n4") > 0, 20, "n4 to get buckets")
+            table = arr.admin(sched, "/table")["assignments"]
+            sport = next(p for p in range(40000, 49000) if table[arr.bucket(p)] == "n4")
+            conn = KeepAlive(arr, sport)
+            assert conn.get() == 200
+            push(arr, three, [1, 2, 3])  # n4 drains: its busy bucket stays (idle after 60 s)
+            arr.link(3, up=False)
+            try:
+                wait_until(lambda: arr.scheduler([1, 2]) == 2, 15, "n2 to take over")
+                # the new scheduler knows n4 still drains: its bucket is n4's, not cut
+                assert arr.admin(2, "/table")["assignments"][arr.bucket(sport)] == "n4"
+                assert conn.get() == 200
+                names = [n["name"] for n in arr.admin(2, "/summary")["nodes"]]
+                assert names == ["n1", "n2", "n3", "n4"], names
+                # n4 (the highest address, no longer a member) never took over: it follows n2
+                wait_until(lambda: arr.admin(4, "/status")["scheduler"] == "n2", 10,
+                           "n4 to follow n2")
+                assert arr.admin(4, "/status")["role"] == "server"
+            finally:
+                arr.link(3, up=True)
+        finally:
+            if conn is not None:
+                conn.sock.close()
+            processes.stop_pid(n4.pid, None)

@@ -77,3 +77,23 @@ def test_stage_accepts_members_at_the_end_only(tmp_path: object) -> None:
     for bad in (cfg(1, 3), cfg(2, 1, 3), cfg(1, 2, 4)):
         (problem,) = _live_change_problems(bad, base, [])
         assert problem.key == "nodes" and "end of [[nodes]]" in problem.reason
+
+
+def test_a_node_some_peer_leaves_out_is_an_outsider() -> None:
+    import json
+
+    from scheduler.failover.election import PeerView
+    from scheduler.failover.peers import PeerAnswer, parse_peer, peer_json, summarize
+
+    def answer(name: str, members: list[str]) -> PeerAnswer:
+        view = PeerView(f"10.0.0.{name[1:]}", False, True, False, 1)
+        return parse_peer(json.loads(json.dumps(
+            peer_json(name, view, "n3", "", 1, 1, members))))
+
+    three, four = ["n1", "n2", "n3"], ["n1", "n2", "n3", "n4"]
+    addresses = {n: f"10.0.0.{n[1:]}" for n in four}
+    assert summarize([answer("n1", three), answer("n2", three)], addresses, "n4").outsider
+    assert not summarize([answer("n1", four), answer("n2", four)], addresses, "n4").outsider
+    old = {"address": "10.0.0.1", "candidate": False, "scheduler_alive": True,
+           "is_scheduler": False, "term": 1}  # an older node says nothing of its members
+    assert not summarize([parse_peer(old)], addresses, "n4").outsider
