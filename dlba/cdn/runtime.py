@@ -76,8 +76,10 @@ class CdnRuntime(RequestHook):
     # --- requests ---------------------------------------------------------------------------
     def on_request(self, ex: Exchange) -> bytes | None:
         method = ex.method
-        if method != b"GET" or ex.upgrade or type(ex).__name__ != "Exchange":
-            return None  # HTTP/1 GETs only (an HTTP/2 stream frames its own answers)
+        if method != b"GET" or ex.upgrade:
+            # GETs only, over HTTP/1.1 or HTTP/2 (h2_stream.H2Exchange turns a node-made
+            # answer into HEADERS and DATA and passes its response through ex.cdn too).
+            return None
         target = ex.target.decode("latin-1")
         path = target.split("?", 1)[0]
         sampled = self.rng() < self.cfg.sample

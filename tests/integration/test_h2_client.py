@@ -14,6 +14,7 @@ from typing import cast
 import pytest
 
 from dlba.config import ConfigError, parse_config
+from dlba.demo_site import OBJECTS
 from tests.chromium_cdp import chromium
 from tests.integration.loopback import LoopbackArray, loopback_array
 
@@ -139,3 +140,26 @@ async def test_http2_off_offers_http1_only(tmp_path: Path) -> None:
         text = arr.config_path.read_text().replace("http2 = false", 'http2 = "yes"')
     with pytest.raises(ConfigError, match=r"proxy\.http2"):
         parse_config(text, arr.config_path, check_files=False)
+
+
+async def test_cdn_rewritten_and_cached_pages_over_http2(tmp_path: Path) -> None:
+    """The CDN offload's response filter and its cached answers (node-made HTTP/1.1 responses,
+    turned into HTTP/2) reach an h2 client as they reach an HTTP/1.1 one."""
+    cdn = "https://cdn.example.test"
+    extra = f'[cdn]\nenabled = true\nbase = "{cdn}"\nsample = 1.0\ntop = 20\n'
+    async with loopback_array(tmp_path, 1, extra=extra) as arr:
+        for name in OBJECTS:  # sampled: the node chooses them for the CDN
+            res = await curl(arr, "-o", "/dev/null", url(arr, f"/static/{name}"))
+            assert res.returncode == 0, res.stderr
+        for _ in range(100):
+            page = await curl(arr, "-H", "Accept-Encoding: identity", url(arr, "/page"))
+            if f'src="{cdn}/static/app.js"' in page.stdout:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"never rewritten: {page.stdout[:300]}")
+        # once more: now from the node's cache (a node-made answer), still whole over HTTP/2
+        again = await curl(arr, "-H", "Accept-Encoding: identity", "-w", "\n%{http_version}",
+                           url(arr, "/page"))
+        body, _, version = again.stdout.rpartition("\n")
+        assert version == "2" and body == page.stdout, (again.stderr, body[:200])
