@@ -30,21 +30,24 @@ _REQUEST_DROP = http_head.HOP_BY_HOP | {b"host", b"cookie", b"content-length"}
 class H2Request:
     """One HTTP/2 request head, as the exchange takes it."""
 
-    __slots__ = ("cookie_header", "headers", "length", "method", "target")
+    __slots__ = ("cookie_header", "headers", "length", "method", "target", "websocket")
 
     def __init__(self, method: bytes, target: bytes, headers: Fields, cookie_header: str | None,
-                 length: int) -> None:
+                 length: int, websocket: bool = False) -> None:
         self.method = method
         self.target = target
         self.headers = headers  # HTTP/1.1 fields, Host first
         self.cookie_header = cookie_header
         self.length = length  # Content-Length, or -1 without one
+        # An extended CONNECT for a WebSocket (RFC 8441), made an HTTP/1.1 Upgrade: GET here;
+        # the session adds Sec-WebSocket-Key, the back end's 101 becomes a 200.
+        self.websocket = websocket
 
 
 def request_from_h2(fields: Sequence[tuple[bytes, bytes]], max_headers: int,
                     max_line: int) -> H2Request:
     """Raises BadRequest (status, reason) for what the exchange must not forward."""
-    method = target = authority = host = b""
+    method = target = authority = host = protocol = b""
     out: Fields = []
     cookies: list[bytes] = []
     length = -1
@@ -57,12 +60,14 @@ def request_from_h2(fields: Sequence[tuple[bytes, bytes]], max_headers: int,
             elif name == b":authority":
                 authority = value
             elif name == b":protocol":
-                raise BadRequest(400, "extended CONNECT is not supported")
+                protocol = value
             continue  # :scheme: the listener's is what X-Forwarded-Proto says
         if _NAME.match(name) is None or _BAD_VALUE.search(value) is not None:
             raise BadRequest(400, "bad header field")
         if len(name) + len(value) + 2 > max_line:
             raise BadRequest(431, f"header line longer than {max_line} bytes")
+        if name == b"sec-websocket-key":
+            continue  # HTTP/2 has none (RFC 8441 §5); ours is made for the back end
         if name in _REQUEST_DROP:
             if name == b"cookie":
                 cookies.append(value)
@@ -76,8 +81,16 @@ def request_from_h2(fields: Sequence[tuple[bytes, bytes]], max_headers: int,
         out.append((name, value))
     if len(out) + len(cookies) > max_headers:
         raise BadRequest(431, f"more than {max_headers} header fields")
+    websocket = False
     if method == b"CONNECT":
-        raise BadRequest(405, "CONNECT is for forward proxies")
+        if not protocol:
+            raise BadRequest(405, "CONNECT is for forward proxies")
+        if protocol.lower() != b"websocket":
+            raise BadRequest(501, "only the websocket protocol is bridged")
+        method, websocket = b"GET", True
+        out.append((b"upgrade", b"websocket"))  # request_head adds Connection: upgrade
+    elif protocol:
+        raise BadRequest(400, ":protocol without CONNECT")
     if _METHOD.match(method) is None:
         raise BadRequest(400, "bad method")
     if not (target[:1] == b"/" or (target == b"*" and method == b"OPTIONS")) \
@@ -93,7 +106,7 @@ def request_from_h2(fields: Sequence[tuple[bytes, bytes]], max_headers: int,
     if length >= 0:
         headers.append((b"content-length", b"%d" % length))
     return H2Request(method, target, headers, cookie.decode("latin-1") if cookie else None,
-                     length)
+                     length, websocket)
 
 
 def response_fields(status: int, headers: Sequence[tuple[bytes, bytes]],

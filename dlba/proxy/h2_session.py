@@ -19,8 +19,10 @@ ClientIO (write, close, open a back end). Limits, as nginx and HAProxy set them:
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
+import os
 from typing import TYPE_CHECKING
 
 from h2.config import H2Configuration
@@ -86,6 +88,7 @@ class H2Session:
         conn.local_settings = Settings(client=False, initial_values={
             SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
             SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEAD_BYTES,
+            SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,  # WebSockets over HTTP/2 (RFC 8441)
         })
         conn.initiate_connection()
         # The connection's window is larger than one stream's, so a stream whose back end is
@@ -192,8 +195,10 @@ class H2Session:
             st.send_data(body, True)
             return None
         no_body = ev.stream_ended is not None
-        # A body without Content-Length goes to the back end chunked.
-        st.ex = H2Exchange(st, req, chunked=not no_body and req.length < 0)
+        if req.websocket:
+            req.headers.append((b"sec-websocket-key", base64.b64encode(os.urandom(16))))
+        # A body without Content-Length goes to the back end chunked (a tunnel's bytes: as is).
+        st.ex = H2Exchange(st, req, chunked=not no_body and req.length < 0 and not req.websocket)
         return st
 
     def client_closed(self) -> None:

@@ -19,7 +19,7 @@ from h2.exceptions import H2Error
 
 from dlba.proxy import h2_headers
 from dlba.proxy.core_exchange import Exchange
-from dlba.proxy.core_io import ExchangeClient
+from dlba.proxy.core_io import TUNNELLING, ExchangeClient
 
 if TYPE_CHECKING:
     from dlba.proxy.h2_session import H2Session
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 class H2Stream(ExchangeClient):
     __slots__ = ("blocked_since", "done", "ex", "out", "out_end", "paused", "remote_ended",
-                 "reset", "sent_end", "session", "sid", "unacked")
+                 "reset", "sent_end", "session", "sid", "tunnel", "unacked")
 
     def __init__(self, session: H2Session, sid: int) -> None:
         self.session = session
@@ -49,6 +49,7 @@ class H2Stream(ExchangeClient):
         self.reset = False
         self.done = False  # the exchange is over (the stream may still drain `out`)
         self.blocked_since = 0.0
+        self.tunnel = False  # a WebSocket's bytes both ways, after the back end's 101
 
     @property
     def closing(self) -> bool:
@@ -58,7 +59,18 @@ class H2Stream(ExchangeClient):
     def body(self, data: bytes, flow_len: int) -> None:
         ex = self.ex
         if data and ex is not None and not self.done:  # an empty chunk would end the body
-            ex.feed_body(data)
+            if self.tunnel:
+                ex.tunnel_from_client(data)
+            elif ex.upgrade:
+                # Bytes before the tunnel is open: a back end refusing the upgrade would read
+                # them as a request of its own.
+                self.reset_stream(ErrorCodes.PROTOCOL_ERROR)
+                self.done = True
+                ex.client_gone()
+                self._maybe_finish()
+                return
+            else:
+                ex.feed_body(data)
         if self.paused and not self.done:
             self.unacked += flow_len
         else:
@@ -150,10 +162,12 @@ class H2Stream(ExchangeClient):
             self._maybe_finish()
 
     def start_tunnel(self, ex: Exchange) -> None:
-        self.abort()  # never asked for (no Upgrade goes to a back end from HTTP/2)
+        self.tunnel = True
 
     def close(self) -> None:
-        self.abort()
+        """A tunnel's end: END_STREAM after what was sent."""
+        if not self.out_end and not self.sent_end:
+            self.send_data(b"", True)
 
     def abort(self) -> None:
         self.reset_stream(ErrorCodes.INTERNAL_ERROR)
@@ -195,8 +209,8 @@ class H2Exchange(Exchange):
     __slots__ = ("completing", "stream")
 
     def __init__(self, stream: H2Stream, req: h2_headers.H2Request, chunked: bool) -> None:
-        super().__init__(stream, req.method, req.target, req.headers, True, False, chunked,
-                         req.cookie_header)
+        super().__init__(stream, req.method, req.target, req.headers, True, req.websocket,
+                         chunked, req.cookie_header)
         self.stream = stream
         self.completing = False
 
@@ -209,7 +223,29 @@ class H2Exchange(Exchange):
                  extra: Sequence[tuple[bytes, bytes]], upgrade: bool, hsts: bytes) -> None:
         framed = not self.rechunk and not self.ends_at_close
         self.rechunk = False  # DATA frames carry the body as it comes
-        self.stream.send_head(h2_headers.response_fields(status, headers, extra, hsts, framed))
+        stream = self.stream
+        if upgrade:  # the back end's 101 to a WebSocket's extended CONNECT: 200, then a tunnel
+            fields = h2_headers.response_fields(200, headers, extra, hsts, False)
+            stream.send_head([f for f in fields if f[0] != b"sec-websocket-accept"])
+            self.state = TUNNELLING
+            stream.start_tunnel(self)
+            stream.session.flush_out()
+            return
+        stream.send_head(h2_headers.response_fields(status, headers, extra, hsts, framed))
+
+    def on_tunnel_data(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        self.stream.send_data(data, False)
+        self.stream.session.flush_out()
+
+    def on_backend_lost(self, exc: Exception | None, got_bytes: bool) -> None:
+        if self.state == TUNNELLING:  # the back end closed the WebSocket: END_STREAM
+            self.conn = None
+            self.stream.close()
+            self._end(True)
+            self.stream.session.flush_out()
+            return
+        super().on_backend_lost(exc, got_bytes)
 
     def flush(self) -> None:
         held = self.held

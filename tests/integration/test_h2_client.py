@@ -163,3 +163,23 @@ async def test_cdn_rewritten_and_cached_pages_over_http2(tmp_path: Path) -> None
                            url(arr, "/page"))
         body, _, version = again.stdout.rpartition("\n")
         assert version == "2" and body == page.stdout, (again.stderr, body[:200])
+
+
+async def test_chromium_websocket_over_the_http2_connection(tmp_path: Path) -> None:
+    """RFC 8441: Chromium opens its WebSocket as a stream of the page's h2 connection; the
+    back end sees an HTTP/1.1 Upgrade and echoes."""
+    async with loopback_array(tmp_path, 1) as arr, chromium(tmp_path) as b:
+        await b.send("Security.setIgnoreCertificateErrors", {"ignore": True})
+        await b.goto(url(arr, "/whoami"))
+        await b.wait("document.readyState === 'complete' && document.body.innerText.length > 0")
+        before = arr.node.ctx.stats.connections_total
+        echo = await b.eval(
+            "new Promise((ok, fail) => { const ws = new WebSocket("
+            f"'wss://localhost:{arr.https_port}/ws'); "
+            "ws.onopen = () => ws.send('hello over h2'); "
+            "ws.onmessage = e => { ws.close(); ok(e.data); }; "
+            "ws.onerror = () => fail('websocket error'); "
+            "setTimeout(() => fail('timeout'), 8000); })")
+        assert echo == "hello over h2"
+        assert arr.node.ctx.stats.connections_total == before  # no second connection
+        assert arr.node.ctx.stats.h2_connections == 1

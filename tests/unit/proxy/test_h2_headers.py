@@ -68,6 +68,21 @@ def test_no_field_or_path_can_add_a_line_to_the_http1_head(
     assert lines[0].count(b" ") == 2
 
 
+def test_websocket_extended_connect_becomes_an_upgrade() -> None:
+    req = request_from_h2([(b":method", b"CONNECT"), (b":protocol", b"websocket"),
+                           (b":scheme", b"https"), (b":authority", b"a"), (b":path", b"/ws"),
+                           (b"sec-websocket-key", b"client's"), (b"sec-websocket-version", b"13")],
+                          100, 8192)
+    assert req.websocket and req.method == b"GET" and req.target == b"/ws"
+    assert req.headers == [(b"host", b"a"), (b"sec-websocket-version", b"13"),
+                           (b"upgrade", b"websocket")]
+    with pytest.raises(BadRequest) as e:
+        request_from_h2([(b":method", b"CONNECT"), (b":protocol", b"other"),
+                         (b":scheme", b"https"), (b":authority", b"a"), (b":path", b"/")],
+                        100, 8192)
+    assert e.value.status == 501
+
+
 def test_response_fields() -> None:
     headers = [(b"Content-Length", b"5"), (b"Connection", b"close, X-Hop"), (b"X-Hop", b"1"),
                (b"Set-Cookie", b"a=1"), (b"Transfer-Encoding", b"chunked")]

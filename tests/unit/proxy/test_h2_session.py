@@ -28,7 +28,17 @@ from hyperframe.frame import (
 
 from dlba.proxy import h2_session
 from tests.unit.proxy.h2_playbook import GET, frames, h2book
-from tests.unit.proxy.playbook import Has, Starts, body, complete, connected, flush, head
+from tests.unit.proxy.playbook import (
+    Has,
+    Starts,
+    backend_lost,
+    body,
+    complete,
+    connected,
+    flush,
+    head,
+    tunnel_data,
+)
 
 
 def ONE_OF_TWO(backend_id: object) -> bool:
@@ -296,11 +306,58 @@ def test_settings_and_window_update_floods_get_enhance_your_calm(tmp_path: Path)
         assert pb.events(ConnectionTerminated)[-1].error_code == ErrorCodes.ENHANCE_YOUR_CALM
 
 
-def test_websockets_over_h2_are_not_offered(tmp_path: Path) -> None:
-    """No SETTINGS_ENABLE_CONNECT_PROTOCOL: browsers open WebSockets over HTTP/1.1."""
+WS_CONNECT = [(b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"https"),
+              (b":authority", b"shop.example"), (b":path", b"/chat"),
+              (b"sec-websocket-version", b"13"), (b"origin", b"https://shop.example")]
+
+
+def test_websocket_over_h2_is_a_tunnel_to_an_http1_upgrade(tmp_path: Path) -> None:
+    """RFC 8441: an extended CONNECT becomes an HTTP/1.1 Upgrade to the back end; its 101 is the
+    client's 200, then DATA frames carry the WebSocket's bytes both ways."""
     pb = h2book(tmp_path)
     pb.send()
-    assert not pb.client.remote_settings.get(SettingCodes.ENABLE_CONNECT_PROTOCOL)
+    assert pb.client.remote_settings.enable_connect_protocol == 1
+    pb.client.send_headers(1, WS_CONNECT)
+    pb.send()
+    pb << ("open", 1) >> connected("b1")
+    pb << ("b_write", "b1", Has(b"GET /chat HTTP/1.1\r\n", b"host: shop.example\r\n",
+                                b"Connection: upgrade\r\nUpgrade: websocket\r\n",
+                                b"sec-websocket-version: 13\r\n", b"sec-websocket-key: "))
+    pb >> head("b1", 101, ((b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"),
+                           (b"Sec-WebSocket-Accept", b"x")))
+    pb.idle()
+    head_fields = dict(pb.take(ResponseReceived)[0].headers)
+    assert head_fields[b":status"] == b"200" and b"sec-websocket-accept" not in head_fields
+    assert b"upgrade" not in head_fields and not pb.events(StreamEnded)
+    pb.client.send_data(1, b"\x81\x02hi")
+    pb.send()
+    pb << ("b_write", "b1", b"\x81\x02hi")  # as is: no chunked framing in a tunnel
+    pb >> tunnel_data("b1", b"\x81\x02yo")
+    assert [e.data for e in pb.take(DataReceived)] == [b"\x81\x02yo"]
+    pb >> backend_lost("b1")  # the back end closes the WebSocket: END_STREAM
+    pb.idle()
+    assert pb.events(StreamEnded)
+    assert pb.ctx.stats.requests == 1
+
+
+def test_websocket_refused_by_the_back_end_is_an_ordinary_answer(tmp_path: Path) -> None:
+    pb = h2book(tmp_path)
+    pb.client.send_headers(1, WS_CONNECT)
+    pb.send()
+    pb << ("open", 1) >> connected("b1") << ("b_write", "b1", Starts(b"GET /chat"))
+    pb >> head("b1", 404, ((b"Content-Length", b"0"),)) >> complete("b1") << ("b_abort", "b1")
+    pb.idle()
+    assert dict(pb.events(ResponseReceived)[0].headers)[b":status"] == b"404"
+    assert pb.events(StreamEnded)
+
+
+def test_bytes_before_the_websocket_is_open_reset_the_stream(tmp_path: Path) -> None:
+    pb = h2book(tmp_path)
+    pb.client.send_headers(1, WS_CONNECT)
+    pb.client.send_data(1, b"early")
+    pb.send()
+    pb.idle()  # never reaches a back end: a refusing back end would read it as a request
+    assert pb.events(StreamReset)[0].error_code == ErrorCodes.PROTOCOL_ERROR
 
 
 def test_a_stream_held_by_its_back_end_does_not_stall_the_others_bodies(
