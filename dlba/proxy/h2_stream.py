@@ -118,6 +118,7 @@ class H2Stream(ExchangeClient):
         """Send what the client's windows admit; pause the back end while anything waits."""
         conn = self.session.conn
         out = self.out
+        frames = self.session.data_frames
         try:
             while out:
                 window = min(conn.local_flow_control_window(self.sid), conn.max_outbound_frame_size)
@@ -147,6 +148,8 @@ class H2Stream(ExchangeClient):
                 self.blocked_since = self.ctx.loop.time()
                 if ex is not None and ex.conn is not None:
                     ex.conn.pause_reading()
+            elif session.data_frames != frames:
+                self.blocked_since = self.ctx.loop.time()  # a slow reader, not a stalled one
         elif self in session.blocked:
             del session.blocked[self]
             if ex is not None and ex.conn is not None and self.writable:

@@ -380,3 +380,21 @@ def test_a_stream_held_by_its_back_end_does_not_stall_the_others_bodies(
     assert pb.client.local_flow_control_window(1) == 0 and pb.h2.streams[1].unacked > 0
     # ... the other stream's body still flows: the connection's window is not used up
     assert pb.client.local_flow_control_window(3) == 65_535
+
+
+def test_a_slow_reader_making_progress_is_not_taken_for_a_stall(tmp_path: Path) -> None:
+    pb = h2book(tmp_path, window=10, backend_timeout_s=20.0)
+    pb.send()
+    pb.client.send_headers(1, GET, end_stream=True)
+    pb.send()
+    pb << ("open", 1) >> connected("b1") << ("b_write", "b1", Starts(b"GET"))
+    pb >> head("b1", 200, ((b"Content-Length", b"100"),)) >> body("b1", b"x" * 100)
+    pb >> complete("b1") << ("b_pause", "b1") << ("b_release", "b1")
+    for _ in range(8):  # 10 bytes every 15 s: slower than the stall limit in all, never idle
+        pb.tick(15.0)
+        pb.client.increment_flow_control_window(10, 1)
+        pb.client.increment_flow_control_window(10)
+        pb.send()
+    pb.idle()
+    assert not pb.events(StreamReset)
+    assert sum(len(e.data) for e in pb.events(DataReceived)) == 90
