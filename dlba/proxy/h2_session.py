@@ -10,9 +10,9 @@ ClientIO (write, close, open a back end). Limits, as nginx and HAProxy set them:
 * rapid reset (CVE-2023-44487): a stream reset in the same read as its HEADERS is never
   scheduled (no back-end connection), and more than RESET_LIMIT client resets in a window of
   FLOOD_WINDOW_S close the connection with GOAWAY ENHANCE_YOUR_CALM;
-* SETTINGS, PING, PRIORITY and unknown frames (each one costs us work or an answer, and does
-  nothing for a request): CONTROL_LIMIT a window; WINDOW_UPDATE frames: WINDOW_UPDATE_LIMIT
-  a window more than the DATA frames we sent in it;
+* SETTINGS, PING, PRIORITY, unknown and empty DATA frames (each one costs us work or an
+  answer, and does nothing for a request): CONTROL_LIMIT a window; WINDOW_UPDATE frames:
+  WINDOW_UPDATE_LIMIT a window more than the DATA frames we sent in it;
 * timers: preface and first request within header_timeout_s, idle (no stream) for
   keepalive_timeout_s, a response stuck behind a zero window for backend_timeout_s.
 """
@@ -123,6 +123,8 @@ class H2Session:
         streams = self.streams
         for ev in evs:
             if isinstance(ev, DataReceived):
+                if not ev.data and ev.stream_ended is None:
+                    self.control += 1  # an empty DATA frame that ends nothing: work for nothing
                 st = streams.get(ev.stream_id)
                 if st is not None:
                     st.body(ev.data or b"", ev.flow_controlled_length or 0)

@@ -398,3 +398,15 @@ def test_a_slow_reader_making_progress_is_not_taken_for_a_stall(tmp_path: Path) 
     pb.idle()
     assert not pb.events(StreamReset)
     assert sum(len(e.data) for e in pb.events(DataReceived)) == 90
+
+
+def test_empty_data_frame_flood_gets_enhance_your_calm(tmp_path: Path) -> None:
+    pb = h2book(tmp_path)
+    pb.client.send_headers(1, [(b":method", b"POST"), *GET[1:]])
+    pb.send()
+    pb << ("open", 1)
+    pb.h2.client_data(b"".join(DataFrame(1, data=b"").serialize()
+                               for _ in range(h2_session.CONTROL_LIMIT + 1)))
+    pb << ("close",)
+    pb.idle()
+    assert pb.events(ConnectionTerminated)[-1].error_code == ErrorCodes.ENHANCE_YOUR_CALM
