@@ -66,7 +66,7 @@ test-compose:
 # Debian install starts the packaged services: stop them (the bench runs its own instances).
 BENCH_APT_PKGS := haproxy nginx wrk openssl nghttp2-client
 
-.bench-apt-stamp:
+.bench-apt-stamp: Makefile
 	@missing=""; for p in $(BENCH_APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "apt: installing$$missing"; \
