@@ -31,6 +31,7 @@ from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
+    Event,
     PingReceived,
     PriorityUpdated,
     RemoteSettingsChanged,
@@ -60,7 +61,7 @@ MAX_STREAMS = 100
 CONNECTION_WINDOW = 4 << 20  # request body bytes in flight on one connection, all streams
 FLOOD_WINDOW_S = 10.0
 RESET_LIMIT = 200  # client resets a window (a browser cancels a few on each navigation)
-CONTROL_LIMIT = 200  # SETTINGS, PING, PRIORITY, unknown frames a window
+CONTROL_LIMIT = 200  # SETTINGS, PING, PRIORITY, unknown and empty DATA frames a window
 WINDOW_UPDATE_LIMIT = 1000  # beyond the DATA frames sent in the window
 
 
@@ -119,6 +120,13 @@ class H2Session:
             self.ctx.stats.h2_refused += 1
             self._close()
             return
+        try:
+            self._events(evs)
+        except Exception:  # a bug of ours: this connection ends, the node goes on
+            events.exception("event=internal_error peer=%s", self.peer)
+            self.goaway(ErrorCodes.INTERNAL_ERROR, "internal error")
+
+    def _events(self, evs: list[Event]) -> None:
         fresh: list[H2Stream] = []
         streams = self.streams
         for ev in evs:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -26,7 +27,7 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
-from dlba.proxy import h2_session
+from dlba.proxy import h2_headers, h2_session
 from tests.unit.proxy.h2_playbook import GET, frames, h2book
 from tests.unit.proxy.playbook import (
     Has,
@@ -410,3 +411,19 @@ def test_empty_data_frame_flood_gets_enhance_your_calm(tmp_path: Path) -> None:
     pb << ("close",)
     pb.idle()
     assert pb.events(ConnectionTerminated)[-1].error_code == ErrorCodes.ENHANCE_YOUR_CALM
+
+
+def test_a_bug_under_a_stream_ends_its_connection_not_the_node(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pb = h2book(tmp_path)
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("bug")
+
+    # (the compiled core's methods cannot be replaced; this module's functions can)
+    monkeypatch.setattr(h2_headers, "request_from_h2", broken)
+    pb.client.send_headers(1, GET, end_stream=True)
+    pb.send()
+    pb << ("close",)
+    pb.idle()
+    assert pb.events(ConnectionTerminated)[0].error_code == ErrorCodes.INTERNAL_ERROR
