@@ -68,7 +68,6 @@ class H2Stream(ExchangeClient):
                 self.done = True
                 ex.client_gone()
                 self._maybe_finish()
-                return
             else:
                 ex.feed_body(data)
         if self.paused and not self.done:
