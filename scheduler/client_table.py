@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import ipaddress
 from array import array
-from collections import deque
 from collections.abc import Iterable, Sequence
+
+from scheduler.change_log import Change, ChangeLog
 
 # "No owner" is None in every method's arguments and results. ``array('i')`` cannot hold None:
 # inside the owner array it is stored as _NO_OWNER, which never leaves this module.
@@ -24,8 +25,6 @@ _NO_OWNER = -1
 # clock is CLOCK_MONOTONIC (seconds since boot), so on a host up for less than ``idle_s`` a 0.0
 # would look recent and pin every never-used bucket to its node.
 NEVER = float("-inf")
-
-Change = tuple[int, int | None]
 
 
 class SyncError(ValueError):
@@ -110,10 +109,7 @@ class ClientTable:
         self.panic_scheduler: int | None = None
         # The log is bounded in bucket changes, not operations; one table's worth by default is
         # enough for followers a few versions behind, anything further gets a snapshot.
-        self._log_limit = size if log_limit is None else log_limit
-        self._log: deque[tuple[int, tuple[Change, ...]]] = deque()
-        self._log_len = 0
-        self._log_floor = 0
+        self._log = ChangeLog(size if log_limit is None else log_limit)
 
     # -- nodes ---------------------------------------------------------------------------------
 
@@ -323,27 +319,16 @@ class ClientTable:
         if not changes:
             return 0
         self.version += 1
-        self._log_append(self.version, tuple(changes))
+        self._log.append(self.version, tuple(changes))
         return len(changes)
 
     # -- sync (leader side) --------------------------------------------------------------------
-
-    def _log_append(self, version: int, changes: tuple[Change, ...]) -> None:
-        self._log.append((version, changes))
-        self._log_len += len(changes)
-        while self._log_len > self._log_limit and self._log:
-            # Evicting whole operations keeps every remaining delta exact.
-            v, dropped = self._log.popleft()
-            self._log_len -= len(dropped)
-            self._log_floor = v
 
     def begin_term(self, epoch: int, now: float, *, takeover: bool = True) -> None:
         """Become the leader of a new term: new sync identity, and on a takeover every bucket
         busy as of now (a first scheduler has carried no traffic yet: its buckets are idle)."""
         self.epoch = epoch
-        self._log.clear()
-        self._log_len = 0
-        self._log_floor = self.version
+        self._log.restart(self.version)
         if takeover:
             self.reset_last_access(now)
         # The synced assignments reflect the old scheduler's view of which nodes are alive; ours
@@ -354,14 +339,9 @@ class ClientTable:
 
     def changes_since(self, version: int, *, epoch: int) -> list[Change] | None:
         """The (bucket, node) pairs that differ since ``version``, or None: send the whole table."""
-        if epoch != self.epoch or version > self.version or version < self._log_floor:
+        if epoch != self.epoch or version > self.version:
             return None
-        latest: dict[int, int | None] = {}
-        for v, changes in self._log:
-            if v > version:
-                for b, n in changes:
-                    latest[b] = n
-        return sorted(latest.items())
+        return self._log.since(version)
 
     # -- sync (follower side) ------------------------------------------------------------------
 
@@ -378,9 +358,7 @@ class ClientTable:
                 self._set(b, n, self._last[b])
         self.version = version
         self.epoch = epoch
-        self._log.clear()
-        self._log_len = 0
-        self._log_floor = version
+        self._log.restart(version)
 
     def apply_delta(
         self, from_version: int, to_version: int, changes: Iterable[Change], *, epoch: int
@@ -403,7 +381,7 @@ class ClientTable:
         self.version = to_version
         if items:
             # Kept so this follower can serve deltas itself if it becomes the scheduler.
-            self._log_append(to_version, items)
+            self._log.append(to_version, items)
 
     def _check_node(self, n: int | None) -> None:
         if n is not None and not 0 <= n < self.node_count:

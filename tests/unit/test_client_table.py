@@ -311,7 +311,7 @@ class LeaderFollower(RuleBasedStateMachine):
 
     @invariant()
     def log_is_bounded(self) -> None:
-        assert self.leader._log_len <= self.leader._log_limit
+        assert self.leader._log.size <= self.leader._log.limit
 
 
 TestLeaderFollower = LeaderFollower.TestCase
