@@ -19,28 +19,19 @@ import aiohttp
 from dlba.config import Config, NodeConfig
 from scheduler.client_table import ClientTable
 from scheduler.dataplane import DataPlane, make_dataplane, port_rules, vip_map
-from scheduler.failover.election import PeerView
-from scheduler.failover.heartbeat_udp import Pinger
-from scheduler.failover.server_heartbeats import HEARTBEAT, SWEEP, NodeLiveness, ServerHeartbeats
+from scheduler.failover.server_heartbeats import HEARTBEAT, SWEEP
 from scheduler.failover.sync_messages import SyncMessage, SyncSnapshot
 from scheduler.failover.table_sync import message_for, snapshot_of
 from scheduler.membership import endpoint, next_members
 from scheduler.server_status_table import ServerStatusTable
-from scheduler.status_sweep import (
-    NodeAnswered,
-    NodeFailed,
-    NodeRecovered,
-    StatusSweep,
-    SweepEvent,
-    proxy_serves,
-)
+from scheduler.server_watch import OnHeartbeats, first_visit, heartbeat_servers, watch_state
+from scheduler.status_sweep import NodeAnswered, NodeFailed, NodeRecovered, SweepEvent
 from scheduler.status_sweep_http import StatusFetcher, run_sweep
 from scheduler.vip_owner import VipOwner, interface_of, mac_text
 
 events = logging.getLogger("dlba.event")
 MAINTENANCE_S = 1.0
 Push = Callable[[SyncMessage], Awaitable[None]]
-OnHeartbeats = Callable[[list[PeerView]], None]
 
 
 class SchedulerRole:
@@ -87,11 +78,9 @@ class SchedulerRole:
             self.status = ServerStatusTable(self.members, macs=macs)
             for i in range(len(config.nodes), len(self.members)):
                 self.table.set_weight(i, 0)
-        self.sweep = StatusSweep(
-            len(self.names), retries=config.cluster.sweep_retries, retry_delay_s=0.1,
-            sweep_delay_s=config.cluster.sweep_interval_s, now=time.monotonic(),
-            initially_failed=frozenset(self.known_failed),
-        )
+        # Until start() knows who is live: the lost scheduler (a takeover's) is failed.
+        self.sweep, self.liveness, self.heartbeats = watch_state(
+            config.cluster, len(self.names), self.index, self.known_failed)
         self.dataplane: DataPlane | None = None
         self.prepared = prepared
         self.vip_owner: VipOwner | None = None
@@ -113,9 +102,6 @@ class SchedulerRole:
         self.heartbeat_key = heartbeat_key
         self.on_heartbeats = on_heartbeats
         self.on_arp_held = on_arp_held
-        self.liveness = NodeLiveness(len(self.names))
-        self.heartbeats = ServerHeartbeats(len(self.names), self.index,
-                                           threshold=config.cluster.ping_failures)
 
     # --- life cycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -142,7 +128,7 @@ class SchedulerRole:
                 if self.table.is_live(i):
                     self.table.node_failed(i, now)
         else:
-            await self._first_visit(fetch, now)
+            await first_visit(fetch, self.status, self.table, self.index, now)
         # Nodes already failed (first visit, synced table, the lost scheduler): their next
         # sweep answer and heartbeat answers bring them back, nothing else.
         self._new_monitors()
@@ -181,8 +167,12 @@ class SchedulerRole:
         self.monitors = [asyncio.ensure_future(run_sweep(
             self.sweep, self.status, fetch, stop=self.stop_event, on_event=self._on_sweep))]
         if self.heartbeat_key is not None:
-            self.monitors.append(asyncio.ensure_future(
-                self._heartbeat_servers(self.heartbeat_key)))
+            targets = {i: endpoint(self.config, self.members[i])
+                       for i in self.heartbeats.peers()}
+            self.monitors.append(asyncio.ensure_future(heartbeat_servers(
+                self.heartbeat_key, self.heartbeats, targets, self.names,
+                lambda: self.config.cluster.ping_interval_s,
+                lambda event: self._on_liveness(HEARTBEAT, event), self.on_heartbeats)))
         self.tasks += self.monitors
 
     def _new_monitors(self) -> list[int]:
@@ -190,14 +180,8 @@ class SchedulerRole:
         start failed (only their next sweep and heartbeat answers bring them in)."""
         n = len(self.members)
         down = [i for i in range(n) if i != self.index and not self.table.is_live(i)]
-        self.sweep = StatusSweep(
-            n, retries=self.config.cluster.sweep_retries, retry_delay_s=0.1,
-            sweep_delay_s=self.config.cluster.sweep_interval_s, now=time.monotonic(),
-            initially_failed=frozenset(down))
-        self.liveness = NodeLiveness(n, down)
-        self.heartbeats = ServerHeartbeats(n, self.index,
-                                           threshold=self.config.cluster.ping_failures,
-                                           initially_failed=down)
+        self.sweep, self.liveness, self.heartbeats = watch_state(
+            self.config.cluster, n, self.index, down)
         return down
 
     def _set_members(self, members: list[NodeConfig]) -> None:
@@ -221,23 +205,6 @@ class SchedulerRole:
             self._monitor(self._fetcher())
         events.info("event=members_changed members=%s leaving=%s", ",".join(self.names),
                     ",".join(self.names[len(self.config.nodes):]) or "-")
-
-    async def _first_visit(self, fetch: StatusFetcher, now: float) -> None:
-        """One visit to every node before the first fill, so buckets go to live nodes only."""
-        answers = await asyncio.gather(*(fetch(i) for i in range(len(self.names))))
-        for i, doc in enumerate(answers):
-            ok = False
-            if doc is not None:
-                with contextlib.suppress(ValueError):
-                    self.status.apply_status(i, doc, time.time())
-                    ok = proxy_serves(doc)
-            live = ok or i == self.index
-            if live and not self.table.is_live(i):
-                self.table.node_joined(i, now)
-            elif not live:
-                self.status.mark_failed(i)
-                if self.table.is_live(i):
-                    self.table.node_failed(i, now)
 
     async def stop(self) -> None:
         """Stand down: stop answering ARP first, then remove the data plane."""
@@ -314,33 +281,6 @@ class SchedulerRole:
             self.table.node_joined(change.node, now)
             events.info("event=node_joined node=%s by=%s", name, source)
         self.pending_push = asyncio.ensure_future(self.push_now())
-
-    async def _heartbeat_servers(self, key: bytes) -> None:
-        """Every ping interval, the heartbeat to every peer at once: a node whose processes
-        died loses its buckets after `ping_failures` missed answers, not at the next sweep."""
-        pinger = Pinger(key)
-        heartbeats = self.heartbeats
-        peers = heartbeats.peers()
-        targets = {i: endpoint(self.config, self.members[i]) for i in peers}
-        try:
-            while True:
-                interval = self.config.cluster.ping_interval_s
-                t0 = time.monotonic()
-                answers = await asyncio.gather(*(
-                    pinger.ping(targets[i].host, targets[i].port, interval) for i in peers))
-                mine = {i: a for i, a in zip(peers, answers, strict=True)
-                        if a is not None and a.name == self.names[i]}
-                for event in heartbeats.on_round(
-                        {i: i in mine and mine[i].proxy_ok for i in peers}):
-                    self._on_liveness(HEARTBEAT, event)
-                if self.on_heartbeats is not None:
-                    self.on_heartbeats([
-                        PeerView(targets[i].host, candidate=False, scheduler_alive=False,
-                                 is_scheduler=a.scheduler, term=a.term)
-                        for i, a in mine.items()])
-                await asyncio.sleep(max(0.0, interval - (time.monotonic() - t0)))
-        finally:
-            pinger.close()
 
     async def _maintenance(self) -> None:
         while True:
