@@ -3,9 +3,11 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PKGS := clang llvm libbpf-dev libssl-dev iproute2 redis-server openssl curl procps chromium apache2-utils
+APT_PKGS := clang llvm libbpf-dev libssl-dev iproute2 redis-server openssl curl procps chromium apache2-utils \
+  libnghttp2-dev
 BPF_OBJ := scheduler/bpf/dlba_tc.o
 TICKET_SO := dlba/tls/_ticket_cb.so
+NGHTTP2_SO := dlba/proxy/_nghttp2_shim.so
 NATIVE := build/native/manifest.json
 PURE_TESTS := tests/unit tests/integration/test_tls_transport.py \
   tests/integration/test_connection_lifetime.py tests/integration/test_node_bad_input.py \
@@ -14,7 +16,7 @@ PURE_TESTS := tests/unit tests/integration/test_tls_transport.py \
 
 .PHONY: install run test lint bench clean
 
-install: $(BIN)/dlba $(BPF_OBJ) $(TICKET_SO) $(NATIVE)
+install: $(BIN)/dlba $(BPF_OBJ) $(TICKET_SO) $(NGHTTP2_SO) $(NATIVE)
 
 # Re-checked when this file changes (a package added to APT_PKGS).
 .apt-stamp: Makefile
@@ -38,6 +40,11 @@ $(BPF_OBJ): scheduler/bpf/dlba_tc.c scheduler/bpf/dlba_tc.h .apt-stamp
 # The TLS ticket-key callback in C (dlba/tls/ticket_native.py loads it; Python's if absent).
 $(TICKET_SO): dlba/tls/ticket_cb.c .apt-stamp
 	clang -O2 -Wall -Wextra -Werror -shared -fPIC -o $@ $< -lcrypto
+
+# HTTP/2's protocol engine: libnghttp2 behind a small shim (dlba/proxy/nghttp2_engine.py loads
+# it; without it TLS listeners offer HTTP/1.1 only).
+$(NGHTTP2_SO): dlba/proxy/nghttp2_shim.c .apt-stamp
+	clang -O2 -Wall -Wextra -Werror -shared -fPIC -o $@ $< -lnghttp2
 
 # The request path compiled by mypyc (build_native.py; dlba/__init__.py uses it only while it
 # matches every source of the package, so any change under dlba/ rebuilds it here).

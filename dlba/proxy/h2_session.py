@@ -1,12 +1,13 @@
-"""A client's HTTP/2 connection, without I/O: the `h2` library's state machine, each stream an
-exchange of the proxy core scheduled on its own, and the limits that keep one connection from
-costing more than its requests are worth.
+"""A client's HTTP/2 connection, without I/O: libnghttp2's state machine (nghttp2_engine),
+each stream an exchange of the proxy core scheduled on its own, and the limits that keep one
+connection from costing more than its requests are worth.
 
 Events in: client_data, client_closed, client_writable, tick, drain (graceful stop). Calls out:
 ClientIO (write, close, open a back end). Limits, as nginx and HAProxy set them:
-* streams: 100 at once (SETTINGS_MAX_CONCURRENT_STREAMS; h2 refuses more with a GOAWAY),
-  header list 64 KiB, HPACK table 4 KiB (h2's decoder refuses a larger one), a header block
-  in at most 64 CONTINUATION frames (h2's frame buffer);
+* streams: 100 at once (SETTINGS_MAX_CONCURRENT_STREAMS; nghttp2 refuses more with
+  RST_STREAM), header list 64 KiB (a larger one is answered 431 without a back end), HPACK
+  table 4 KiB (nghttp2 refuses a larger one), a header block in a few CONTINUATION frames
+  (nghttp2 ends the connection beyond 8);
 * rapid reset (CVE-2023-44487): a stream reset in the same read as its HEADERS is never
   scheduled (no back-end connection), and more than RESET_LIMIT client resets in a window of
   FLOOD_WINDOW_S close the connection with GOAWAY ENHANCE_YOUR_CALM;
@@ -20,33 +21,12 @@ ClientIO (write, close, open a back end). Limits, as nginx and HAProxy set them:
 from __future__ import annotations
 
 import base64
-import contextlib
 import logging
 import os
 from typing import TYPE_CHECKING
 
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.errors import ErrorCodes
-from h2.events import (
-    ConnectionTerminated,
-    DataReceived,
-    Event,
-    PingReceived,
-    PriorityUpdated,
-    RemoteSettingsChanged,
-    RequestReceived,
-    StreamEnded,
-    StreamReset,
-    TrailersReceived,
-    UnknownFrameReceived,
-    WindowUpdated,
-)
-from h2.exceptions import H2Error, ProtocolError
-from h2.settings import SettingCodes, Settings
-from hyperframe.frame import GoAwayFrame
-
 from dlba.proxy import h2_headers, http_head
+from dlba.proxy import nghttp2_engine as ng
 from dlba.proxy.core_framing import MAX_HEAD_BYTES
 from dlba.proxy.h2_stream import H2Exchange, H2Stream
 from dlba.proxy.http_head import BadRequest
@@ -63,12 +43,12 @@ FLOOD_WINDOW_S = 10.0
 RESET_LIMIT = 200  # client resets a window (a browser cancels a few on each navigation)
 CONTROL_LIMIT = 200  # SETTINGS, PING, PRIORITY, unknown and empty DATA frames a window
 WINDOW_UPDATE_LIMIT = 1000  # beyond the DATA frames sent in the window
+_RECORD = ng.RECORD.unpack_from
 
 
 class H2Session:
-    __slots__ = ("blocked", "closed", "conn", "control", "ctx", "data_frames", "deadline",
-                 "forwarding", "goaway_sent", "io", "peer", "peer_ip", "resets", "streams",
-                 "updates", "window_start", "writable")
+    __slots__ = ("blocked", "closed", "ctx", "deadline", "engine", "forwarding", "goaway_sent",
+                 "io", "our_goaway", "peer", "peer_ip", "streams", "window_start", "writable")
 
     def __init__(self, ctx: ProxyContext, io: ClientIO, peer_ip: str, peer: str) -> None:
         self.ctx = ctx
@@ -79,27 +59,15 @@ class H2Session:
         self.writable = True
         self.closed = False
         self.goaway_sent = False
+        self.our_goaway = False  # a GOAWAY nghttp2 sends is ours, not its answer to an error
         self.streams: dict[int, H2Stream] = {}
         self.blocked: dict[H2Stream, None] = {}  # streams whose response waits for a window
-        # What we send is checked where it is made (h2_headers: lower-case names, no
-        # connection-specific fields): h2's second pass over it would cost per response.
-        conn = H2Connection(H2Configuration(
-            client_side=False, header_encoding=None, validate_outbound_headers=False,
-            normalize_outbound_headers=False))
-        conn.local_settings = Settings(client=False, initial_values={
-            SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
-            SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEAD_BYTES,
-            SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,  # WebSockets over HTTP/2 (RFC 8441)
-        })
-        conn.initiate_connection()
-        # The connection's window is larger than one stream's, so a stream whose back end is
-        # slow to take its body (its window not reopened) does not stall the others' bodies;
-        # h2 keeps it topped up to this size from then on.
-        conn.increment_flow_control_window(CONNECTION_WINDOW - conn.inbound_flow_control_window)
-        self.conn = conn
+        # Settings: MAX_STREAMS, header list MAX_HEAD_BYTES, HPACK 4 KiB, extended CONNECT
+        # (WebSockets, RFC 8441); the connection's window is larger than one stream's, so a
+        # stream whose back end is slow to take its body does not stall the others' bodies.
+        self.engine = ng.Engine(MAX_STREAMS, MAX_HEAD_BYTES, CONNECTION_WINDOW)
         now = ctx.loop.time()
         self.window_start = now
-        self.resets = self.control = self.updates = self.data_frames = 0
         self.deadline = now + ctx.limits.header_timeout_s  # the preface and a first request
         stats = ctx.stats
         stats.connections_open += 1
@@ -112,88 +80,107 @@ class H2Session:
     def client_data(self, data: bytes) -> None:
         if self.closed:
             return
-        try:
-            evs = self.conn.receive_data(data)
-        except ProtocolError as e:  # h2 has queued its GOAWAY
-            events.info("event=h2_protocol_error peer=%s reason=%r", self.peer, str(e))
-            self.ctx.stats.bad_requests += 1
-            self.ctx.stats.h2_refused += 1
-            self._close()
-            return
+        rc, evs = self.engine.receive(data)
         try:
             self._events(evs)
         except Exception:  # a bug of ours: this connection ends, the node goes on
             events.exception("event=internal_error peer=%s", self.peer)
-            self.goaway(ErrorCodes.INTERNAL_ERROR, "internal error")
+            self.goaway(ng.INTERNAL_ERROR, "internal error")
+            return
+        if self.closed:
+            return
+        if rc < 0 and not self._flooding():
+            # nghttp2 read no further (bad preface, a CONTINUATION flood, its own flood limits)
+            self._refused("fatal")
+            self.engine.terminate(ng.PROTOCOL_ERROR)
+            self._close()
+            return
+        if rc >= 0 and not self._flooding():
+            self.flush_out()
 
-    def _events(self, evs: list[Event]) -> None:
+    def _events(self, evs: bytes) -> None:
+        if not evs:
+            return
         fresh: list[H2Stream] = []
         streams = self.streams
-        for ev in evs:
-            if isinstance(ev, DataReceived):
-                if not ev.data and ev.stream_ended is None:
-                    self.control += 1  # an empty DATA frame that ends nothing: work for nothing
-                st = streams.get(ev.stream_id)
+        off, end = 0, len(evs)
+        while off < end:
+            kind, sid, arg, n = _RECORD(evs, off)
+            off += 16
+            if kind == ng.EV_DATA:
+                st = streams.get(sid)
                 if st is not None:
-                    st.body(ev.data or b"", ev.flow_controlled_length or 0)
+                    st.body(evs[off:off + n], n)
                 else:
-                    self.ack(ev.stream_id, ev.flow_controlled_length or 0)
-            elif isinstance(ev, RequestReceived):
-                st = self._request(ev)
+                    self.ack(sid, n)
+            elif kind == ng.EV_REQUEST:
+                st = self._request(sid, evs[off:off + n], arg)
                 if st is not None:
                     fresh.append(st)
-            elif isinstance(ev, StreamEnded):
-                st = streams.get(ev.stream_id)
+            elif kind == ng.EV_END:
+                st = streams.get(sid)
                 if st is not None:
                     st.body_end()
-            elif isinstance(ev, WindowUpdated):
-                self.updates += 1
-                if ev.stream_id:
-                    st = streams.get(ev.stream_id)
-                    if st is not None and st in self.blocked:
-                        st.pump()
-                else:
-                    self._pump_blocked()
-            elif isinstance(ev, StreamReset):
-                self.resets += 1
-                st = streams.get(ev.stream_id)
-                if st is not None and ev.remote_reset:
-                    st.client_reset()
-            elif isinstance(ev, RemoteSettingsChanged):
-                self.control += 1
-                if SettingCodes.INITIAL_WINDOW_SIZE in ev.changed_settings:
-                    self._pump_blocked()
-            elif isinstance(ev, (PingReceived, PriorityUpdated, UnknownFrameReceived)):
-                self.control += 1
-            elif isinstance(ev, TrailersReceived):
-                pass  # dropped: the body goes on chunked, with no trailer section
-            elif isinstance(ev, ConnectionTerminated):
-                # h2 sends nothing more after the client's GOAWAY: what is in flight is cut.
-                self._close()
-                return
+            elif kind == ng.EV_CLOSE:
+                st = streams.get(sid)
+                if st is not None:
+                    st.closed()
+            else:
+                self._other(kind, sid, arg)
+                if self.closed:
+                    return
+            off += n
         # Started only now: a stream its client reset in this same read (the rapid-reset
         # pattern) never reaches a back end.
         for st in fresh:
             if st.ex is not None and not st.done:
                 st.ex.start()
-        if self._flooding():
-            return
-        self.flush_out()
-        if self.goaway_sent and not self.streams:
+
+    def _other(self, kind: int, sid: int, arg: int) -> None:
+        st = self.streams.get(sid)
+        if kind == ng.EV_RESET:
+            if st is not None:
+                st.client_reset()
+        elif kind == ng.EV_BLOCKED:
+            if st is not None and st not in self.blocked:
+                self.blocked[st] = None
+                st.blocked_since = self.ctx.loop.time()
+                ex = st.ex
+                if ex is not None and ex.conn is not None:
+                    ex.conn.pause_reading()
+        elif kind == ng.EV_PROGRESS:
+            if st is not None:
+                st.blocked_since = self.ctx.loop.time()  # a slow reader, not a stalled one
+        elif kind == ng.EV_DRAINED:
+            if st is not None and self.blocked.pop(st, 0) is None:
+                ex = st.ex
+                if ex is not None and ex.conn is not None and self.writable:
+                    ex.conn.resume_reading()
+        elif kind == ng.EV_GOAWAY_SENT:
+            if arg and not self.our_goaway:  # nghttp2's answer to a protocol error
+                self._refused(f"code={arg}")
+        elif kind == ng.EV_GOAWAY_RECV:
+            # The client's GOAWAY: what is in flight is cut.
             self._close()
 
-    def _request(self, ev: RequestReceived) -> H2Stream | None:
-        sid = ev.stream_id or 0
+    def _refused(self, why: str) -> None:
+        events.info("event=h2_protocol_error peer=%s reason=%s", self.peer, why)
+        self.ctx.stats.bad_requests += 1
+        self.ctx.stats.h2_refused += 1
+
+    def _request(self, sid: int, block: bytes, flags: int) -> H2Stream | None:
         st = H2Stream(self, sid)
         self.streams[sid] = st
         self.deadline = 0.0
         if self.goaway_sent:
             st.done = True
-            st.reset_stream(ErrorCodes.REFUSED_STREAM)  # after our GOAWAY: never processed
+            st.reset_stream(ng.REFUSED_STREAM)  # after our GOAWAY: never processed
             return None
         limits = self.ctx.limits
         try:
-            req = h2_headers.request_from_h2(ev.headers or [], limits.max_headers,
+            if flags & 2:
+                raise BadRequest(431, "header list too large")
+            req = h2_headers.request_from_h2(ng.decode_fields(block), limits.max_headers,
                                              limits.max_header_line)
         except BadRequest as bad:
             events.info("event=bad_request peer=%s stream=%d status=%d reason=%r", self.peer,
@@ -204,7 +191,7 @@ class H2Session:
             st.send_head(fields)
             st.send_data(body, True)
             return None
-        no_body = ev.stream_ended is not None
+        no_body = flags & 1
         if req.websocket:
             req.headers.append((b"sec-websocket-key", base64.b64encode(os.urandom(16))))
         # A body without Content-Length goes to the back end chunked (a tunnel's bytes: as is).
@@ -214,11 +201,6 @@ class H2Session:
     def client_closed(self) -> None:
         self.closed = True
         self.ctx.stats.connections_open -= 1
-        # h2's connection keeps bound methods of itself in a dispatch table: a cycle of some 40
-        # objects per connection for the collector, unless it is emptied when the connection ends.
-        table = getattr(self.conn, "_frame_dispatch_table", None)
-        if isinstance(table, dict):
-            table.clear()
         streams, self.streams = self.streams, {}
         self.blocked = {}
         _let_go(streams)
@@ -240,9 +222,9 @@ class H2Session:
             return
         if now - self.window_start >= FLOOD_WINDOW_S:
             self.window_start = now
-            self.resets = self.control = self.updates = self.data_frames = 0
+            self.engine.clear_counters()
         if self.deadline and now >= self.deadline:
-            self.goaway(ErrorCodes.NO_ERROR, "idle")
+            self.goaway(ng.NO_ERROR, "idle")
             return
         stall = self.ctx.limits.backend_timeout_s
         for st in list(self.streams.values()):
@@ -251,78 +233,81 @@ class H2Session:
                 ex.check_timeout(now)
             if st in self.blocked and now - st.blocked_since >= stall:
                 events.info("event=h2_stream_stalled peer=%s stream=%d", self.peer, st.sid)
-                st.reset_stream(ErrorCodes.CANCEL)
-                st.done = True
-                if ex is not None:
+                del self.blocked[st]
+                st.reset_stream(ng.CANCEL)
+                if ex is not None and not st.done:
                     ex.client_gone()
-                self.stream_finished(st)
+                st.done = True
         self.flush_out()
 
     def drain(self) -> None:
         """Graceful stop: GOAWAY naming the last stream taken; those finish, then the close.
-        Written as a frame of our own: h2's close_connection would end the streams too."""
+        Written as a frame of our own: nghttp2's would end the session (and its streams)."""
         if self.closed or self.goaway_sent:
             return
-        self.goaway_sent = True
         self.flush_out()
-        frame = GoAwayFrame(stream_id=0, last_stream_id=self.conn.highest_inbound_stream_id,
-                            error_code=0)
-        self.io.write(frame.serialize())
+        self.goaway_sent = True
+        self.io.write(ng.goaway_frame(self.engine.last_stream(), ng.NO_ERROR))
         if not self.streams:
             self._close()
 
     # --- called by streams ------------------------------------------------------------------
     def ack(self, sid: int, n: int) -> None:
         if n:
-            # A stream gone: h2 opens the connection's window all the same.
-            with contextlib.suppress(H2Error):
-                self.conn.acknowledge_received_data(n, sid)
+            self.engine.consume(sid, n)  # a stream gone: the connection's window all the same
 
     def flush_out(self) -> None:
-        data = self.conn.data_to_send()
-        if data:
-            self.io.write(data)
+        if self.closed:
+            return
+        while True:
+            data, done, evs = self.engine.send()
+            if data:
+                self.io.write(data)
+            if not evs:
+                break
+            self._events(evs)  # streams closed, windows waited for or drained by this send
+            if self.closed:
+                return
+        if done or (self.goaway_sent and not self.streams):
+            self._close()
 
     def stream_finished(self, st: H2Stream) -> None:
         if self.streams.get(st.sid) is st:
             del self.streams[st.sid]
         self.blocked.pop(st, None)
         st.ex = None  # the stream and its exchange refer to each other: freed by refcount now
-        if not self.streams and not self.closed:
-            if self.goaway_sent:
-                self.flush_out()
-                self._close()
-            else:
-                self.deadline = self.ctx.loop.time() + self.ctx.limits.keepalive_timeout_s
+        if not self.streams and not self.closed and not self.goaway_sent:
+            self.deadline = self.ctx.loop.time() + self.ctx.limits.keepalive_timeout_s
 
     # --- limits ------------------------------------------------------------------------------
-    def _pump_blocked(self) -> None:
-        for st in list(self.blocked):
-            st.pump()
-
     def _flooding(self) -> bool:
-        if self.resets > RESET_LIMIT:
+        resets, control, updates, data_frames = self.engine.counters()
+        if resets > RESET_LIMIT:
             what = "rapid reset"
-        elif self.control > CONTROL_LIMIT:
+        elif control > CONTROL_LIMIT:
             what = "control frame flood"
-        elif self.updates > WINDOW_UPDATE_LIMIT + self.data_frames:
+        elif updates > WINDOW_UPDATE_LIMIT + data_frames:
             what = "window update flood"
         else:
             return False
         self.ctx.stats.bad_requests += 1
         self.ctx.stats.h2_refused += 1
-        self.goaway(ErrorCodes.ENHANCE_YOUR_CALM, what)
+        self.goaway(ng.ENHANCE_YOUR_CALM, what)
         return True
 
     def goaway(self, code: int, reason: str) -> None:
         """Close now: GOAWAY with `code`, the streams in flight cut."""
         events.info("event=h2_goaway peer=%s code=%d reason=%s", self.peer, code, reason)
-        with contextlib.suppress(H2Error):
-            self.conn.close_connection(error_code=code)
+        self.our_goaway = True
+        self.engine.terminate(code)
         self._close()
 
     def _close(self) -> None:
-        self.flush_out()
+        if self.closed:
+            return
+        data = self.engine.send()[0]  # the last frames (a GOAWAY); their events no longer matter
+        if data:
+            self.io.write(data)
         self.closed = True
         streams, self.streams = self.streams, {}
         self.blocked = {}

@@ -1,23 +1,20 @@
 """One HTTP/2 stream as the client side of one exchange, without I/O.
 
 H2Stream is the exchange's ExchangeClient: its request body's flow control (the client's
-window is opened only as the back end takes the bytes), its response's flow control (what the
-client's window does not admit waits here and the back end's reading pauses), and its ending
-(RST_STREAM for a cut response, or after a full response while the client still sends).
+window is opened only as the back end takes the bytes), its response (HEADERS and DATA handed
+to nghttp2, whose own flow control paces the body; the session pauses the back end while the
+client's window holds bytes back), and its ending (RST_STREAM for a cut response).
 H2Exchange is core_exchange.Exchange with HTTP/2 framing in place of HTTP/1.1's: the
 scheduling, retries, cookies, tables and access log are the same code.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from h2.errors import ErrorCodes
-from h2.exceptions import H2Error
-
 from dlba.proxy import h2_headers
+from dlba.proxy import nghttp2_engine as ng
 from dlba.proxy.core_exchange import Exchange
 from dlba.proxy.core_io import TUNNELLING, ExchangeClient
 
@@ -26,11 +23,12 @@ if TYPE_CHECKING:
 
 
 class H2Stream(ExchangeClient):
-    __slots__ = ("blocked_since", "done", "ex", "out", "out_end", "paused", "remote_ended",
-                 "reset", "sent_end", "session", "sid", "tunnel", "unacked")
+    __slots__ = ("blocked_since", "done", "engine", "ex", "out_end", "paused", "remote_ended",
+                 "reset", "session", "sid", "tunnel", "unacked")
 
     def __init__(self, session: H2Session, sid: int) -> None:
         self.session = session
+        self.engine = session.engine
         self.ctx = session.ctx
         self.io = session.io
         self.scheme = b"https"
@@ -42,12 +40,10 @@ class H2Stream(ExchangeClient):
         self.ex: H2Exchange | None = None
         self.paused = False  # the back end does not take more of the request body now
         self.unacked = 0  # request body bytes received while paused, their window not reopened
-        self.out: list[bytes] = []  # response bytes the client's window has not admitted yet
-        self.out_end = False  # END_STREAM follows `out`
-        self.sent_end = False
+        self.out_end = False  # END_STREAM is submitted (nghttp2 sends it after the body)
         self.remote_ended = False
         self.reset = False
-        self.done = False  # the exchange is over (the stream may still drain `out`)
+        self.done = False  # the exchange is over (nghttp2 may still be sending the body)
         self.blocked_since = 0.0
         self.tunnel = False  # a WebSocket's bytes both ways, after the back end's 101
 
@@ -64,10 +60,9 @@ class H2Stream(ExchangeClient):
             elif ex.upgrade:
                 # Bytes before the tunnel is open: a back end refusing the upgrade would read
                 # them as a request of its own.
-                self.reset_stream(ErrorCodes.PROTOCOL_ERROR)
+                self.reset_stream(ng.PROTOCOL_ERROR)
                 self.done = True
                 ex.client_gone()
-                self._maybe_finish()
             else:
                 ex.feed_body(data)
         if self.paused and not self.done:
@@ -79,7 +74,6 @@ class H2Stream(ExchangeClient):
         self.remote_ended = True
         if self.ex is not None and not self.done:
             self.ex.body_complete()
-        self._maybe_finish()
 
     def pause_reading(self) -> None:
         self.paused = True
@@ -96,112 +90,62 @@ class H2Stream(ExchangeClient):
     def send_head(self, fields: list[tuple[bytes, bytes]], end: bool = False) -> None:
         if self.reset:
             return
-        try:
-            self.session.conn.send_headers(self.sid, fields, end_stream=end)
-        except H2Error:
+        final = fields[0][1][:1] != b"1"  # :status comes first
+        if self.engine.head(self.sid, ng.encode_fields(fields), final, end) < 0:
             self.abort()
             return
-        if end:
-            self.sent_end = True
-
-    def send_data(self, data: bytes, end: bool) -> None:
-        if self.reset:
-            return
-        if data:
-            self.out.append(data)
         if end:
             self.out_end = True
-        self.pump()
 
-    def pump(self) -> None:
-        """Send what the client's windows admit; pause the back end while anything waits."""
-        conn = self.session.conn
-        out = self.out
-        frames = self.session.data_frames
-        try:
-            while out:
-                window = min(conn.local_flow_control_window(self.sid), conn.max_outbound_frame_size)
-                if window <= 0:
-                    break
-                piece = out[0]
-                self.session.data_frames += 1
-                if len(piece) <= window:
-                    del out[0]
-                    last = not out and self.out_end
-                    conn.send_data(self.sid, piece, end_stream=last)
-                    self.sent_end = self.sent_end or last
-                else:
-                    out[0] = piece[window:]
-                    conn.send_data(self.sid, piece[:window])
-            if not out and self.out_end and not self.sent_end:
-                conn.end_stream(self.sid)
-                self.sent_end = True
-        except H2Error:
-            self.abort()
+    def send_data(self, data: bytes, end: bool) -> None:
+        if self.reset or self.out_end:
             return
-        ex = self.ex
-        session = self.session
-        if out:
-            if self not in session.blocked:
-                session.blocked[self] = None
-                self.blocked_since = self.ctx.loop.time()
-                if ex is not None and ex.conn is not None:
-                    ex.conn.pause_reading()
-            elif session.data_frames != frames:
-                self.blocked_since = self.ctx.loop.time()  # a slow reader, not a stalled one
-        elif self in session.blocked:
-            del session.blocked[self]
-            if ex is not None and ex.conn is not None and self.writable:
-                ex.conn.resume_reading()
-        self._maybe_finish()
+        if end:
+            self.out_end = True
+        if self.engine.data(self.sid, data, end) < 0:
+            self.reset = True  # closed under us (nghttp2 reset it): nobody reads the rest
 
     # --- ending ------------------------------------------------------------------------------
     def exchange_done(self, ex: Exchange) -> None:
         self.done = True
-        if not self.out_end and not self.sent_end:
+        if not self.out_end:
             self.abort()  # the response was cut: the client must not take it as complete
-        else:
-            self._maybe_finish()
 
     def start_tunnel(self, ex: Exchange) -> None:
         self.tunnel = True
 
     def close(self) -> None:
         """A tunnel's end: END_STREAM after what was sent."""
-        if not self.out_end and not self.sent_end:
+        if not self.out_end:
             self.send_data(b"", True)
 
     def abort(self) -> None:
-        self.reset_stream(ErrorCodes.INTERNAL_ERROR)
+        self.reset_stream(ng.INTERNAL_ERROR)
 
     def reset_stream(self, code: int) -> None:
-        if self.reset or (self.sent_end and self.remote_ended):
+        if self.reset:
             return
         self.reset = True
-        self.out = []
-        with contextlib.suppress(H2Error):  # closed already on h2's side
-            self.session.conn.reset_stream(self.sid, code)
-        self._maybe_finish()
+        self.engine.reset(self.sid, code)
 
     def client_reset(self) -> None:
         """The client sent RST_STREAM: nobody reads the rest."""
         self.reset = True
-        self.out = []
         ex = self.ex
         if ex is not None and not self.done:
             ex.client_gone()
         self.done = True
-        self._maybe_finish()
 
-    def _maybe_finish(self) -> None:
-        if not self.done or self.out:
-            return
-        if self.sent_end and not self.remote_ended and not self.reset:
-            # A complete response while the client still sends its body (RFC 9113 §8.1).
-            self.reset_stream(ErrorCodes.NO_ERROR)
-            return
-        if self.reset or self.sent_end:
-            self.session.stream_finished(self)
+    def closed(self) -> None:
+        """nghttp2 closed the stream: both sides ended, or a reset either way."""
+        ex = self.ex
+        # After a complete response the exchange is ending on its own (this close can come
+        # from the flush within its last step).
+        if ex is not None and not self.done and not self.out_end:
+            self.reset = True
+            ex.client_gone()
+        self.done = True
+        self.session.stream_finished(self)
 
 
 class H2Exchange(Exchange):

@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from dlba.config import Config, HostPort, NodeConfig
+from dlba.proxy import nghttp2_engine
 from dlba.proxy.client_connection import client_protocols
 from dlba.tls.context import server_context
 from dlba.tls.tickets import TicketKeyRing, derived_keys, install_ticket_keys
@@ -34,7 +35,9 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
         for c in svc.certs:
             for name in c.names:
                 sni.setdefault(name, (c.cert, c.key))
-    return server_context(config.tls.cert, config.tls.key, sni, http2=config.proxy.http2)
+    # HTTP/2 runs on libnghttp2 (proxy/nghttp2_engine): without it ALPN offers HTTP/1.1 only.
+    http2 = config.proxy.http2 and nghttp2_engine.available()
+    return server_context(config.tls.cert, config.tls.key, sni, http2=http2)
 
 
 def proxy_addresses(node: NodeConfig) -> list[tuple[HostPort, bool]]:
