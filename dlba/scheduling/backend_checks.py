@@ -8,7 +8,6 @@ but answers 5xx to its health path, or one whose own agent asks to drain or be g
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from dlba.config import BackendConfig
@@ -104,5 +103,4 @@ class BackendChecks:
                 if line != last:
                     events.info("event=agent_report backend=%d reply=%r", b.id, line)
                 last = line
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.sleep(interval)
+            await asyncio.sleep(interval)  # a cancel here must end the loop (checks stopped)
