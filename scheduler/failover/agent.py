@@ -22,21 +22,21 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from prometheus_client.core import Metric
-from pyroute2.netlink.exceptions import NetlinkError
 
 from dlba.config import Config, NodeConfig
 from dlba.proxy.proxy_health import ProxyHealth
 from scheduler.client_table import ClientTable
 from scheduler.failover import front
 from scheduler.failover.election import Decision, Election, PeerView, Role
+from scheduler.failover.fence import Fence
 from scheduler.failover.heartbeat import heartbeat_key, scheduler_alive
 from scheduler.failover.heartbeat_udp import Pinger, SelfState, serve_heartbeat
 from scheduler.failover.peers import ask_peers, peer_json
 from scheduler.failover.routes import add_routes, agent_metrics
+from scheduler.failover.self_checks import SelfChecks
 from scheduler.failover.sync_messages import SyncMessage
 from scheduler.failover.table_sync import apply_message, pull_snapshot, push_message
 from scheduler.scheduler_role import SchedulerRole
-from scheduler.vip_owner import link_running, lo_networks, sync_lo_vips
 
 events = logging.getLogger("dlba.event")
 
@@ -64,9 +64,8 @@ class NodeAgent:
         self.role: SchedulerRole | None = None
         self.pinger: Pinger | None = None
         self.key = heartbeat_key(config.read_secret())
-        self.proxy_health = proxy_health or (lambda: ProxyHealth(True))
+        self.checks = SelfChecks(name, proxy_health or (lambda: ProxyHealth(True)))
         self.heartbeat: asyncio.DatagramTransport | None = None
-        self.proxy_ok = True  # the last check, for the log's transitions
         self.session: aiohttp.ClientSession | None = None
         self.task: asyncio.Task[None] | None = None
         self.headers = {"Authorization": f"Bearer {token}"}
@@ -78,9 +77,7 @@ class NodeAgent:
         self.last_probe = 0.0
         self.pull_task: asyncio.Task[None] | None = None
         self.prepared: front.Prepared | None = None
-        self.front: str | None = None  # our front interface's name, for its link state
-        self.link_ok = True  # the last check, for the log's transitions
-        self.fence_task: asyncio.Task[None] | None = None
+        self.fence = Fence(name, lambda: self.role, self._stand_down)
         self.lo_vips: list[str] = []  # the VIP addresses this process put (or found) on lo
         self.departed: list[NodeConfig] = []  # members pushes removed from the end
         self.outsider = False  # a peer's config does not name this node (see _elect)
@@ -123,14 +120,8 @@ class NodeAgent:
             self.role.reconfigure(config)
 
     async def hold_vips_on_lo(self) -> None:
-        """Every VIP of every service on lo (a pushed config adds and removes them live)."""
-        wanted = lo_networks(self.config.services)
-        try:
-            await asyncio.to_thread(sync_lo_vips, wanted, self.lo_vips)
-        except (OSError, IndexError, NetlinkError) as e:  # no CAP_NET_ADMIN: the host's job
-            events.warning("event=lo_vips_failed node=%s reason=%r", self.name, str(e))
-            return
-        self.lo_vips = wanted
+        self.lo_vips = await front.hold_vips_on_lo(self.name, self.config.services,
+                                                   self.lo_vips)
 
     def metrics(self) -> Iterator[Metric]:
         return agent_metrics(self)
@@ -143,20 +134,13 @@ class NodeAgent:
         """Remove what a dead process of this node left on `front` before this one serves."""
         vip = self.config.cluster.vip
         assert vip is not None
-        try:
-            removed = await asyncio.to_thread(front.remove_stale, self.address, vip)
-        except (OSError, LookupError) as e:
-            events.warning("event=stale_check_failed node=%s reason=%r", self.name, str(e))
-            return
-        if removed:
-            events.warning("event=stale_dataplane_removed node=%s removed=%s", self.name,
-                           ",".join(removed))
+        await front.clean_stale(self.name, self.address, vip)
 
     def self_state(self) -> SelfState:
         """What our heartbeat answer says, read when a ping arrives."""
         return SelfState(self.name, self.election.view().term,
                          self.election.role is Role.SCHEDULER and self.role is not None,
-                         self.proxy_health().healthy)
+                         self.checks.proxy_health().healthy)
 
     async def start(self) -> None:
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0))
@@ -168,16 +152,14 @@ class NodeAgent:
         self.task = asyncio.ensure_future(self._run())
 
     async def _prepare(self) -> None:
-        """Load (verify) the data plane and find the front interface now, so that a takeover
-        only has to attach it: the verifier's time is not added to the outage."""
+        """The data plane loaded before it is needed (front.prepare_now)."""
         vip = self.config.cluster.vip
         assert vip is not None
-        try:
-            self.prepared = await asyncio.to_thread(
-                front.prepare, self.address, vip, self.config.cluster.buckets, self.dataplane)
-            self.front = self.prepared[0]
-        except (OSError, LookupError) as e:
-            events.warning("event=dataplane_not_prepared node=%s reason=%r", self.name, str(e))
+        prepared = await front.prepare_now(self.name, self.address, vip,
+                                           self.config.cluster.buckets, self.dataplane)
+        if prepared is not None:
+            self.prepared = prepared
+            self.checks.front = prepared[0]
 
     async def stop(self) -> None:
         if self.task is not None:
@@ -211,35 +193,22 @@ class NodeAgent:
             # A fixed period: a ping that timed out already waited its share of it.
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - t0)))
 
-    async def _check_own_proxy(self, now: float) -> None:
-        health = self.proxy_health()
-        if health.healthy != self.proxy_ok:
-            self.proxy_ok = health.healthy
-            if health.healthy:
-                events.info("event=proxy_healthy node=%s", self.name)
-            else:
-                events.warning("event=proxy_unhealthy node=%s reason=%r", self.name,
-                               health.reason)
-        if self.election.on_service_health(health.healthy, now) is Decision.STAND_DOWN:
+    async def _check_self(self, now: float) -> bool:
+        """Our front link, then our proxy: a scheduler failing either stands down; with the
+        link down nothing else is worth doing this round."""
+        up, decision = self.checks.link(self.election, now)
+        if decision is Decision.STAND_DOWN:
             await self._stand_down()
-
-    async def _check_own_link(self, now: float) -> bool:
-        """Our front link: down (admin or carrier), a scheduler stands down at once, and
-        nothing else is worth doing this round."""
-        up = self.front is None or link_running(self.front)
-        if up != self.link_ok:
-            self.link_ok = up
-            events.warning("event=front_link_%s node=%s interface=%s", "up" if up else "down",
-                           self.name, self.front)
-        if self.election.on_link_state(up, now) is Decision.STAND_DOWN:
+        if not up:
+            return False
+        if self.checks.proxy(self.election, now) is Decision.STAND_DOWN:
             await self._stand_down()
-        return up
+        return True
 
     async def _step(self, started: float) -> None:
         now = time.monotonic()
-        if not await self._check_own_link(now):
+        if not await self._check_self(now):
             return
-        await self._check_own_proxy(now)
         role = self.election.role
         if role is Role.SCHEDULER:
             # Two schedulers can only meet after a partition heals: ask, the older term yields.
@@ -248,7 +217,7 @@ class NodeAgent:
                 return
             self.last_ask = now
             views = await self._ask_peers()
-            await self._act(self.election.on_peer_views(views, now))
+            await self.fence.act(self.election.on_peer_views(views, now))
         elif role in (Role.STARTING, Role.SUSPECTING):
             await self._elect(role, started, now)
         else:
@@ -342,34 +311,11 @@ class NodeAgent:
                            self.name)
         return found.views
 
-    async def _act(self, decision: Decision) -> None:
-        """What a scheduler does with the fence's and the election's verdicts."""
-        role = self.role
-        if decision is Decision.STAND_DOWN and role is not None:
-            await self._stand_down()
-        elif decision is Decision.HOLD_ARP and role is not None and role.vip_owner is not None:
-            events.warning("event=peers_silent node=%s action=hold_arp", self.name)
-            role.vip_owner.hold(True)
-        elif decision is Decision.RESUME_ARP and role is not None and role.vip_owner is not None:
-            role.vip_owner.hold(False)
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(role.vip_owner.announce, role.mac)
-
     def _on_peer_heartbeats(self, views: list[PeerView]) -> None:
         """The scheduler's round of heartbeats to its peers (from the role's own task)."""
         decision = self.election.on_peer_heartbeats(views, time.monotonic())
-        if decision is Decision.KEEP:
-            return
-        previous = self.fence_task
-
-        async def act() -> None:
-            if previous is not None:  # in order: a resume never overtakes a stand-down
-                with contextlib.suppress(Exception):
-                    await previous
-            await self._act(decision)
-
-        # Not awaited here: standing down stops the very task that called us.
-        self.fence_task = asyncio.ensure_future(act())
+        if decision is not Decision.KEEP:
+            self.fence.act_soon(decision)
 
     def _on_arp_held(self) -> None:
         self.election.on_arp_request_held(time.monotonic())
