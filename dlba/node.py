@@ -206,6 +206,9 @@ class NodeRuntime:
         self.admin_runner = web.AppRunner(app, access_log=None)
         await self.admin_runner.setup()
         inherited_admin = self.inherited.pop(ADMIN_FD, None)
+        if inherited_admin is not None and inherited_admin.getsockname()[1] != admin_addr.port:
+            inherited_admin.close()  # the config file moved the admin listener meanwhile
+            inherited_admin = None
         if inherited_admin is not None:
             await web.SockSite(self.admin_runner, inherited_admin).start()
         else:

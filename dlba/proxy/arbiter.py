@@ -128,6 +128,8 @@ class NodeArbiter(Arbiter):  # type: ignore[misc]
         if self.master_pid:
             self.master_name = "Master.2"
         self.open_listeners(self.pool.config)
+        for name in [n for n in self.inherited if n.startswith("http")]:
+            self.inherited.pop(name).close()  # the old master's, no longer in the config
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR2):
             loop.add_signal_handler(sig, self.signal, sig, None)
