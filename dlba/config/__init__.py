@@ -17,11 +17,11 @@ from dlba.config.model import (
     PortRule,
     ProxyConfig,
     SchedulingConfig,
-    SniCert,
     TlsConfig,
 )
 from dlba.config.reader import ConfigError, ConfigErrors, HostPort, parse_host_port
 from dlba.config.sections import collect_config, load_config, parse_config
+from dlba.config.sni_cert import SniCert
 
 __all__ = [
     "POLICIES", "AdminConfig", "BackendConfig", "ClusterConfig", "Config", "ConfigError",

@@ -17,6 +17,7 @@ from pathlib import Path
 from dlba.cdn.settings import CdnConfig
 from dlba.config.reader import ConfigError, HostPort, parse_host_port
 from dlba.config.services import ClassConfig, PoolConfig, ServiceConfig
+from dlba.config.sni_cert import SniCert
 
 POLICIES = ("least_conn", "weighted_rr", "response_time", "url_hash", "p2c")
 
@@ -54,13 +55,6 @@ class NodeConfig:
     listen: tuple[HostPort, ...] = ()
     listen_tls: tuple[HostPort, ...] = ()
     admin: HostPort | None = None
-
-
-@dataclass(frozen=True)
-class SniCert:
-    names: tuple[str, ...]
-    cert: Path
-    key: Path
 
 
 @dataclass(frozen=True)
@@ -110,7 +104,10 @@ class ProxyConfig:
     backend_timeout_s: float = 60.0
     max_header_line: int = 8192
     max_headers: int = 100
-    pool_size: int = 64
+    # Idle keepalive connections kept per back end and worker: an HTTP/2 client brings up to
+    # 100 streams a connection, so hundreds of exchanges are in flight at once, and a smaller
+    # pool closes and reopens back-end connections on every burst (measured in docs/NOTES.md).
+    pool_size: int = 512
     fail_threshold: int = 3
     retry_backoff_s: float = 1.0
     retry_backoff_max_s: float = 30.0

@@ -21,7 +21,6 @@ from dlba.config.model import (
     PortRule,
     ProxyConfig,
     SchedulingConfig,
-    SniCert,
     TlsConfig,
 )
 from dlba.config.reader import (
@@ -45,6 +44,7 @@ from dlba.config.services import (
     read_pool,
     read_service,
 )
+from dlba.config.sni_cert import read_sni_cert
 from dlba.services.listen import with_service_ports
 from dlba.services.pool_health import with_pool_health
 
@@ -200,18 +200,7 @@ def _addrs(r: Reader, name: str, default_host: str) -> tuple[HostPort, ...]:
 def _tls(t: Reader, base: Path) -> TlsConfig:
     cert = t.take_path("cert", base)
     key = t.take_path("key", base)
-
-    def build_sni(r: Reader) -> SniCert:
-        names = r.take_list("names")
-        if not names and not r.problems.has(r.key("names")):
-            r.report("names", "missing")
-        c, k = r.take_path("cert", base), r.take_path("key", base)
-        for missing in [n for n, v in (("cert", c), ("key", k)) if v is None]:
-            if not r.problems.has(r.key(missing)):
-                r.report(missing, "missing")
-        return SniCert(names, c or base, k or base)
-
-    sni, _ = t.each("sni", build_sni)
+    sni, _ = t.each("sni", lambda r: read_sni_cert(r, base))
     hsts = t.take("hsts", bool, True)
     hsts_max_age_s = t.take("hsts_max_age_s", int, TlsConfig.hsts_max_age_s)
     if hsts_max_age_s < 0:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dlba.config.reader import Problems, Reader, networks, unique
+from dlba.config.sni_cert import SniCert, read_sni_cert
 
 DEFAULT_POOL = "default"
 MAX_PREFIX_HOSTS = 256  # prefixes up to /24: each address is one entry of the data plane's map
@@ -50,13 +51,6 @@ class RouteConfig:
 
 
 @dataclass(frozen=True)
-class ServiceCert:
-    names: tuple[str, ...]
-    cert: Path
-    key: Path
-
-
-@dataclass(frozen=True)
 class ServiceConfig:
     name: str
     vips: tuple[str, ...]  # normalised: "a.b.c.d" or "a.b.c.d/n"
@@ -67,7 +61,7 @@ class ServiceConfig:
     redirect_https: bool = False
     cookie: str = "DLBASERVER"
     routes: tuple[RouteConfig, ...] = ()
-    certs: tuple[ServiceCert, ...] = ()
+    certs: tuple[SniCert, ...] = ()
     implicit: bool = False  # made from cluster.vip: the file has no [[services]]
 
     def networks(self) -> tuple[ipaddress.IPv4Network, ...]:
@@ -173,17 +167,6 @@ def _route(r: Reader) -> RouteConfig:
     return RouteConfig(host, path, pool)
 
 
-def _cert(r: Reader, base: Path) -> ServiceCert:
-    names = r.take_list("names")
-    if not names and not r.problems.has(r.key("names")):
-        r.report("names", "missing")
-    c, k = r.take_path("cert", base), r.take_path("key", base)
-    for missing in [n for n, v in (("cert", c), ("key", k)) if v is None]:
-        if not r.problems.has(r.key(missing)):
-            r.report(missing, "missing")
-    return ServiceCert(names, c or base, k or base)
-
-
 def read_service(r: Reader, base: Path, hsts: bool, cookie: str) -> ServiceConfig:
     """One [[services]] entry; hsts and cookie default to [tls] hsts and [persistence] cookie."""
     name = r.require("name", str) or ""
@@ -203,7 +186,7 @@ def read_service(r: Reader, base: Path, hsts: bool, cookie: str) -> ServiceConfi
     if not own_cookie or not own_cookie.replace("_", "").isalnum():
         r.report("cookie", f"not a cookie name: {own_cookie!r}")
     routes, _ = r.each("routes", _route)
-    certs, _ = r.each("certs", lambda c: _cert(c, base))
+    certs, _ = r.each("certs", lambda c: read_sni_cert(c, base))
     return ServiceConfig(
         name, vips, ports, tls_ports, r.take("pool", str, DEFAULT_POOL), r.take("hsts", bool, hsts),
         r.take("redirect_https", bool, False), own_cookie, tuple(x for _, x in routes),
