@@ -11,6 +11,7 @@ Without the library the node offers HTTP/1.1 only in ALPN (`available()`).
 from __future__ import annotations
 
 import struct
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +146,10 @@ class Engine:
 def encode_fields(fields: list[tuple[bytes, bytes]]) -> bytes:
     """A head as the shim takes it: name NUL value NUL ... (a field holding NUL is dropped:
     HTTP/2 forbids it, and it would end the record early)."""
-    return b"".join([n + b"\0" + v + b"\0" for n, v in fields if b"\0" not in v])
+    block = b"\0".join(chain.from_iterable(fields)) + b"\0"
+    if block.count(0) == 2 * len(fields):
+        return block
+    return b"".join([n + b"\0" + v + b"\0" for n, v in fields if b"\0" not in n + v])
 
 
 def decode_fields(block: bytes) -> list[tuple[bytes, bytes]]:
