@@ -25,7 +25,8 @@ OUT = ROOT / "build" / "native"
 MODULES = [
     "dlba/proxy/backend_pool.py", "dlba/proxy/client_connection.py",
     "dlba/proxy/core_exchange.py", "dlba/proxy/core_framing.py", "dlba/proxy/core_io.py",
-    "dlba/proxy/core_session.py",
+    "dlba/proxy/core_session.py", "dlba/proxy/h2_connection.py", "dlba/proxy/h2_headers.py",
+    "dlba/proxy/h2_session.py", "dlba/proxy/h2_stream.py", "dlba/proxy/nghttp2_engine.py",
     "dlba/proxy/http_head.py", "dlba/proxy/node_stats.py", "dlba/proxy/proxy_context.py",
     "dlba/proxy/worker_pool.py",
     "dlba/scheduling/cookie_injection.py", "dlba/scheduling/hash_ring.py",

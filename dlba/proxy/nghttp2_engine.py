@@ -15,7 +15,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
-LIBRARY = Path(__file__).with_name("_nghttp2_shim.so")
+LIBRARY_NAME = "_nghttp2_shim.so"
 
 CDEF = """
 typedef struct { char *ev; size_t ev_len; uint32_t control, resets, updates, data_frames; }
@@ -47,16 +47,28 @@ _lib: Any = None
 _tried = False
 
 
+def library_path() -> Path | None:
+    """The built shim, beside the package's sources (this module may be the mypyc build's
+    copy under build/native, so every folder of the package is looked in)."""
+    import dlba.proxy
+
+    for folder in [Path(__file__).parent, *map(Path, dlba.proxy.__path__)]:
+        if (folder / LIBRARY_NAME).exists():
+            return folder / LIBRARY_NAME
+    return None
+
+
 def _load() -> bool:
     global _ffi, _lib, _tried
     if not _tried:
         _tried = True
+        path = library_path()
         try:
             from cffi import FFI
 
             ffi = FFI()
             ffi.cdef(CDEF)
-            _lib = ffi.dlopen(str(LIBRARY))
+            _lib = ffi.dlopen(str(path)) if path is not None else None
             _ffi = ffi
         except (ImportError, OSError):
             _lib = None
@@ -80,7 +92,7 @@ class Engine:
 
     def __init__(self, max_streams: int, header_list: int, conn_window: int) -> None:
         if not _load():
-            raise OSError(f"{LIBRARY.name}: not built or libnghttp2 missing")
+            raise OSError(f"{LIBRARY_NAME}: not built or libnghttp2 missing")
         p = _lib.dn_new(max_streams, header_list, conn_window)
         if p == _ffi.NULL:
             raise MemoryError("nghttp2 session")
@@ -154,4 +166,4 @@ def encode_fields(fields: list[tuple[bytes, bytes]]) -> bytes:
 
 def decode_fields(block: bytes) -> list[tuple[bytes, bytes]]:
     parts = block.split(b"\0")
-    return list(zip(parts[0:-1:2], parts[1::2], strict=True))
+    return [(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
