@@ -27,7 +27,7 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
-from dlba.proxy import h2_headers, h2_session
+from dlba.proxy import h2_session
 from tests.unit.proxy.h2_playbook import GET, frames, h2book
 from tests.unit.proxy.playbook import (
     Has,
@@ -418,8 +418,9 @@ def test_a_bug_under_a_stream_ends_its_connection_not_the_node(
     def broken(*_args: object) -> None:
         raise RuntimeError("bug")
 
-    # (the compiled core's methods cannot be replaced; this module's functions can)
-    monkeypatch.setattr(h2_headers, "request_from_h2", broken)
+    # (the compiled core's methods cannot be replaced, nor its calls between modules; the
+    # Playbook's own ClientIO, which the stream's scheduling calls, can)
+    monkeypatch.setattr(type(pb.io), "open_backend", broken)
     pb.client.send_headers(1, GET, end_stream=True)
     pb.send()
     pb << ("close",)
