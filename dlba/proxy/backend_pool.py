@@ -31,7 +31,7 @@ class BackendConnection(BackendLink):
     out the exchange's calls (BackendLink)."""
 
     __slots__ = ("_headers", "_reason", "closed", "got_bytes", "head_request", "idle_since",
-                 "parser", "paused", "pool", "sink", "transport", "tunnel")
+                 "loop", "parser", "paused", "pool", "sink", "transport", "tunnel")
 
     def __init__(self, pool: BackendPool) -> None:
         super().__init__()
@@ -45,6 +45,7 @@ class BackendConnection(BackendLink):
         self.closed = False
         self.paused = False  # reading paused for a slow client (ClientSession.client_writable)
         self.idle_since = 0.0
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
 
@@ -52,6 +53,8 @@ class BackendConnection(BackendLink):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self.transport = cast(asyncio.Transport, transport)
+        # Held for release's clock: asyncio.get_running_loop() costs a getpid() syscall a call.
+        self.loop = asyncio.get_running_loop()
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
@@ -164,7 +167,8 @@ class BackendConnection(BackendLink):
 
     def release(self) -> None:
         # The pool the connection came from: a reload may have removed the back end.
-        self.pool.release(self, asyncio.get_running_loop().time())
+        loop = self.loop or asyncio.get_running_loop()
+        self.pool.release(self, loop.time())
 
     def abort(self) -> None:
         self.sink = None
