@@ -34,7 +34,7 @@ class H2ClientConnection(ClientIO):
         peer = transport.get_extra_info("peername")
         self.ctx.h2_connections.add(self)
         self.session = H2Session(self.ctx, self, str(peer[0]) if peer else "",
-                                 f"{peer[0]}:{peer[1]}" if peer else "")
+                                 f"{peer[0]}:{peer[1]}" if peer else "", self.kick)
 
     def data_received(self, data: bytes) -> None:
         if self.session is not None:
@@ -74,7 +74,16 @@ class H2ClientConnection(ClientIO):
         else:
             self.out.append(data)
 
+    def kick(self) -> None:
+        """The session has frames to make: at the end of this turn, with every other."""
+        if self.out is None:
+            self.out = []
+            self.ctx.loop.call_soon(self._send)
+
     def _send(self) -> None:
+        session = self.session
+        if session is not None and session.dirty:
+            session.flush_now()
         out, self.out = self.out, None
         t = self.transport
         # Not after a failed send (the peer went): each write would log a warning.

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from dlba.proxy import h2_headers, http_head
@@ -47,12 +48,18 @@ _RECORD = ng.RECORD.unpack_from
 
 
 class H2Session:
-    __slots__ = ("blocked", "closed", "ctx", "deadline", "engine", "forwarding", "goaway_sent",
-                 "io", "our_goaway", "peer", "peer_ip", "streams", "window_start", "writable")
+    __slots__ = ("blocked", "closed", "ctx", "deadline", "dirty", "engine", "forwarding",
+                 "goaway_sent", "io", "kick", "our_goaway", "peer", "peer_ip", "streams",
+                 "window_start", "writable")
 
-    def __init__(self, ctx: ProxyContext, io: ClientIO, peer_ip: str, peer: str) -> None:
+    def __init__(self, ctx: ProxyContext, io: ClientIO, peer_ip: str, peer: str,
+                 kick: Callable[[], None] | None = None) -> None:
         self.ctx = ctx
         self.io = io
+        # With `kick` (the shell's: flush_now at the end of this event-loop turn), the frames
+        # of every stream answered in one turn are made in one pass; without it, at once.
+        self.kick = kick
+        self.dirty = False
         self.peer_ip = peer_ip
         self.peer = peer
         self.forwarding = http_head.forwarding_lines(peer_ip, b"https")
@@ -245,7 +252,7 @@ class H2Session:
         Written as a frame of our own: nghttp2's would end the session (and its streams)."""
         if self.closed or self.goaway_sent:
             return
-        self.flush_out()
+        self.flush_now()
         self.goaway_sent = True
         self.io.write(ng.goaway_frame(self.engine.last_stream(), ng.NO_ERROR))
         if not self.streams:
@@ -257,6 +264,15 @@ class H2Session:
             self.engine.consume(sid, n)  # a stream gone: the connection's window all the same
 
     def flush_out(self) -> None:
+        kick = self.kick
+        if kick is None:
+            self.flush_now()
+        elif not self.dirty:
+            self.dirty = True
+            kick()
+
+    def flush_now(self) -> None:
+        self.dirty = False
         if self.closed:
             return
         while True:

@@ -114,14 +114,9 @@ class Engine:
 
     def send(self) -> tuple[bytes, bool, bytes]:
         """The bytes to send now, whether the session is over, and the events of sending."""
-        p, outp, done = self.p, self.outp, self.done
-        chunks = []
-        while True:
-            n = _lib.dn_send(p, outp, done)
-            if not n:
-                break
-            chunks.append(bytes(_ffi.buffer(outp[0], n)))
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        outp, done = self.outp, self.done
+        n = _lib.dn_send(self.p, outp, done)
+        data = bytes(_ffi.buffer(outp[0], n)) if n else b""
         return data, bool(done[0]), self._events()
 
     def head(self, sid: int, fields: bytes, final: bool, end: bool) -> int:

@@ -42,6 +42,8 @@ typedef struct {
     size_t hdr_len, hdr_cap, hdr_limit;
     int hdr_over;
     stream_out *waiting;
+    char *out;        /* what dn_send gathered */
+    size_t out_len, out_cap;
 } dn_session;
 
 static int grow(char **buf, size_t *cap, size_t need) {
@@ -238,6 +240,7 @@ void dn_free(dn_public *p) {
     nghttp2_session_del(s->session);  /* closes the streams: their buffers are freed */
     free(s->pub.ev);
     free(s->hdr);
+    free(s->out);
     free(s);
 }
 
@@ -248,26 +251,31 @@ int dn_recv(dn_public *p, const uint8_t *data, size_t len) {
     return n < 0 ? -1 : 0;
 }
 
-/* The bytes to send, valid until the next call; *done: nothing more will be read or sent. */
-size_t dn_send(dn_public *p, const uint8_t **out, int *done) {
+/* All the bytes there are to send now, gathered in one buffer valid until the next call;
+ * *done: nothing more will be read or sent. */
+size_t dn_send(dn_public *p, const char **out, int *done) {
     dn_session *s = (dn_session *)p;
-    ssize_t n = nghttp2_session_mem_send(s->session, out);
-    if (n < 0) n = 0;
-    if (n == 0) {
-        /* All that the windows admit is sent: what is left waits for a WINDOW_UPDATE. */
-        for (stream_out **q = &s->waiting; *q;) {
-            stream_out *o = *q;
-            if (o->len == o->off) { *q = o->next; o->listed = 0; continue; }
-            if (!o->blocked) {
-                o->blocked = 1;
-                emit(s, EV_BLOCKED, o->sid, 0, NULL, 0);
-            }
-            q = &o->next;
-        }
+    const uint8_t *chunk;
+    ssize_t n;
+    s->out_len = 0;
+    while ((n = nghttp2_session_mem_send(s->session, &chunk)) > 0) {
+        if (grow(&s->out, &s->out_cap, s->out_len + (size_t)n)) break;
+        memcpy(s->out + s->out_len, chunk, (size_t)n);
+        s->out_len += (size_t)n;
     }
-    *done = n == 0 && !nghttp2_session_want_read(s->session)
-            && !nghttp2_session_want_write(s->session);
-    return (size_t)n;
+    /* All that the windows admit is sent: what is left waits for a WINDOW_UPDATE. */
+    for (stream_out **q = &s->waiting; *q;) {
+        stream_out *o = *q;
+        if (o->len == o->off) { *q = o->next; o->listed = 0; continue; }
+        if (!o->blocked) {
+            o->blocked = 1;
+            emit(s, EV_BLOCKED, o->sid, 0, NULL, 0);
+        }
+        q = &o->next;
+    }
+    *done = !nghttp2_session_want_read(s->session) && !nghttp2_session_want_write(s->session);
+    *out = s->out;
+    return s->out_len;
 }
 
 void dn_events_taken(dn_public *p) { p->ev_len = 0; }
