@@ -68,15 +68,18 @@ def pct(xs: list[float], q: float) -> float:
 
 def run_h2(b: Bench) -> None:
     """The three figures, measured as bench.run measures the HTTP/1.1 ones."""
-    from bench.run import Figure, Sample
+    from bench.run import ONE_PROC, ONE_THREAD, Figure, Sample
 
     d = b.a.duration
+    # Beside the figure, as for handshakes: a one-process node against one HAProxy thread
+    # (two workers and two threads each lose some CPU-seconds to sharing two cores).
+    targets = (*TARGETS, *((ONE_PROC, ONE_THREAD) if ONE_PROC in b.servers else ()))
     f100 = Figure("h2_rps", "req/s", "req/CPU-s")
     f100.extra["method"] = "h2load -c 4 -m 100 (100 concurrent streams per connection), GET /1k"
-    b.measure(f100, TARGETS, lambda s: h2load(s.ports["h2"], d, 4, 100))
+    b.measure(f100, targets, lambda s: h2load(s.ports["h2"], d, 4, 100))
     f1 = Figure("h2_rps_1stream", "req/s", "req/CPU-s")
     f1.extra["method"] = "h2load -c 16 -m 1 (one stream at a time per connection), GET /1k"
-    b.measure(f1, TARGETS, lambda s: h2load(s.ports["h2"], d, 16, 1))
+    b.measure(f1, targets, lambda s: h2load(s.ports["h2"], d, 16, 1))
 
     rate = H2_FIXED_RATE
     lat = Figure("h2_p99_1000rps_ms", "ms", "req/CPU-s")
