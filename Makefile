@@ -58,7 +58,7 @@ run: install
 test: install .bench-apt-stamp
 	$(BIN)/ruff check dlba scheduler tests bench
 	$(BIN)/mypy dlba scheduler
-	$(BIN)/pytest -q -p no:cacheprovider tests
+	$(BIN)/pytest -q -p no:cacheprovider --durations=20 tests
 	@# The same source uncompiled (what runs between an edit and the next build): the pure core
 	@# and the request path again, since compiled code can differ from Python in corner cases.
 	DLBA_NATIVE=0 $(BIN)/pytest -q -p no:cacheprovider $(PURE_TESTS)
