@@ -88,6 +88,11 @@ class PageCache:
             for p in u.variants.values():
                 self._forget(p)
 
+    def drop_prefix(self, prefix: bytes) -> None:
+        """Every page whose key starts with `prefix` (one service's pages)."""
+        for key in [k for k in self.urls if k.startswith(prefix)]:
+            self.drop(key)
+
     def clear(self) -> None:
         self.urls.clear()
         self.bytes = 0

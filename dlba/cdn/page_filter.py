@@ -13,7 +13,7 @@ from dlba.cdn.html_rewriter import HtmlRewriter
 from dlba.cdn.page_cache import CachedPage
 
 if TYPE_CHECKING:
-    from dlba.cdn.runtime import CdnRuntime
+    from dlba.cdn.runtime import ServiceCdn
 
 PASS, REWRITE, FROM_CACHE = range(3)
 UNSAFE_CHARSETS = (b"utf-16", b"utf-32", b"ucs-2", b"iso-2022")  # not ASCII-compatible bytes
@@ -21,10 +21,10 @@ DROPPED = frozenset({b"content-length", b"content-md5", b"accept-ranges"})
 
 
 class PageFilter(ResponseFilter):
-    """`key`: the page's cache key; `stale`: the cached page being revalidated, if any;
-    `sampled`: the response counts in the popularity figures as `path`."""
+    """`rt`: the page's service; `key`: the page's cache key; `stale`: the cached page being
+    revalidated, if any; `sampled`: the response counts in the popularity figures as `path`."""
 
-    def __init__(self, rt: CdnRuntime, path: str, key: bytes, request: list[tuple[bytes, bytes]],
+    def __init__(self, rt: ServiceCdn, path: str, key: bytes, request: list[tuple[bytes, bytes]],
                  stale: CachedPage | None, sampled: bool, pages: bool, host: str) -> None:
         self.rt = rt
         self.path = path
@@ -159,7 +159,7 @@ class PageFilter(ResponseFilter):
 class SampleFilter(ResponseFilter):
     """An object's response, counted in the popularity figures, bytes untouched."""
 
-    def __init__(self, rt: CdnRuntime, path: str) -> None:
+    def __init__(self, rt: ServiceCdn, path: str) -> None:
         self.rt = rt
         self.path = path
         self.wire_bytes = 0

@@ -1,6 +1,6 @@
-"""One proxy process's CDN offload (the shell the exchange calls): it samples requests, holds
-the chosen set the node's hub hands it, rewrites pages through PageFilter and answers fresh
-cached pages itself. Counters are read by the hub (metrics, GET /cdn)."""
+"""One proxy process's CDN offload (the shell the exchange calls): per virtual service it samples
+requests, holds the chosen set the node's hub hands it, rewrites pages through PageFilter and
+answers fresh cached pages itself. Counters are read by the hub (metrics, GET /cdn)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from urllib.parse import quote, urljoin, urlsplit
 from dlba.cdn import http_rules
 from dlba.cdn.chooser import Choice, type_matcher
 from dlba.cdn.hook import RequestHook
-from dlba.cdn.page_cache import PageCache
+from dlba.cdn.page_cache import CachedPage, PageCache
 from dlba.cdn.page_filter import PageFilter, SampleFilter
 from dlba.cdn.popularity import Figure, Popularity
-from dlba.cdn.settings import CdnConfig
+from dlba.cdn.settings import CdnConfig, per_service
 from dlba.proxy import http_head
 
 if TYPE_CHECKING:
@@ -29,13 +29,19 @@ COUNTERS = ("rewritten", "urls_rewritten", "cache_hits", "cache_misses", "revali
             "bytes_offloaded", "sampled")
 
 
-class CdnRuntime(RequestHook):
-    def __init__(self, cfg: CdnConfig, rng: Callable[[], float] = random.random) -> None:
-        self.rng = rng
+class ServiceCdn:
+    """One virtual service's offload within a proxy process: its settings ([cdn] with its
+    [services.cdn]), its popularity figures, its chosen set and counters. A URL path on two
+    services is two objects. Its pages live in the process's cache under keys that start with
+    its name (`prefix`)."""
+
+    def __init__(self, name: str, cfg: CdnConfig, cache: PageCache) -> None:
+        self.name = name
+        self.prefix = name.encode() + b"\n"  # no Host or target holds a newline
+        self.cache = cache
         self.popularity = Popularity()
         self.choice = Choice()
         self.chosen: dict[str, Figure] = {}
-        self.cache = PageCache(int(cfg.cache_mb * 1024 * 1024))
         self.passed: collections.Counter[str] = collections.Counter()  # pages left alone, why
         self.rewritten = self.urls_rewritten = self.cache_hits = self.cache_misses = 0
         self.revalidated = self.bytes_offloaded = self.sampled = 0
@@ -45,18 +51,16 @@ class CdnRuntime(RequestHook):
         self.cfg = cfg
         self.types = type_matcher(cfg.types)
         self.base = cfg.base.rstrip("/")
-        self.cache.max_bytes = int(cfg.cache_mb * 1024 * 1024)
-        self.cache.clear()  # pages were rewritten with the old base
+        self.cache.drop_prefix(self.prefix)  # pages were rewritten with the old settings
 
-    # --- the chosen set (from the node's hub) ---------------------------------------------
     def set_choice(self, choice: Choice) -> bool:
-        """Take the array's choice; the cached pages go when its paths changed."""
+        """Take the array's choice for this service; its pages go when the paths changed."""
         if choice.version == self.choice.version:
             self.choice = choice  # the figures may have moved; the pages stay right
             return False
         self.choice = choice
         self.chosen = {f.path: f for f in choice.objects}
-        self.cache.clear()
+        self.cache.drop_prefix(self.prefix)
         return True
 
     def sample(self, path: str, nbytes: int, cacheable: bool) -> None:
@@ -69,61 +73,7 @@ class CdnRuntime(RequestHook):
     def counters(self) -> dict[str, int]:
         out = {k: int(getattr(self, k)) for k in COUNTERS}
         out.update({f"passed_{k}": v for k, v in self.passed.items()})
-        out["cache_pages"] = self.cache.pages
-        out["cache_bytes"] = self.cache.bytes
         return out
-
-    # --- requests ---------------------------------------------------------------------------
-    def on_request(self, ex: Exchange) -> bytes | None:
-        method = ex.method
-        if method != b"GET" or ex.upgrade:
-            # GETs only, over HTTP/1.1 or HTTP/2 (h2_stream.H2Exchange turns a node-made
-            # answer into HEADERS and DATA and passes its response through ex.cdn too).
-            return None
-        target = ex.target.decode("latin-1")
-        path = target.split("?", 1)[0]
-        sampled = self.rng() < self.cfg.sample
-        if self.types.match(path):
-            if sampled:
-                ex.cdn = SampleFilter(self, path)
-            return None
-        pages = bool(self.chosen)
-        if not pages and not sampled:
-            return None
-        host = (http_rules.header(ex.headers, b"host") or b"").decode("latin-1")
-        client = ex.client
-        key = b"%s://%s%s" % (client.scheme, host.encode("latin-1"), ex.target)
-        if self.cfg.fold_client:
-            key += b" " + client.peer_ip.encode()
-        stale = None
-        if pages and _may_use_cache(ex.headers):
-            page = self.cache.get(key, ex.headers)
-            if page is not None and page.version == self.choice.version:
-                if page.fresh_until > time.time():
-                    return self._hit(ex, page.status, page.reason, page.headers, page.body,
-                                     page.offloaded, sampled, path)
-                if page.origin_etag is not None or page.last_modified is not None:
-                    stale = page
-                    ex.headers = _conditional(ex.headers, page.origin_etag, page.last_modified)
-        ex.cdn = PageFilter(self, path, key, ex.headers, stale, sampled, pages,
-                            _base_host(host, client.peer_ip if self.cfg.fold_client else ""))
-        return None
-
-    def _hit(self, ex: Exchange, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
-             body: bytes, offloaded: int, sampled: bool, path: str) -> bytes:
-        self.cache_hits += 1
-        self.bytes_offloaded += offloaded
-        if sampled:
-            self.sample(path, len(body), True)
-        client = ex.client
-        hit = [(n, b"hit" if n == b"X-Dlba-Cdn" else v) for n, v in headers]
-        hit.append((b"Content-Length", b"%d" % len(body)))
-        https = client.scheme == b"https"
-        return http_head.response_head(
-            status, reason, hit, (), chunked=False,
-            keep_alive=ex.client_keep_alive and not client.closing, upgrade=False,
-            keep_alive_header=not ex.http11, hsts=ex.ctx.hsts if https else b"",
-        ) + body
 
     # --- URLs -------------------------------------------------------------------------------
     def map_url(self, url: str, page_path: str, host: str) -> tuple[str, str] | None:
@@ -159,6 +109,121 @@ class CdnRuntime(RequestHook):
         return f.bytes // f.count if f is not None and f.count else 0
 
 
+class CdnRuntime(RequestHook):
+    """`cfg`: the array's [cdn] (sample, cache_mb, fold_client); `services`: each service's
+    settings (settings.per_service), "default" alone when not given."""
+
+    def __init__(self, cfg: CdnConfig, services: dict[str, CdnConfig] | None = None,
+                 rng: Callable[[], float] = random.random) -> None:
+        self.rng = rng
+        self.folds = cfg.fold_client
+        self.cache = PageCache(int(cfg.cache_mb * 1024 * 1024))
+        self.services: dict[str, ServiceCdn] = {}
+        self.configure(cfg, services)
+
+    def configure(self, cfg: CdnConfig, services: dict[str, CdnConfig] | None = None) -> None:
+        if services is None:
+            services = {"default": cfg}
+        self.cfg = cfg
+        self.cache.max_bytes = int(cfg.cache_mb * 1024 * 1024)
+        if self.folds != cfg.fold_client:
+            self.cache.clear()  # keys and pages both change with the folded client label
+        self.folds = cfg.fold_client
+        old = self.services
+        self.services = {}
+        for name, scfg in services.items():
+            svc = old.pop(name, None)
+            if svc is None:
+                svc = ServiceCdn(name, scfg, self.cache)
+            elif svc.cfg != scfg:
+                svc.configure(scfg)
+            self.services[name] = svc
+        for gone in old.values():
+            self.cache.drop_prefix(gone.prefix)
+        self.first = next(iter(self.services.values()))
+        self.single = len(self.services) == 1
+        self.settings = services
+
+    # --- the chosen sets (from the node's hub) ----------------------------------------------
+    def set_choices(self, choices: dict[str, Choice]) -> None:
+        """Take the array's choice of every service (a service left out: nothing chosen)."""
+        for name, svc in self.services.items():
+            svc.set_choice(choices.get(name, EMPTY))
+
+    def figures(self) -> dict[str, list[Figure]]:
+        return {name: svc.figures() for name, svc in self.services.items()}
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        return {name: svc.counters() for name, svc in self.services.items()}
+
+    def service_of(self, ex: Exchange) -> ServiceCdn:
+        """The service the client dialled (its VIP and port), as the proxy routes it."""
+        if self.single:
+            return self.first
+        service = ex.ctx.services.router.service_for(*ex.client.io.local_address())
+        svc = self.services.get(service.name) if service is not None else None
+        return svc if svc is not None else self.first
+
+    # --- requests ---------------------------------------------------------------------------
+    def on_request(self, ex: Exchange) -> bytes | None:
+        method = ex.method
+        if method != b"GET" or ex.upgrade:
+            # GETs only, over HTTP/1.1 or HTTP/2 (h2_stream.H2Exchange turns a node-made
+            # answer into HEADERS and DATA and passes its response through ex.cdn too).
+            return None
+        svc = self.service_of(ex)
+        if not svc.cfg.enabled:
+            return None
+        target = ex.target.decode("latin-1")
+        path = target.split("?", 1)[0]
+        sampled = self.rng() < self.cfg.sample
+        if svc.types.match(path):
+            if sampled:
+                ex.cdn = SampleFilter(svc, path)
+            return None
+        pages = bool(svc.chosen)
+        if not pages and not sampled:
+            return None
+        host = (http_rules.header(ex.headers, b"host") or b"").decode("latin-1")
+        client = ex.client
+        key = b"%s%s://%s%s" % (svc.prefix, client.scheme, host.encode("latin-1"), ex.target)
+        if self.cfg.fold_client:
+            key += b" " + client.peer_ip.encode()
+        stale = None
+        if pages and _may_use_cache(ex.headers):
+            page = self.cache.get(key, ex.headers)
+            if page is not None and page.version == svc.choice.version:
+                if page.fresh_until > time.time():
+                    return self._hit(ex, svc, page, sampled, path)
+                if page.origin_etag is not None or page.last_modified is not None:
+                    stale = page
+                    ex.headers = _conditional(ex.headers, page.origin_etag, page.last_modified)
+        ex.cdn = PageFilter(svc, path, key, ex.headers, stale, sampled, pages,
+                            _base_host(host, client.peer_ip if self.cfg.fold_client else ""))
+        return None
+
+    @staticmethod
+    def _hit(ex: Exchange, svc: ServiceCdn, page: CachedPage, sampled: bool, path: str
+             ) -> bytes:
+        svc.cache_hits += 1
+        svc.bytes_offloaded += page.offloaded
+        body = page.body
+        if sampled:
+            svc.sample(path, len(body), True)
+        client = ex.client
+        hit = [(n, b"hit" if n == b"X-Dlba-Cdn" else v) for n, v in page.headers]
+        hit.append((b"Content-Length", b"%d" % len(body)))
+        https = client.scheme == b"https"
+        return http_head.response_head(
+            page.status, page.reason, hit, (), chunked=False,
+            keep_alive=ex.client_keep_alive and not client.closing, upgrade=False,
+            keep_alive_header=not ex.http11, hsts=ex.ctx.hsts if https else b"",
+        ) + body
+
+
+EMPTY = Choice()
+
+
 def _base_host(host: str, peer_ip: str) -> str:
     """The request's Host, and after a space the label the client's address folds into."""
     if not peer_ip:
@@ -186,13 +251,19 @@ def _conditional(headers: list[tuple[bytes, bytes]], etag: bytes | None,
     return out
 
 
+def service_settings(config: Config) -> dict[str, CdnConfig]:
+    """Each virtual service's CDN settings: [cdn] with its [services.cdn]."""
+    return per_service(config.cdn, [(s.name, s.cdn) for s in config.services])
+
+
 def runtime_for(config: Config, old: RequestHook | None) -> RequestHook | None:
-    """The runtime a config asks for: None when [cdn] is off; the old one reconfigured."""
-    cfg = config.cdn
-    if not cfg.enabled:
+    """The runtime a config asks for: None when no service has the offload on; the old one
+    reconfigured (each service keeps its figures and, while its settings stay, its pages)."""
+    services = service_settings(config)
+    if not any(c.enabled for c in services.values()):
         return None
     if isinstance(old, CdnRuntime):
-        if old.cfg != cfg:
-            old.configure(cfg)
+        if old.cfg != config.cdn or old.settings != services:
+            old.configure(config.cdn, services)
         return old
-    return CdnRuntime(cfg)
+    return CdnRuntime(config.cdn, services)

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from dlba.cdn.config_read import read_cdn_override
+from dlba.cdn.settings import CdnOverride
 from dlba.config.reader import Problems, Reader, networks, unique
 from dlba.config.sni_cert import SniCert, read_sni_cert
 
@@ -63,6 +65,7 @@ class ServiceConfig:
     routes: tuple[RouteConfig, ...] = ()
     certs: tuple[SniCert, ...] = ()
     implicit: bool = False  # made from cluster.vip: the file has no [[services]]
+    cdn: CdnOverride = field(default_factory=CdnOverride)  # [services.cdn]: changes to [cdn]
 
     def networks(self) -> tuple[ipaddress.IPv4Network, ...]:
         return tuple(ipaddress.IPv4Network(v) for v in self.vips)
@@ -190,7 +193,7 @@ def read_service(r: Reader, base: Path, hsts: bool, cookie: str) -> ServiceConfi
     return ServiceConfig(
         name, vips, ports, tls_ports, r.take("pool", str, DEFAULT_POOL), r.take("hsts", bool, hsts),
         r.take("redirect_https", bool, False), own_cookie, tuple(x for _, x in routes),
-        tuple(x for _, x in certs),
+        tuple(x for _, x in certs), cdn=read_cdn_override(r.section("cdn")),
     )
 
 

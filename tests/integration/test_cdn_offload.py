@@ -97,10 +97,10 @@ async def test_rewrite_plain_and_gzip_with_choice_and_metrics(tmp_path: Path) ->
         async with s.get(f"{arr.admin_url}/metrics",
                          headers={"Authorization": f"Bearer {arr.token}"}) as r:
             metrics = await r.text()
-        assert 'dlba_cdn_rewritten_total{node="n1"} 3.0' in metrics
-        assert 'dlba_cdn_cache_misses_total{node="n1"}' in metrics
-        assert 'dlba_cdn_cache_hits_total{node="n1"} 0.0' in metrics
-        assert 'dlba_cdn_bytes_offloaded_total{node="n1"} 0.0' not in metrics
+        assert 'dlba_cdn_rewritten_total{node="n1",service="default"} 3.0' in metrics
+        assert 'dlba_cdn_cache_misses_total{node="n1",service="default"}' in metrics
+        assert 'dlba_cdn_cache_hits_total{node="n1",service="default"} 0.0' in metrics
+        assert 'dlba_cdn_bytes_offloaded_total{node="n1",service="default"} 0.0' not in metrics
 
 
 async def test_cache_fresh_then_revalidated_and_never_private(tmp_path: Path) -> None:

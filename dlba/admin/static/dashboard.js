@@ -234,7 +234,8 @@ function renderServices(sv) {
   });
 }
 
-// The objects the array chose for the CDN (GET /cdn) and this node's offload counters.
+// The objects the array chose for the CDN (GET /cdn), grouped by virtual service (each has its
+// own choice and base), and this node's offload counters.
 async function renderCdn() {
   try {
     const r = await fetch("/cdn", { credentials: "same-origin", cache: "no-store" });
@@ -244,7 +245,17 @@ async function renderCdn() {
     $("cdn-caption").textContent = !c.enabled ? "(off: [cdn] enabled = false)"
       : `(decided by ${c.decider}; pages rewritten ${n.rewritten}, cache hits ${n.cache_hits}, ` +
         `misses ${n.cache_misses}, bytes offloaded ${n.bytes_offloaded})`;
-    fill("cdn", c.objects, c.enabled ? "nothing chosen yet" : "off", (tr, o) => {
+    // One row per chosen object; a service with none gets one row saying why.
+    const rows = (c.services || []).flatMap((s) => s.objects.length ? s.objects.map(
+      (o, i) => ({ ...o, first: i === 0 })) : [{ service: s.service, first: true,
+      none: s.enabled ? "nothing chosen yet" : "off" }]);
+    fill("cdn", c.enabled ? rows : [], "off", (tr, o) => {
+      tr.dataset.service = o.service;
+      cell(tr, o.first ? o.service : "");
+      if (o.none) {
+        cell(tr, o.none).colSpan = 4;
+        return;
+      }
       tr.dataset.object = o.path;
       [o.path, o.bytes, o.count, o.cdn_url].forEach((v) => cell(tr, v));
     });

@@ -19,7 +19,7 @@ from dlba.cdn.codec import OUT_STEP, CodecError, codec_for
 from dlba.cdn.page_cache import CachedPage, PageCache
 from dlba.cdn.page_filter import PageFilter
 from dlba.cdn.popularity import Figure
-from dlba.cdn.runtime import CdnRuntime
+from dlba.cdn.runtime import CdnRuntime, ServiceCdn
 from dlba.cdn.settings import CdnConfig
 from dlba.config import ConfigErrors, parse_config
 
@@ -100,8 +100,8 @@ def test_codecs_round_trip_in_pieces() -> None:
         list(bad.decode(b"not gzip at all"))
 
 
-def _runtime() -> CdnRuntime:
-    rt = CdnRuntime(CdnConfig(enabled=True, base="https://cdn.test"))
+def _runtime() -> ServiceCdn:
+    rt = CdnRuntime(CdnConfig(enabled=True, base="https://cdn.test")).services["default"]
     rt.set_choice(Choice((Figure("/s/a.css", 3000, 3, 0, True),)))
     return rt
 
@@ -113,8 +113,8 @@ def _run(f: PageFilter, headers: list[tuple[bytes, bytes]], body: bytes, status:
     return out_headers, b"".join([*out, f.finish()])
 
 
-def _filter(rt: CdnRuntime, stale: CachedPage | None = None) -> PageFilter:
-    return PageFilter(rt, "/p", b"http://h/p", [], stale, False, True, "h")
+def _filter(rt: ServiceCdn, stale: CachedPage | None = None) -> PageFilter:
+    return PageFilter(rt, "/p", rt.prefix + b"http://h/p", [], stale, False, True, "h")
 
 
 PAGE = b'<link href="/s/a.css"><img src="http://h/s/a.css"><img src="//other/s/a.css">'
@@ -132,7 +132,7 @@ def test_filter_rewrites_gzip_stores_and_serves_304_from_cache() -> None:
     assert b"content-length" not in names and names[b"etag"] == b'W/"e1"'
     # Two URLs of one object: the browser fetches it once, from the CDN.
     assert rt.rewritten == 1 and rt.urls_rewritten == 2 and rt.bytes_offloaded == 1000
-    page = rt.cache.get(b"http://h/p", [])
+    page = rt.cache.get(rt.prefix + b"http://h/p", [])
     assert page is not None and page.origin_etag == b'"e1"' and page.body == out
     # Stale (max-age=0): the back end's 304 brings the stored page back, fresh from the 304.
     f = _filter(rt, page)
