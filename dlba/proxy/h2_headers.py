@@ -61,7 +61,9 @@ def request_from_h2(fields: Sequence[tuple[bytes, bytes]], max_headers: int,
                 authority = value
             elif name == b":protocol":
                 protocol = value
-            continue  # :scheme: the listener's is what X-Forwarded-Proto says
+            elif name != b":scheme":  # the listener's is what X-Forwarded-Proto says
+                raise BadRequest(400, "unknown pseudo-header field")  # RFC 9113 8.3
+            continue
         if _NAME.match(name) is None or _BAD_VALUE.search(value) is not None:
             raise BadRequest(400, "bad header field")
         if len(name) + len(value) + 2 > max_line:

@@ -36,6 +36,7 @@ def test_authority_is_host_cookies_joined_hop_by_hop_dropped() -> None:
     ([*BASE[:3], (b":path", b"http://x/")], 400),
     ([(b":method", b"CONNECT"), (b":authority", b"a:1")], 405),
     ([*BASE, (b":protocol", b"websocket")], 400),
+    ([*BASE, (b":", b"")], 400),  # a pseudo-header field RFC 9113 does not define
     ([(b":method", b"GET"), (b":path", b"/")], 400),  # no authority, no Host
     ([*BASE, (b"x", b"a\r\nb: c")], 400),
     ([*BASE, (b"X-Upper", b"1")], 400),
