@@ -171,14 +171,20 @@ class CdnHub:
         if decider not in names:
             return None
         url = self.config.admin_url(names.index(decider)) + "/cdn/report"
-        body = {"source": f"node:{self.name}", "services": figures_wire(figures)}
+        first = next(iter(self.settings()))
+        body = {"source": f"node:{self.name}", "services": figures_wire(figures),
+                # what a decider of the release before services reads (rolling upgrade)
+                "figures": [f.to_wire() for f in figures.get(first, [])[:FIGURES_SENT]]}
         try:
             async with self.session.post(
                 url, json=body, headers={"Authorization": f"Bearer {self.token}"},
                 timeout=aiohttp.ClientTimeout(total=POST_TIMEOUT_S),
             ) as r:
                 data = await r.json() if r.status == 200 else None
-            choices = choices_from_wire(data["choices"]) if isinstance(data, dict) else None
+            choices = None
+            if isinstance(data, dict):
+                choices = (choices_from_wire(data["choices"]) if "choices" in data
+                           else {first: Choice.from_wire(data["choice"])})
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
             choices = None
         if (choices is None) != self.unreachable:  # once per outage, not once per period
@@ -195,7 +201,10 @@ class CdnHub:
             source = str(body["source"])
             figures: dict[str, list[Figure]] = {}
             counters: dict[str, dict[str, int]] = {}
-            for name, part in dict(body["services"]).items():
+            first = next(iter(self.settings()))
+            # A node or worker of the release before services sends its figures alone.
+            services = body.get("services") or {first: body}
+            for name, part in dict(services).items():
                 figures[str(name)] = [Figure.from_wire(f)
                                       for f in part["figures"][:FIGURES_SENT]]
                 counters[str(name)] = {str(k): int(v)
@@ -204,7 +213,8 @@ class CdnHub:
             return web.json_response({"ok": False, "reason": str(e)}, status=400)
         self.reports[source] = (time.monotonic(), figures, counters)
         return web.json_response({"ok": True, "choices": {
-            name: c.to_wire() for name, c in self.choices.items()}})
+            name: c.to_wire() for name, c in self.choices.items()},
+            "choice": self.choices.get(first, EMPTY).to_wire()})  # for the previous release
 
     def counters(self) -> dict[str, dict[str, int]]:
         """This node's counters per service: its in-process proxy's, or its workers' latest

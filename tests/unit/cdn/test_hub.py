@@ -8,6 +8,9 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
+from aiohttp import ClientSession, web
+
+from dlba.cdn.chooser import Choice
 from dlba.cdn.hub import STALE_S, CdnHub, choices_from_wire
 from dlba.cdn.popularity import Figure
 from dlba.cdn.runtime import CdnRuntime, service_settings
@@ -92,3 +95,44 @@ def test_each_service_chooses_from_its_own_figures_with_its_own_settings() -> No
                for m in hub.metrics() for s in m.samples}
     assert metrics[("dlba_cdn_chosen_objects", ("n1", "api"))] == 1
     assert metrics[("dlba_cdn_sampled_total", ("n1", "shop"))] == 1
+
+
+async def test_reports_and_answers_of_the_release_before_services_are_understood() -> None:
+    """Rolling upgrade: a node (or draining worker) of the previous release posts its figures
+    alone and reads `choice`; a decider of the previous release answers `choice` alone. Both
+    mean the first service. Over a real HTTP server on 127.0.0.1."""
+    hub, _ = _hub(services=(_service("shop"), _service("api")))
+    hub._adopt({"shop": Choice((Figure("/a.css", 10, 1, 0, True),))})
+    old_answer = {"ok": True, "choice": Choice((Figure("/old.css", 5, 1, 0, True),)).to_wire()}
+    posted: list[Any] = []
+
+    async def old_decider(request: web.Request) -> web.Response:
+        posted.append(await request.json())
+        return web.json_response(old_answer)
+
+    app = web.Application()
+    app.router.add_post("/cdn/report", hub._report)
+    app.router.add_post("/old/cdn/report", old_decider)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with ClientSession() as s:
+            old_report = {"source": "node:n2", "figures": [["/x.css", 7, 1, 0, True]]}
+            async with s.post(f"http://127.0.0.1:{port}/cdn/report", json=old_report) as r:
+                assert r.status == 200
+                answer = await r.json()
+            assert Choice.from_wire(answer["choice"]).paths == {"/a.css"}
+            assert set(answer["choices"]) == {"shop"}
+            assert [f.path for f in hub.reports["node:n2"][1]["shop"]] == ["/x.css"]
+
+            hub.session = s
+            config: Any = hub.ctx.config
+            config.admin_url = lambda _i: f"http://127.0.0.1:{port}/old"
+            choices = await hub._post("n2", {"shop": [Figure("/y.css", 3, 1, 0, True)]})
+            assert choices is not None and choices["shop"].paths == {"/old.css"}
+            assert posted[0]["figures"] == [["/y.css", 3, 1, 0, True]]
+    finally:
+        await runner.cleanup()
