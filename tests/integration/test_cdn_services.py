@@ -2,7 +2,8 @@
 127.0.0.0/8, each with its own popularity figures, choice and CDN base (one inherits [cdn], the
 other overrides base and types in [services.cdn]); a page is rewritten with its own service's
 choice and base, cached under its own service (same Host and path on the other service is
-another page), and GET /cdn and /metrics say which service each figure belongs to."""
+another page), and GET /cdn, /metrics and the dashboard say which service each figure belongs
+to."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import aiohttp
 
 from dlba.demo_site import OBJECTS
+from tests.chromium_cdp import chromium
 from tests.integration.loopback import LoopbackArray, free_port, loopback_array
 
 SHOP_VIP, API_VIP = "127.0.30.1", "127.0.40.1"
@@ -58,7 +60,7 @@ async def _view(arr: LoopbackArray, s: aiohttp.ClientSession, path: str) -> Any:
 async def test_two_services_each_with_its_own_choice_base_and_pages(tmp_path: Path) -> None:
     port = free_port()
     async with loopback_array(tmp_path, 2, extra=config(port)) as arr, \
-            aiohttp.ClientSession(auto_decompress=False) as s:
+            aiohttp.ClientSession(auto_decompress=False) as s, chromium(tmp_path) as b:
         shop, api = f"http://{SHOP_VIP}:{port}", f"http://{API_VIP}:{port}"
         for name in OBJECTS:  # every object through the shop
             assert (await _get(s, f"{shop}/static/{name}"))[0] == 200
@@ -100,3 +102,12 @@ async def test_two_services_each_with_its_own_choice_base_and_pages(tmp_path: Pa
         for service in ("shop", "api"):
             assert f'dlba_cdn_cache_hits_total{{node="n1",service="{service}"}} 1.0' in metrics
             assert f'dlba_cdn_rewritten_total{{node="n1",service="{service}"}} 1.0' in metrics
+
+        # The dashboard's panel: the objects grouped by service, the name on each group's first.
+        await b.goto(f"{arr.admin_url}/?token={arr.token}")
+        rows = "[...document.querySelectorAll('#cdn tbody tr[data-object]')]"
+        assert await b.wait(f"{rows}.length === 10")
+        groups = await b.eval(
+            f"{rows}.map((r) => r.dataset.service + ':' + r.cells[0].textContent)")
+        assert groups == ["shop:shop"] + ["shop:"] * 8 + ["api:api"]
+        assert await b.eval(f"{rows}[9].cells[4].textContent") == API_CDN + "/static/logo.png"
