@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 URL_SAFE = "/:?#[]@!$&'()*+,;=%~"
 COUNTERS = ("rewritten", "urls_rewritten", "cache_hits", "cache_misses", "revalidated",
             "bytes_offloaded", "sampled")
+EMPTY = Choice()
 
 
 class ServiceCdn:
@@ -219,9 +220,6 @@ class CdnRuntime(RequestHook):
             keep_alive=ex.client_keep_alive and not client.closing, upgrade=False,
             keep_alive_header=not ex.http11, hsts=ex.ctx.hsts if https else b"",
         ) + body
-
-
-EMPTY = Choice()
 
 
 def _base_host(host: str, peer_ip: str) -> str:
