@@ -89,6 +89,7 @@ class ClientTable:
         *,
         live: Sequence[bool] | None = None,
         log_limit: int | None = None,
+        names: Sequence[str] | None = None,
     ) -> None:
         if size <= 0:
             raise ValueError("size must be positive")
@@ -99,6 +100,11 @@ class ClientTable:
         self._live = list(live) if live is not None else [True] * len(weights)
         if len(self._live) != len(self._weights):
             raise ValueError("live and weights differ in length")
+        # Who each node number is (membership.py): it travels with the sync messages, so a
+        # copy indexes its nodes as the scheduler's does whatever order a config lists them in.
+        self.names = list(names) if names is not None else [""] * len(self._weights)
+        if len(self.names) != len(self._weights):
+            raise ValueError("names and weights differ in length")
         self._owner = array("i", [_NO_OWNER]) * size
         self._last = array("d", [NEVER]) * size
         self._counts = [0] * len(self._weights)
@@ -123,10 +129,11 @@ class ClientTable:
     def is_live(self, node: int) -> bool:
         return self._live[node]
 
-    def add_node(self, weight: int) -> int:
+    def add_node(self, weight: int, name: str = "") -> int:
         """Append a (not yet live) node on a config push; ``node_joined`` makes it live."""
         if weight < 0:
             raise ValueError("weight must be >= 0")
+        self.names.append(name)
         self._weights.append(weight)
         self._live.append(False)
         self._counts.append(0)
@@ -138,6 +145,7 @@ class ClientTable:
         last = len(self._weights) - 1
         if last < 0 or self._counts[last]:
             raise ValueError("only a last node that owns no bucket can be dropped")
+        self.names.pop()
         self._weights.pop()
         self._live.pop()
         self._counts.pop()

@@ -150,10 +150,12 @@ def vip_map(config: Any) -> dict[str, frozenset[int] | None]:
     return out
 
 
-def port_rules(config: Any) -> tuple[set[int], dict[int, int], int | None]:
+def port_rules(config: Any, names: Sequence[str] | None = None,
+               ) -> tuple[set[int], dict[int, int], int | None]:
     """[[ports]] rules (80 and 443 balanced without any); a port a service names is balanced
-    unless a rule pins it: the same rules for every VIP."""
-    index = {n.name: i for i, n in enumerate(config.nodes)}
+    unless a rule pins it: the same rules for every VIP. `names`: the node numbers' names
+    (the scheduler's slots; default the config's order)."""
+    index = {n: i for i, n in enumerate(names or [n.name for n in config.nodes])}
     balanced = {p.port for p in config.ports if p.pinned_node is None}
     pinned = {p.port: index[p.pinned_node] for p in config.ports if p.pinned_node is not None}
     if not config.ports:

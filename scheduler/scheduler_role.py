@@ -22,7 +22,7 @@ from scheduler.dataplane import DataPlane, make_dataplane, port_rules, vip_map
 from scheduler.failover.server_heartbeats import HEARTBEAT, SWEEP
 from scheduler.failover.sync_messages import SyncMessage, SyncSnapshot
 from scheduler.failover.table_sync import message_for, snapshot_of
-from scheduler.membership import endpoint, next_members
+from scheduler.membership import endpoint, next_members, slot_members, tombstones
 from scheduler.server_status_table import ServerStatusTable
 from scheduler.server_watch import OnHeartbeats, first_visit, heartbeat_servers, watch_state
 from scheduler.status_sweep import NodeAnswered, NodeFailed, NodeRecovered, SweepEvent
@@ -47,9 +47,10 @@ class SchedulerRole:
         assert config.cluster.vip is not None
         self.config = config
         self.vip = config.cluster.vip
-        self.members = list(config.nodes)  # + removed members still draining (membership.py)
+        # Members in slot order (membership.py): the config's nodes at first, then kept by name.
+        self.members = list(config.nodes)
         self.names = [n.name for n in config.nodes]
-        self.index = self.names.index(self_name)
+        self.gone: frozenset[int] = frozenset()  # tombstones: removed members that drained
         self.token = token
         self.prefer = dataplane
         self.epoch = epoch
@@ -67,17 +68,18 @@ class SchedulerRole:
         # a takeover keeps it, pinned to the new box, until an operator clears it.
         self.panic_kept = synced is not None and synced.panic_scheduler is not None
         self.table = synced or ClientTable(size, self.status.table_weights(), live=[
-            i == self.index for i in range(len(self.names))
-        ])
-        # Members a push removed that still drain in the synced copy (`departed`: the agent
-        # remembers who they were) stay members with weight 0; others are cut at start().
-        known = [*config.nodes, *departed][:self.table.node_count]
+            n.name == self_name for n in config.nodes], names=self.names)
+        # A synced copy's slots by name: removed members that still drain (`departed`: the
+        # agent remembers who they were) stay with weight 0; unknown ones are cut at start().
+        known, unknown = slot_members(self.table.names, config.nodes, departed)
         self.members = next_members(config.nodes, known, self.table.counts())
-        if len(self.members) > len(config.nodes):
-            self.names = [m.name for m in self.members]
-            self.status = ServerStatusTable(self.members, macs=macs)
-            for i in range(len(config.nodes), len(self.members)):
+        self.unknown = frozenset(i for i in unknown if i < len(self.members))
+        self._adopt_members()
+        self.status = ServerStatusTable(self.members, macs=macs)
+        for i, m in enumerate(self.members):
+            if m.name not in self.config_names():
                 self.table.set_weight(i, 0)
+        self.index = self.names.index(self_name)
         # Until start() knows who is live: the lost scheduler (a takeover's) is failed.
         self.sweep, self.liveness, self.heartbeats = watch_state(
             config.cluster, len(self.names), self.index, self.known_failed)
@@ -119,9 +121,9 @@ class SchedulerRole:
         now = time.monotonic()
         self.session = aiohttp.ClientSession()
         fetch = self._fetcher()
-        while self.table.node_count > len(self.names):  # members a push removed: the synced
-            self.table.node_failed(self.table.node_count - 1, now)  # copy cannot say who
-            self.table.drop_last_node()                             # they were: cut
+        for i in self.unknown:  # members nobody here knows: cut (tombstones from now on)
+            self.table.node_failed(i, now)
+        self.gone = tombstones(self.config.nodes, self.members, self.table.counts())
         if self.takeover:
             for i in self.known_failed:
                 self.status.mark_failed(i)
@@ -140,7 +142,7 @@ class SchedulerRole:
         dp.install()
         self.dataplane = dp
         dp.set_self(self.index, self.mac)
-        dp.set_port_rules(*port_rules(self.config))
+        dp.set_port_rules(*port_rules(self.config, self.names))
         dp.set_deny(list(self.config.cluster.deny))
         dp.set_vips(vips)
         await self.push_now()
@@ -156,9 +158,10 @@ class SchedulerRole:
 
     def _fetcher(self) -> StatusFetcher:
         assert self.session is not None
-        return StatusFetcher(self.session, [f"http://{e.host}:{e.port}/status" for e in
-                                            (endpoint(self.config, m) for m in self.members)],
-                             self.token, timeout_s=1.0)
+        return StatusFetcher(self.session, [
+            None if i in self.gone else f"http://{e.host}:{e.port}/status"
+            for i, e in enumerate(endpoint(self.config, m) for m in self.members)],
+            self.token, timeout_s=1.0)
 
     def _monitor(self, fetch: StatusFetcher) -> None:
         """(Re)start the sweep and the heartbeats over the current members."""
@@ -168,7 +171,7 @@ class SchedulerRole:
             self.sweep, self.status, fetch, stop=self.stop_event, on_event=self._on_sweep))]
         if self.heartbeat_key is not None:
             targets = {i: endpoint(self.config, self.members[i])
-                       for i in self.heartbeats.peers()}
+                       for i in self.heartbeats.peers() if i not in self.gone}
             self.monitors.append(asyncio.ensure_future(heartbeat_servers(
                 self.heartbeat_key, self.heartbeats, targets, self.names,
                 lambda: self.config.cluster.ping_interval_s,
@@ -179,7 +182,8 @@ class SchedulerRole:
         """Sweep, liveness and heartbeats over the members; those not live in the client table
         start failed (only their next sweep and heartbeat answers bring them in)."""
         n = len(self.members)
-        down = [i for i in range(n) if i != self.index and not self.table.is_live(i)]
+        down = [i for i in range(n) if i != self.index
+                and (i in self.gone or not self.table.is_live(i))]
         self.sweep, self.liveness, self.heartbeats = watch_state(
             self.config.cluster, n, self.index, down)
         return down
@@ -189,22 +193,39 @@ class SchedulerRole:
         that count nodes are rebuilt around the client table, which keeps every assignment."""
         old = {r.name: r for r in self.status.rows}
         self.members = members
-        self.names = [m.name for m in members]
         self.status = ServerStatusTable(
             members, macs={n: r.mac for n, r in old.items() if r.mac},
             enabled={n: r.enabled for n, r in old.items()})
-        while self.table.node_count < len(members):  # joins not live: the sweep brings it in
-            self.table.add_node(members[self.table.node_count].weight)
-        while self.table.node_count > len(members):
-            self.table.drop_last_node()
+        self._adopt_members()
+        for i in self.gone:  # a drained member: nothing may be given to it again
+            if self.table.is_live(i):
+                self.table.node_failed(i, time.monotonic())
         for i in self._new_monitors():
             self.status.mark_failed(i)
         if self.table.panic_scheduler is not None:
             self.status.panic()
         if self.session is not None:
             self._monitor(self._fetcher())
+        names = self.config_names()
         events.info("event=members_changed members=%s leaving=%s", ",".join(self.names),
-                    ",".join(self.names[len(self.config.nodes):]) or "-")
+                    ",".join(n for i, n in enumerate(self.names)
+                             if n not in names and i not in self.gone) or "-")
+
+    def config_names(self) -> set[str]:
+        return {n.name for n in self.config.nodes}
+
+    def _adopt_members(self) -> None:
+        """The table fitted to `members` (slot order): joins appended not live (the sweep
+        brings them in), forgotten trailing slots (they own nothing) dropped; their names and
+        tombstones."""
+        while self.table.node_count < len(self.members):
+            m = self.members[self.table.node_count]
+            self.table.add_node(m.weight, m.name)
+        while self.table.node_count > len(self.members):
+            self.table.drop_last_node()
+        self.names = [m.name for m in self.members]
+        self.table.names[:] = self.names
+        self.gone = tombstones(self.config.nodes, self.members, self.table.counts())
 
     async def stop(self) -> None:
         """Stand down: stop answering ARP first, then remove the data plane."""
@@ -295,12 +316,14 @@ class SchedulerRole:
                 if moved:
                     events.info("event=rebalance buckets_moved=%d version=%d", moved,
                                 self.table.version)
-            if len(self.members) > len(self.config.nodes):
-                members = next_members(self.config.nodes, self.members, self.table.counts())
-                if len(members) < len(self.members):
-                    events.info("event=node_drained nodes=%s",
-                                ",".join(self.names[len(members):]))
-                    self._set_members(members)
+            counts = self.table.counts()
+            members = next_members(self.config.nodes, self.members, counts)
+            gone = tombstones(self.config.nodes, members, counts)
+            if len(members) < len(self.members) or gone != self.gone:
+                events.info("event=node_drained nodes=%s", ",".join(
+                    n for i, n in enumerate(self.names)
+                    if i >= len(members) or (i in gone and i not in self.gone)))
+                self._set_members(members)
             await self.push_now()
 
     # --- what the admin API shows -------------------------------------------------------------
@@ -312,7 +335,8 @@ class SchedulerRole:
         }
 
     def node_rows(self) -> list[dict[str, Any]]:
-        return [r.to_json() for r in self.status.rows]
+        """The members' rows; a tombstone is no member any more."""
+        return [r.to_json() for i, r in enumerate(self.status.rows) if i not in self.gone]
 
     def summary_json(self) -> dict[str, Any]:
         dp = self.dataplane
@@ -340,7 +364,8 @@ class SchedulerRole:
         longer answered by ARP; a new one is announced)."""
         self.config = config
         members = next_members(config.nodes, self.members, self.table.counts())
-        if [m.name for m in members] != self.names:
+        if ([m.name for m in members] != self.names
+                or tombstones(config.nodes, members, self.table.counts()) != self.gone):
             self._set_members(members)
         for i, n in enumerate(members):
             self.status.rows[i].config_weight = n.weight
@@ -351,7 +376,7 @@ class SchedulerRole:
         vips = vip_map(config)
         owner = self.vip_owner
         if dp is not None:
-            dp.set_port_rules(*port_rules(config))
+            dp.set_port_rules(*port_rules(config, self.names))
             dp.set_deny(list(config.cluster.deny))
             if owner is not None:
                 # New VIPs reach the kernel's map before ARP draws their traffic here;

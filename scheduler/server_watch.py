@@ -66,7 +66,7 @@ async def heartbeat_servers(
     """Every ping interval, the heartbeat to every peer at once: a node whose processes
     died loses its buckets after `ping_failures` missed answers, not at the next sweep."""
     pinger = Pinger(key)
-    peers = heartbeats.peers()
+    peers = [i for i in heartbeats.peers() if i in targets]  # not a drained member's slot
     try:
         while True:
             interval = interval_s()  # a push may change it

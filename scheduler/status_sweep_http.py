@@ -43,7 +43,7 @@ class StatusFetcher:
     def __init__(
         self,
         session: aiohttp.ClientSession,
-        urls: Sequence[str],
+        urls: Sequence[str | None],
         token: str,
         *,
         timeout_s: float = 1.0,
@@ -55,6 +55,8 @@ class StatusFetcher:
 
     async def __call__(self, node: int) -> Mapping[str, Any] | None:
         url = self._urls[node]
+        if url is None:  # a member no one watches any more (a drained one's slot)
+            return None
         try:
             # A fresh connection per visit, closed after the answer, as the patent's sweep does:
             # a pooled connection to a dead node would hide its death behind the pool.

@@ -129,14 +129,14 @@ def _live_change_problems(new: Config, base: Config, earlier: list[ConfigError]
         # Cookies signed with the old secret are still out there; changing it is a restart.
         out.append(ConfigError(file, "cluster.secret_file",
                                "the cluster secret cannot change live"))
-    old = [(n.name, n.address) for n in base.nodes]
-    now = [(n.name, n.address) for n in new.nodes]
-    if not any(p.key.startswith("nodes") for p in earlier) and (
-            now[:len(old)] != old and old[:len(now)] != now):
-        # Node numbers index the client table and the kernel's maps in every node: members
-        # join at the end of [[nodes]] and leave from its end (the others keep their number).
-        out.append(ConfigError(file, "nodes", "members are added or removed live only at the "
-                               "end of [[nodes]] (others: restart); weights change live"))
+    old = {n.name: n.address for n in base.nodes}
+    moved = sorted(n.name for n in new.nodes if old.get(n.name, n.address) != n.address)
+    if not any(p.key.startswith("nodes") for p in earlier) and moved:
+        # Any member joins or leaves live (its table number is kept by name: see
+        # scheduler/membership.py), but a name is one node: its peers and the scheduler
+        # watch it at that address.
+        out.append(ConfigError(file, "nodes", f"the address of {', '.join(moved)} cannot "
+                               "change live (remove it, then add it back; or restart)"))
     for key, a, b in (("cluster.vip", new.cluster.vip, base.cluster.vip),
                       ("cluster.buckets", new.cluster.buckets, base.cluster.buckets)):
         if a != b and not any(p.key == key for p in earlier):

@@ -60,7 +60,8 @@ class NodeAgent:
         self.addresses = {n.name: n.address for n in config.nodes}
         self.peers_follow: str | None = None  # the scheduler every answering peer follows
         self.election = Election(self.address, ping_failures=config.cluster.ping_failures)
-        self.table = ClientTable(config.cluster.buckets, [n.weight for n in config.nodes])
+        self.table = ClientTable(config.cluster.buckets, [n.weight for n in config.nodes],
+                                 names=[n.name for n in config.nodes])
         self.role: SchedulerRole | None = None
         self.pinger: Pinger | None = None
         self.key = heartbeat_key(config.read_secret())
@@ -79,7 +80,7 @@ class NodeAgent:
         self.prepared: front.Prepared | None = None
         self.fence = Fence(name, lambda: self.role, self._stand_down)
         self.lo_vips: list[str] = []  # the VIP addresses this process put (or found) on lo
-        self.departed: list[NodeConfig] = []  # members pushes removed from the end
+        self.departed: list[NodeConfig] = []  # members pushes removed
         self.outsider = False  # a peer's config does not name this node (see _elect)
         self.lo_task: asyncio.Future[None] | None = None
 
@@ -104,17 +105,20 @@ class NodeAgent:
     def reconfigure(self, config: Config) -> None:
         """A committed config: node weights, port rules, deny list, timers (members and the
         VIP were checked unchanged by the stage)."""
-        # Members removed from the end, remembered so that a takeover while they still drain
-        # keeps them (scheduler/membership.py); a member added back takes its place again.
-        self.departed = [*self.config.nodes, *self.departed][len(config.nodes):]
+        # Members removed, remembered so that a takeover while they still drain keeps them
+        # (scheduler/membership.py); a member added back takes its place again.
+        kept = {n.name for n in config.nodes}
+        self.departed = list({n.name: n for n in [*self.departed, *self.config.nodes]
+                              if n.name not in kept}.values())
         self.config = config
         self.election.threshold = config.cluster.ping_failures
-        # Members join or leave at the end of [[nodes]] (checked at stage): numbers hold.
+        # Table numbers are slots kept by name (membership.py): a new member takes the next.
         self.names = [n.name for n in config.nodes]
         self.by_address.update({n.address: n.name for n in config.nodes})
         self.addresses = {n.name: n.address for n in config.nodes}
-        while self.table.node_count < len(self.names):
-            self.table.add_node(config.nodes[self.table.node_count].weight)
+        for n in config.nodes:
+            if n.name not in self.table.names:
+                self.table.add_node(n.weight, n.name)
         self.lo_task = asyncio.ensure_future(self.hold_vips_on_lo())
         if self.role is not None:
             self.role.reconfigure(config)
@@ -333,7 +337,7 @@ class NodeAgent:
                 self.config, self.name, self.token, dataplane=self.dataplane, synced=self.table,
                 prepared=prepared,
                 epoch=self.election.term, push=self._push_to_peers,
-                failed=[self.names.index(lost)] if lost in self.names else [],
+                failed=[self.table.names.index(lost)] if lost in self.table.names else [],
                 macs={self.by_address[a]: m for m, a in self.peer_macs.items()
                       if a in self.by_address},
                 heartbeat_key=self.key, on_heartbeats=self._on_peer_heartbeats,

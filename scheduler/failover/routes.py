@@ -90,7 +90,7 @@ def _scheduler_routes(agent: Agent, app: web.Application) -> None:
         role.set_node_enabled(name, action == "enable")
         events.info("event=admin_action node=%s action=node_%s target=%s peer=%s",
                        agent.name, action, name, request.remote)
-        return web.json_response(role.node_rows()[agent.names.index(name)])
+        return web.json_response(role.status.rows[role.names.index(name)].to_json())
 
     app.router.add_post("/nodes/{name}/{action}", node_action)
     app.router.add_get("/table", table)
@@ -127,8 +127,8 @@ def agent_metrics(agent: Agent) -> Iterator[Metric]:
     c = CounterMetricFamily("dlba_dataplane_packets", "Packets forwarded per owner node",
                             labels=["scheduler", "node"])
     for i, n in sorted(counters.packets.items()):
-        if i < len(agent.names):
-            c.add_metric([node, agent.names[i]], n)
+        if i < len(role.names):
+            c.add_metric([node, role.names[i]], n)
     yield c
     c = CounterMetricFamily("dlba_dataplane_drops", "Packets dropped by the data plane",
                             labels=["scheduler", "reason"])

@@ -6,7 +6,8 @@ the whole table from the scheduler's `/table?indexes=1`. These classes are the o
 knows the JSON of either: the scheduler role builds them, the agent parses them.
 
 Every message carries the liveness of the nodes (a takeover must never rebalance onto a node
-known dead) and the panic pin (the node panic mode sends every bucket to, or None).
+known dead), the panic pin (the node panic mode sends every bucket to, or None) and the names
+of the node numbers (scheduler/membership.py; absent from an older scheduler's messages).
 A bucket's owner is a node index, or None for no owner (JSON null).
 """
 
@@ -33,16 +34,19 @@ class SyncDelta:
     changes: tuple[Change, ...]
     live: tuple[bool, ...] | None = None
     panic: int | None = None
+    names: tuple[str, ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "from_version": self.from_version, "version": self.version,
-                "changes": [[b, n] for b, n in self.changes], **_tail(self.live, self.panic)}
+                "changes": [[b, n] for b, n in self.changes],
+                **_tail(self.live, self.panic, self.names)}
 
     @classmethod
     def from_json(cls, doc: object) -> SyncDelta:
         d = _object(doc)
         return cls(_count(d, "epoch"), _count(d, "from_version"), _count(d, "version"),
-                   tuple(_change(c) for c in _list(d, "changes")), _live(d), _panic(d))
+                   tuple(_change(c) for c in _list(d, "changes")), _live(d), _panic(d),
+                   _names(d))
 
 
 @dataclass(frozen=True)
@@ -54,10 +58,11 @@ class SyncSnapshot:
     assignments: tuple[int | None, ...]
     live: tuple[bool, ...] | None = None
     panic: int | None = None
+    names: tuple[str, ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "version": self.version,
-                "assignments": list(self.assignments), **_tail(self.live, self.panic)}
+                "assignments": list(self.assignments), **_tail(self.live, self.panic, self.names)}
 
     @classmethod
     def from_json(cls, doc: object) -> SyncSnapshot:
@@ -66,7 +71,7 @@ class SyncSnapshot:
     def to_table_json(self) -> dict[str, Any]:
         """The fields `/table?indexes=1` adds to the table document (owners as node indexes)."""
         return {"epoch": self.epoch, "version": self.version,
-                "indexes": list(self.assignments), **_tail(self.live, self.panic)}
+                "indexes": list(self.assignments), **_tail(self.live, self.panic, self.names)}
 
     @classmethod
     def from_table_json(cls, doc: object) -> SyncSnapshot:
@@ -76,7 +81,7 @@ class SyncSnapshot:
     @classmethod
     def _parse(cls, d: Mapping[str, object], key: str) -> SyncSnapshot:
         return cls(_count(d, "epoch"), _count(d, "version"),
-                   tuple(_owner(o) for o in _list(d, key)), _live(d), _panic(d))
+                   tuple(_owner(o) for o in _list(d, key)), _live(d), _panic(d), _names(d))
 
 
 SyncMessage = SyncDelta | SyncSnapshot
@@ -92,8 +97,11 @@ def parse_sync(doc: object) -> SyncMessage:
 
 # --- validation: every failure is one SyncMessageError naming what was wrong -----------------
 
-def _tail(live: tuple[bool, ...] | None, panic: int | None) -> dict[str, Any]:
-    return {"live": None if live is None else list(live), "panic": panic}
+def _tail(live: tuple[bool, ...] | None, panic: int | None,
+          names: tuple[str, ...] | None) -> dict[str, Any]:
+    # `names` only when known, so a message without it is the older peers' exact form.
+    return {"live": None if live is None else list(live), "panic": panic,
+            **({} if names is None else {"names": list(names)})}
 
 
 def _object(doc: object) -> Mapping[str, object]:
@@ -144,3 +152,12 @@ def _live(d: Mapping[str, object]) -> tuple[bool, ...] | None:
 def _panic(d: Mapping[str, object]) -> int | None:
     value = d.get("panic")
     return None if value is None else _int(value, "panic")
+
+
+def _names(d: Mapping[str, object]) -> tuple[str, ...] | None:
+    value = d.get("names")
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise SyncMessageError(f"names is not a list of strings: {value!r}")
+    return tuple(value)

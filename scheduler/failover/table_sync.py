@@ -35,8 +35,11 @@ def apply_message(table: ClientTable, msg: SyncMessage, *, term: int,
     # push: its copy grows to fit (the scheduler's table is the truth).
     nodes = (msg.assignments if isinstance(msg, SyncSnapshot) else [n for _, n in msg.changes])
     highest = max((n for n in nodes if n is not None), default=-1)
-    while table.node_count <= highest:
+    while table.node_count <= max(highest, len(msg.names or ()) - 1):
         table.add_node(0)
+    if msg.names is not None:
+        # The scheduler's numbering is the truth (membership.py: slots by name).
+        table.names[:len(msg.names)] = msg.names
     try:
         if isinstance(msg, SyncSnapshot):
             table.apply_snapshot(msg.version, msg.assignments, epoch=msg.epoch)
@@ -45,6 +48,9 @@ def apply_message(table: ClientTable, msg: SyncMessage, *, term: int,
     except SyncError as e:
         return {"ok": False, "reason": str(e), "version": table.version,
                 "epoch": table.epoch}, True
+    while msg.names is not None and table.node_count > len(msg.names) and not (
+            table.counts()[-1]):
+        table.drop_last_node()  # the scheduler forgot it (it drained): so does the copy
     if msg.live is not None and len(msg.live) == table.node_count:
         # Liveness travels too, so a takeover never rebalances onto a node known dead.
         for i, up in enumerate(msg.live):
@@ -61,7 +67,7 @@ def apply_message(table: ClientTable, msg: SyncMessage, *, term: int,
 def snapshot_of(table: ClientTable) -> SyncSnapshot:
     """The whole table, as the scheduler pushes it or a follower pulls it."""
     return SyncSnapshot(table.epoch, table.version, tuple(table.assignments()),
-                        _live(table), table.panic_scheduler)
+                        _live(table), table.panic_scheduler, tuple(table.names))
 
 
 def message_for(table: ClientTable, pushed_version: int) -> SyncMessage:
@@ -72,7 +78,7 @@ def message_for(table: ClientTable, pushed_version: int) -> SyncMessage:
     if changes is None:
         return snapshot_of(table)
     return SyncDelta(table.epoch, pushed_version, table.version, tuple(changes), _live(table),
-                     table.panic_scheduler)
+                     table.panic_scheduler, tuple(table.names))
 
 
 def _live(table: ClientTable) -> tuple[bool, ...]:

@@ -174,3 +174,97 @@ def test_a_draining_node_survives_a_takeover_and_never_takes_over(tmp_path: Path
             if conn is not None:
                 conn.sock.close()
             processes.stop_pid(n4.pid, None)
+
+
+def nodes_block(name: str, k: int) -> str:
+    return (f'[[nodes]]\nname = "{name}"\naddress = "198.18.0.{10 + k}"\nweight = 100\n'
+            'listen = ["198.18.0.100:80"]\nlisten_tls = ["198.18.0.100:443"]\n\n')
+
+
+def without(text: str, name: str) -> str:
+    """`text` without the [[nodes]] entry of `name` (it ends where the next table begins)."""
+    out, n = re.subn(rf'\[\[nodes\]\]\nname = "{name}"\n.*?(?=^\[)', "", text,
+                     flags=re.DOTALL | re.MULTILINE)
+    assert n == 1, f"no [[nodes]] entry for {name}"
+    return out
+
+
+def test_a_middle_node_removed_by_push_drains_and_a_new_one_joins_in_the_middle(
+        tmp_path: Path) -> None:
+    """n2 of n1..n4 (not the scheduler) leaves by push under load: it keeps its table
+    number while its buckets drain, then leaves the table; n3 and n4 keep theirs (no flow of
+    theirs moves). Then n5, listed between n1 and n3, joins: it takes the next number."""
+    with running_array(tmp_path, nodes=4, backends=2, up_args=("--spare-nodes", "1")) as arr:
+        sched = arr.scheduler()
+        assert sched == 4
+        base = config_with(arr, "base.toml", False)
+        no_n2 = arr.state / "no_n2.toml"
+        no_n2.write_text(without(base.read_text(), "n2"))
+        five = arr.state / "five.toml"
+        five.write_text(no_n2.read_text().replace('[[nodes]]\nname = "n3"',
+                                                  nodes_block("n5", 5) + '[[nodes]]\nname = "n3"',
+                                                  1))
+        from dlba.local_array.up import node_command
+
+        n5: processes.Started | None = None
+        try:
+            with Load(arr) as load:
+                time.sleep(1.0)
+                push(arr, base, [1, 2, 3, 4])  # buckets idle after 2 s from here on
+                assert owned(arr, sched, "n2") > 0
+                before = arr.admin(sched, "/table")["assignments"]
+                push(arr, no_n2, [1, 3, 4])
+                wait_until(lambda: "n2" not in arr.admin(sched, "/table")["assignments"], 30,
+                           "n2 to drain")
+                after = arr.admin(sched, "/table")["assignments"]
+                # only n2's buckets moved: the others' owners (numbers) held through the drain
+                assert all(a == b for a, b in zip(before, after, strict=True) if a != "n2")
+                wait_until(lambda: [n["name"] for n in arr.admin(sched, "/summary")["nodes"]]
+                           == ["n1", "n3", "n4"], 10, "n2 to leave the scheduler's table")
+                n5 = processes.start("n5", node_command(five, "n5"), arr.state, arr.node_ns(5))
+                wait_until(lambda: arr.try_admin(5, "/status"), 20, "n5 to answer")
+                push(arr, five, [1, 3, 4, 5])
+                wait_until(lambda: owned(arr, sched, "n5") > 0, 20, "n5 to get buckets")
+                hits = arr.admin(5, "/status")["nodes"][0]["hits"]
+                wait_until(lambda: arr.admin(5, "/status")["nodes"][0]["hits"] > hits, 20,
+                           "n5 to serve requests")
+                rows = [n["name"] for n in arr.admin(sched, "/summary")["nodes"]]
+                assert rows == ["n1", "n3", "n4", "n5"], rows
+                time.sleep(1.0)
+        finally:
+            if n5 is not None:
+                processes.stop_pid(n5.pid, None)
+        assert load.failed == [], load.failed
+        assert load.done > 20, load.done
+        print(f"requests={load.done} failed={len(load.failed)}", file=sys.stderr)
+
+
+def test_a_draining_middle_node_survives_a_takeover(tmp_path: Path) -> None:
+    """n2 removed by push while a connection holds one of its buckets, then the scheduler
+    (n4) is lost: the new scheduler keeps n2 draining in its own number, the flow is not cut."""
+    with running_array(tmp_path, nodes=4, backends=2) as arr:
+        assert arr.scheduler() == 4
+        base = config_with(arr, "base.toml", False, idle_s=60)
+        no_n2 = arr.state / "no_n2.toml"
+        no_n2.write_text(without(base.read_text(), "n2"))
+        push(arr, base, [1, 2, 3, 4])
+        table = arr.admin(4, "/table")["assignments"]
+        sport = next(p for p in range(40000, 49000) if table[arr.bucket(p)] == "n2")
+        conn = KeepAlive(arr, sport)
+        try:
+            assert conn.get() == 200
+            push(arr, no_n2, [1, 3, 4])  # n2 drains: its busy bucket stays (idle after 60 s)
+            wait_until(lambda: all(o != "n2" or i == arr.bucket(sport) for i, o in
+                                   enumerate(arr.admin(4, "/table")["assignments"])),
+                       10, "n2's idle buckets to leave it")
+            arr.link(4, up=False)
+            try:
+                wait_until(lambda: arr.scheduler([1, 3]) == 3, 15, "n3 to take over")
+                assert arr.admin(3, "/table")["assignments"][arr.bucket(sport)] == "n2"
+                assert conn.get() == 200
+                names = [n["name"] for n in arr.admin(3, "/summary")["nodes"]]
+                assert names == ["n1", "n2", "n3", "n4"], names
+            finally:
+                arr.link(4, up=True)
+        finally:
+            conn.sock.close()

@@ -1,5 +1,6 @@
-"""scheduler/membership.py and the config stage's rule: members join and leave at the end of
-[[nodes]]; a removed member stays (weight 0) while it owns buckets, then goes."""
+"""scheduler/membership.py and the config stage's rule: any member joins or leaves live, each
+keeps its table number (slot) by name; a removed member stays (weight 0) while it owns buckets,
+then its slot is a tombstone (forgotten when nothing follows it)."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def test_drained_member_leaves_the_client_table() -> None:
     assert table.node_count == 2 and all(o in (0, 1) for o in table.assignments())
 
 
-def test_stage_accepts_members_at_the_end_only(tmp_path: object) -> None:
+def test_stage_accepts_any_member_joining_or_leaving(tmp_path: object) -> None:
     from pathlib import Path
 
     from dlba.config import parse_config
@@ -66,17 +67,18 @@ def test_stage_accepts_members_at_the_end_only(tmp_path: object) -> None:
     for name in FILES:
         (folder / "certs" / name).write_text("00ff\n")
 
-    def cfg(*order: int):  # type: ignore[no-untyped-def]
-        nodes = "".join(f'[[nodes]]\nname = "n{i}"\naddress = "10.0.0.{10 + i}"\n'
+    def cfg(*order: int, moved: int = 0):  # type: ignore[no-untyped-def]
+        nodes = "".join(f'[[nodes]]\nname = "n{i}"\n'
+                        f'address = "10.0.0.{10 + i + 50 * (i == moved)}"\n'
                         for i in order)
         return parse_config(config_text(nodes=nodes), folder / "dlba.toml")
 
     base = cfg(1, 2, 3)
-    assert _live_change_problems(cfg(1, 2, 3, 4), base, []) == []
-    assert _live_change_problems(cfg(1, 2), base, []) == []
-    for bad in (cfg(1, 3), cfg(2, 1, 3), cfg(1, 2, 4)):
-        (problem,) = _live_change_problems(bad, base, [])
-        assert problem.key == "nodes" and "end of [[nodes]]" in problem.reason
+    for good in (cfg(1, 2, 3, 4), cfg(1, 2), cfg(1, 3), cfg(2, 1, 3), cfg(1, 2, 4),
+                 cfg(4, 1, 3)):
+        assert _live_change_problems(good, base, []) == []
+    (problem,) = _live_change_problems(cfg(1, 2, 3, moved=2), base, [])
+    assert problem.key == "nodes" and "address of n2" in problem.reason
 
 
 def test_a_node_some_peer_leaves_out_is_an_outsider() -> None:
