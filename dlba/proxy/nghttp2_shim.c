@@ -32,6 +32,8 @@ typedef struct stream_out {
     int32_t sid;
     struct stream_out *next;  /* on the session's list of streams with bytes waiting */
     int listed;
+    /* on the session's list of every buffer: nghttp2_session_del calls no on_stream_close */
+    struct stream_out *all_prev, *all_next;
 } stream_out;
 
 typedef struct {
@@ -42,6 +44,7 @@ typedef struct {
     size_t hdr_len, hdr_cap, hdr_limit;
     int hdr_over;
     stream_out *waiting;
+    stream_out *all;
     char *out;        /* what dn_send gathered */
     size_t out_len, out_cap;
 } dn_session;
@@ -165,6 +168,14 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
     return 0;
 }
 
+static void out_free(dn_session *s, stream_out *o) {
+    if (o->all_prev) o->all_prev->all_next = o->all_next;
+    else s->all = o->all_next;
+    if (o->all_next) o->all_next->all_prev = o->all_prev;
+    free(o->buf);
+    free(o);
+}
+
 static int on_stream_close(nghttp2_session *session, int32_t sid, uint32_t code, void *user) {
     dn_session *s = user;
     stream_out *o = nghttp2_session_get_stream_user_data(session, sid);
@@ -172,8 +183,7 @@ static int on_stream_close(nghttp2_session *session, int32_t sid, uint32_t code,
         nghttp2_session_set_stream_user_data(session, sid, NULL);
         for (stream_out **q = &s->waiting; *q; q = &(*q)->next)
             if (*q == o) { *q = o->next; break; }
-        free(o->buf);
-        free(o);
+        out_free(s, o);
     }
     return emit(user, EV_CLOSE, sid, code, NULL, 0) ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
 }
@@ -237,7 +247,8 @@ dn_public *dn_new(uint32_t max_streams, uint32_t header_list, uint32_t conn_wind
 void dn_free(dn_public *p) {
     dn_session *s = (dn_session *)p;
     if (!s) return;
-    nghttp2_session_del(s->session);  /* closes the streams: their buffers are freed */
+    nghttp2_session_del(s->session);
+    while (s->all) out_free(s, s->all);  /* streams still open: no close callback for them */
     free(s->pub.ev);
     free(s->hdr);
     free(s->out);
@@ -297,7 +308,7 @@ static int make_nva(const char *fields, size_t len, nghttp2_nv *nva, size_t max)
         nva[i].flags = NGHTTP2_NV_FLAG_NONE;  /* copied: the fields are Python's, gone after */
         i++;
     }
-    return (int)i;
+    return off < len ? -1 : (int)i;  /* more fields than nva holds: refused, not cut */
 }
 
 /* A response head ("name\0value\0..."). final 0: informational; end: no body follows. */
@@ -309,13 +320,21 @@ int dn_head(dn_public *p, int32_t sid, const char *fields, size_t len, int final
     if (!final) return nghttp2_submit_headers(s->session, NGHTTP2_FLAG_NONE, sid, NULL, nva,
                                               (size_t)n, NULL) ? -1 : 0;
     if (end) return nghttp2_submit_response(s->session, sid, nva, (size_t)n, NULL) ? -1 : 0;
+    if (nghttp2_session_get_stream_user_data(s->session, sid)) return -1;  /* a second head */
     stream_out *o = calloc(1, sizeof *o);
     if (!o) return -1;
     o->sid = sid;
-    nghttp2_data_provider prd = {.source = {.ptr = o}, .read_callback = read_body};
-    if (nghttp2_submit_response(s->session, sid, nva, (size_t)n, &prd)
-        || nghttp2_session_set_stream_user_data(s->session, sid, o)) {
+    if (nghttp2_session_set_stream_user_data(s->session, sid, o)) {
         free(o);
+        return -1;
+    }
+    o->all_next = s->all;
+    if (s->all) s->all->all_prev = o;
+    s->all = o;
+    nghttp2_data_provider prd = {.source = {.ptr = o}, .read_callback = read_body};
+    if (nghttp2_submit_response(s->session, sid, nva, (size_t)n, &prd)) {
+        nghttp2_session_set_stream_user_data(s->session, sid, NULL);
+        out_free(s, o);
         return -1;
     }
     return 0;

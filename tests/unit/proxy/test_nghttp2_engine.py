@@ -3,6 +3,8 @@ driven bare (no proxy around it) by the h2 library's client."""
 
 from __future__ import annotations
 
+import resource
+
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import DataReceived, ResponseReceived, StreamEnded
@@ -59,3 +61,28 @@ def test_a_request_is_one_record_and_a_body_waits_for_the_window() -> None:
     answer = client.receive_data(data)
     assert sum(len(e.data) for e in answer if isinstance(e, DataReceived)) == 15
     assert any(isinstance(e, StreamEnded) for e in answer)
+
+
+def test_a_session_freed_with_a_body_still_waiting_frees_the_body() -> None:
+    # nghttp2_session_del calls no on_stream_close: the shim frees what streams still hold.
+    body = b"y" * 500_000
+
+    def one() -> None:
+        client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        client.initiate_connection()
+        client.update_settings({4: 10})
+        client.send_headers(1, [(b":method", b"GET"), (b":scheme", b"https"),
+                                (b":authority", b"a"), (b":path", b"/x")], end_stream=True)
+        eng = ng.Engine(100, 65536, 1 << 20)
+        eng.receive(client.data_to_send())
+        eng.head(1, ng.encode_fields([(b":status", b"200")]), True, False)
+        eng.data(1, body, False)
+        eng.send()  # 10 bytes go, the rest waits for a window that never opens
+
+    for _ in range(20):
+        one()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(200):  # 100 MB if each session's body outlived it
+        one()
+    grew_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grew_kb < 30_000, grew_kb
