@@ -8,6 +8,7 @@ to."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,9 @@ SHOP_CDN, API_CDN = "https://cdn-shop.test", "https://cdn-api.test"
 PLAIN = {"Accept-Encoding": "identity", "Host": "www.test"}
 
 
-def config(port: int) -> str:
+def config(port: int, tls_port: int | None = None) -> str:
+    ports = f"ports = [{port}]" if tls_port is None else \
+        f"ports = [{port}, {tls_port}]\ntls_ports = [{tls_port}]"
     return f"""
 [cdn]
 enabled = true
@@ -33,12 +36,12 @@ top = 20
 [[services]]
 name = "shop"
 vips = ["{SHOP_VIP}"]
-ports = [{port}]
+{ports}
 
 [[services]]
 name = "api"
 vips = ["{API_VIP}"]
-ports = [{port}]
+{ports}
 
 [services.cdn]
 base = "{API_CDN}"
@@ -111,3 +114,33 @@ async def test_two_services_each_with_its_own_choice_base_and_pages(tmp_path: Pa
             f"{rows}.map((r) => r.dataset.service + ':' + r.cells[0].textContent)")
         assert groups == ["shop:shop"] + ["shop:"] * 8 + ["api:api"]
         assert await b.eval(f"{rows}[9].cells[4].textContent") == API_CDN + "/static/logo.png"
+
+
+async def test_http2_clients_get_their_own_services_pages(tmp_path: Path) -> None:
+    """Over HTTP/2 (curl, ALPN h2) the stream's service is the VIP dialled as well."""
+    tls_port = free_port()
+    async with loopback_array(tmp_path, 1, extra=config(free_port(), tls_port)) as arr:
+
+        async def curl(vip: str, path: str) -> tuple[str, bytes]:
+            cmd = ["curl", "-sS", "--http2", "--cacert", str(arr.certs.ca_cert), "--resolve",
+                   f"localhost:{tls_port}:{vip}", "-w", "\n%{http_version}",
+                   f"https://localhost:{tls_port}{path}"]
+            res = await asyncio.to_thread(subprocess.run, cmd, capture_output=True,
+                                          timeout=30, check=False)
+            assert res.returncode == 0, res.stderr
+            body, _, version = bytes(res.stdout).rpartition(b"\n")
+            return version.decode(), body
+
+        for vip in (SHOP_VIP, API_VIP):
+            for _ in range(2):
+                assert (await curl(vip, "/static/logo.png"))[0] == "2"
+        for _ in range(100):
+            version, shop = await curl(SHOP_VIP, "/page")
+            _, api = await curl(API_VIP, "/page")
+            if f"{API_CDN}/static/logo.png".encode() in api:
+                break
+            await asyncio.sleep(0.1)
+        assert version == "2"
+        assert f"{SHOP_CDN}/static/logo.png 1x".encode() in shop
+        assert f"{API_CDN}/static/logo.png 1x".encode() in api
+        assert SHOP_CDN.encode() not in api
