@@ -347,7 +347,11 @@ long dn_data(dn_public *p, int32_t sid, const char *data, size_t len, int end) {
     stream_out *o = nghttp2_session_get_stream_user_data(s->session, sid);
     if (!o) return -1;
     if (len) {
-        if (o->off && o->off == o->len) o->off = o->len = 0;
+        if (o->off && o->off >= o->len / 2) {  /* what was sent makes room for what comes */
+            memmove(o->buf, o->buf + o->off, o->len - o->off);
+            o->len -= o->off;
+            o->off = 0;
+        }
         if (grow(&o->buf, &o->cap, o->len + len)) return -1;
         memcpy(o->buf + o->len, data, len);
         o->len += len;
