@@ -96,3 +96,46 @@ def test_a_copy_forgets_the_drained_slots_the_scheduler_forgot() -> None:
     follower = ClientTable(16, [100, 100, 0], names=["n1", "n4", "n5"])
     answer, _ = apply_message(follower, snapshot_of(leader), term=0, now=0.0)
     assert answer["ok"] and follower.names == ["n1", "n5"] and follower.node_count == 2
+
+
+def adopt(table: ClientTable, members: list[NodeConfig], config: set[str], now: float) -> None:
+    """What the scheduler role does with the members after a push or a drain (its shell)."""
+    while table.node_count < len(members):
+        table.add_node(members[table.node_count].weight, members[table.node_count].name)
+    while table.node_count > len(members):
+        table.drop_last_node()
+    table.names[:] = names(members)
+    cfg = [NODES[n] for n in config]
+    gone = tombstones(cfg, members, table.counts())
+    for i, m in enumerate(members):
+        table.set_weight(i, m.weight)
+        if i in gone and table.is_live(i):
+            table.node_failed(i, now)
+        elif i not in gone and not table.is_live(i):
+            table.node_joined(i, now)  # its first sweep answer
+
+
+@given(st.lists(st.sets(st.sampled_from(sorted(NODES)), min_size=1), min_size=2, max_size=6),
+       st.data())
+def test_pushes_and_drains_keep_every_bucket_on_a_member(
+        configs: list[set[str]], data: st.DataObject) -> None:
+    members = nodes(*sorted(configs[0]))
+    table = ClientTable(64, [m.weight for m in members], names=names(members))
+    table.fill(0.0)
+    now = 0.0
+    for config in configs[1:]:
+        cfg = [NODES[n] for n in sorted(config, reverse=True)]
+        before = table.assignments()
+        members = next_members(cfg, members, table.counts())
+        adopt(table, members, config, now)
+        # a push moves no bucket of a member that stays, nor any busy one
+        assert table.assignments() == before
+        for _ in range(data.draw(st.integers(0, 3))):
+            now += 10.0
+            table.rebalance(now, idle_s=data.draw(st.sampled_from([1.0, 100.0])))
+            members = next_members(cfg, members, table.counts())
+            adopt(table, members, config, now)
+        gone = tombstones(cfg, members, table.counts())
+        for owner in table.assignments():
+            assert owner is not None and owner < len(members) and owner not in gone
+        assert table.names == names(members) and len(set(table.names)) == len(members)
