@@ -10,7 +10,6 @@ into the back-end connection). `:authority` becomes Host (it wins over a Host fi
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from dlba.proxy import http_head
@@ -18,10 +17,11 @@ from dlba.proxy.http_head import BadRequest
 
 Fields = list[tuple[bytes, bytes]]
 
-_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+\Z")  # a lower-case token (RFC 9113 §8.2.1)
-_BAD_VALUE = re.compile(rb"[\r\n\x00]")
-_BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]")
-_METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+# Checked with bytes.translate (deleting the allowed bytes leaves nothing), which costs a
+# fraction of a regex call: these run for every field of every request.
+_LOWER_TOKEN = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"  # RFC 9113 8.2.1
+_TOKEN = _LOWER_TOKEN + b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_NOT_IN_TARGET = bytes(range(0x21)) + b"\x7f"
 # Dropped on the way to the back end: this hop's fields (h2 itself refuses Connection and
 # friends; `te: trailers` is allowed in HTTP/2 and means nothing to an HTTP/1.1 back end).
 _REQUEST_DROP = http_head.HOP_BY_HOP | {b"host", b"cookie", b"content-length"}
@@ -64,7 +64,8 @@ def request_from_h2(fields: Sequence[tuple[bytes, bytes]], max_headers: int,
             elif name != b":scheme":  # the listener's is what X-Forwarded-Proto says
                 raise BadRequest(400, "unknown pseudo-header field")  # RFC 9113 8.3
             continue
-        if _NAME.match(name) is None or _BAD_VALUE.search(value) is not None:
+        if not name or name.translate(None, _LOWER_TOKEN) or b"\r" in value \
+                or b"\n" in value or b"\0" in value:
             raise BadRequest(400, "bad header field")
         if len(name) + len(value) + 2 > max_line:
             raise BadRequest(431, f"header line longer than {max_line} bytes")
@@ -93,10 +94,10 @@ def request_from_h2(fields: Sequence[tuple[bytes, bytes]], max_headers: int,
         out.append((b"upgrade", b"websocket"))  # request_head adds Connection: upgrade
     elif protocol:
         raise BadRequest(400, ":protocol without CONNECT")
-    if _METHOD.match(method) is None:
+    if not method or method.translate(None, _TOKEN):
         raise BadRequest(400, "bad method")
     if not (target[:1] == b"/" or (target == b"*" and method == b"OPTIONS")) \
-            or _BAD_TARGET.search(target) is not None:
+            or len(target.translate(None, _NOT_IN_TARGET)) != len(target):
         raise BadRequest(400, "bad request target")
     host = authority or host
     if not host or not http_head.valid_host(host):

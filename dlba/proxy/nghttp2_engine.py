@@ -11,7 +11,6 @@ Without the library the node offers HTTP/1.1 only in ALPN (`available()`).
 from __future__ import annotations
 
 import struct
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +152,12 @@ class Engine:
 def encode_fields(fields: list[tuple[bytes, bytes]]) -> bytes:
     """A head as the shim takes it: name NUL value NUL ... (a field holding NUL is dropped:
     HTTP/2 forbids it, and it would end the record early)."""
-    block = b"\0".join(chain.from_iterable(fields)) + b"\0"
+    parts: list[bytes] = []
+    for name, value in fields:  # (a plain loop: compiled, it beats chain.from_iterable)
+        parts.append(name)
+        parts.append(value)
+    parts.append(b"")
+    block = b"\0".join(parts)
     if block.count(0) == 2 * len(fields):
         return block
     return b"".join([n + b"\0" + v + b"\0" for n, v in fields if b"\0" not in n + v])

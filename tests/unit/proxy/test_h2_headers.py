@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -106,3 +108,32 @@ def test_local_response_plain_and_chunked() -> None:
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
     assert status == 200 and body == b"abcde"
     assert all(n not in (b"transfer-encoding", b"content-length") for n, _ in fields)
+
+
+@given(st.binary(min_size=1, max_size=10), st.binary(max_size=10))
+def test_field_checks_are_the_rfc_rules(name: bytes, value: bytes) -> None:
+    if name[:1] == b":" or name.lower() in (b"host", b"cookie", b"content-length",
+                                           b"sec-websocket-key"):
+        return
+    token = re.fullmatch(rb"[!#$%&'*+\-.^_`|~0-9a-z]+", name) is not None
+    clean = re.search(rb"[\r\n\x00]", value) is None
+    try:
+        request_from_h2([*BASE, (name, value)], 100, 8192)
+        ok = True
+    except BadRequest:
+        ok = False
+    assert ok == (token and clean)
+
+
+@given(st.binary(min_size=1, max_size=10), st.binary(max_size=10))
+def test_method_and_target_checks_are_the_rfc_rules(method: bytes, path: bytes) -> None:
+    fields = [(b":method", method), (b":scheme", b"https"), (b":authority", b"a"),
+              (b":path", b"/" + path)]
+    token = re.fullmatch(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", method) is not None
+    clean = re.search(rb"[\x00-\x20\x7f]", path) is None
+    try:
+        request_from_h2(fields, 100, 8192)
+        ok = True
+    except BadRequest:
+        ok = False
+    assert ok == (token and clean and method != b"CONNECT")
