@@ -76,9 +76,8 @@ class SchedulerRole:
         self.unknown = frozenset(i for i in unknown if i < len(self.members))
         self._adopt_members()
         self.status = ServerStatusTable(self.members, macs=macs)
-        for i, m in enumerate(self.members):
-            if m.name not in self.config_names():
-                self.table.set_weight(i, 0)
+        for i, m in enumerate(self.members):  # a removed member's is 0 (next_members)
+            self.table.set_weight(i, m.weight)
         self.index = self.names.index(self_name)
         # Until start() knows who is live: the lost scheduler (a takeover's) is failed.
         self.sweep, self.liveness, self.heartbeats = watch_state(
@@ -206,13 +205,9 @@ class SchedulerRole:
             self.status.panic()
         if self.session is not None:
             self._monitor(self._fetcher())
-        names = self.config_names()
-        events.info("event=members_changed members=%s leaving=%s", ",".join(self.names),
-                    ",".join(n for i, n in enumerate(self.names)
-                             if n not in names and i not in self.gone) or "-")
-
-    def config_names(self) -> set[str]:
-        return {n.name for n in self.config.nodes}
+        kept = {n.name for n in self.config.nodes}
+        events.info("event=members_changed members=%s leaving=%s", ",".join(self.names), ",".join(
+            n for i, n in enumerate(self.names) if n not in kept and i not in self.gone) or "-")
 
     def _adopt_members(self) -> None:
         """The table fitted to `members` (slot order): joins appended not live (the sweep
