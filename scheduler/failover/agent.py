@@ -113,7 +113,9 @@ class NodeAgent:
         self.config = config
         self.election.threshold = config.cluster.ping_failures
         # Table numbers are slots kept by name (membership.py): a new member takes the next.
+        # `names`/`index` are positions in the config ([[nodes]] order), not table numbers.
         self.names = [n.name for n in config.nodes]
+        self.index = self.names.index(self.name) if self.name in self.names else self.index
         self.by_address.update({n.address: n.name for n in config.nodes})
         self.addresses = {n.name: n.address for n in config.nodes}
         for n in config.nodes:
@@ -363,8 +365,9 @@ class NodeAgent:
         assert self.session is not None
         # Only to live peers: a dead one would add its timeout to every change.
         table = self.current_table()
-        urls = [self.config.admin_url(i) for i in range(len(self.names))
-                if i != self.index and table.is_live(i)]
+        live = {n for i, n in enumerate(table.names) if table.is_live(i)}
+        urls = [self.config.admin_url(i) for i, n in enumerate(self.names)
+                if i != self.index and n in live]
         await push_message(self.session, urls, msg, self.headers)
 
     def apply_sync(self, msg: SyncMessage) -> dict[str, Any]:

@@ -230,6 +230,11 @@ def test_a_middle_node_removed_by_push_drains_and_a_new_one_joins_in_the_middle(
                            "n5 to serve requests")
                 rows = [n["name"] for n in arr.admin(sched, "/summary")["nodes"]]
                 assert rows == ["n1", "n3", "n4", "n5"], rows
+                # the followers' copies (what a takeover starts from) keep up: n3 is third in
+                # [[nodes]] but keeps its table number, 3
+                version = arr.admin(sched, "/table")["version"]
+                wait_until(lambda: all(arr.admin(k, "/status")["table_version"] >= version
+                                       for k in (1, 3, 5)), 5, "the followers' copies")
                 time.sleep(1.0)
         finally:
             if n5 is not None:
