@@ -275,6 +275,16 @@ class ClientTable:
             self._set(b, target, now)
         return self._commit(changes)
 
+    def keep(self, owners: Iterable[tuple[int, int]], now: float) -> int:
+        """Give buckets back to the owners they had (a move found busy before the kernel took
+        it: ``scheduler.move_guard``); a new version, so the peers follow."""
+        changes: list[Change] = []
+        for b, o in owners:
+            if self._owner[b] != o and self._live[o]:
+                changes.append((b, o))
+                self._set(b, o, now)
+        return self._commit(changes)
+
     def panic(self, now: float, scheduler_index: int | None = None) -> int:
         """Spread buckets exactly to quota over live nodes (even, or by weight); reset access.
 

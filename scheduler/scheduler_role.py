@@ -23,6 +23,7 @@ from scheduler.failover.server_heartbeats import HEARTBEAT, SWEEP
 from scheduler.failover.sync_messages import SyncMessage, SyncSnapshot
 from scheduler.failover.table_sync import message_for, snapshot_of
 from scheduler.membership import endpoint, next_members, slot_members, tombstones
+from scheduler.move_guard import busy_moves
 from scheduler.server_status_table import ServerStatusTable
 from scheduler.server_watch import OnHeartbeats, first_visit, heartbeat_servers, watch_state
 from scheduler.status_sweep import NodeAnswered, NodeFailed, NodeRecovered, SweepEvent
@@ -97,6 +98,7 @@ class SchedulerRole:
         self.pushed_panic: int | None = None
         self.pushed_macs: dict[int, str] = {}
         self.pushed_assignment: list[int | None] = []
+        self.snapshot_ns = 0  # when the last-access times the last rebalance used were read
         self.moves_total = 0  # buckets that changed owner in the kernel's table
         self.started_at = time.time()
         # The heartbeat to every server (None: the sweep alone judges), and the fence's input.
@@ -266,14 +268,31 @@ class SchedulerRole:
         if self.table.version != self.pushed_version or macs_changed:
             # A bucket whose owner has no known MAC yet has no owner the kernel can use.
             assignment = [o if o in macs else None for o in self.table.assignments()]
+            version = self.table.version  # what the peers were told
+            if self.pushed_assignment and self.table.panic_scheduler is None:
+                assignment = self._keep_busy(dp, assignment)
             dp.set_assignments(assignment)
             if self.pushed_assignment:
                 self.moves_total += sum(
                     a != b for a, b in zip(assignment, self.pushed_assignment, strict=True)
                 )
             self.pushed_assignment = assignment
-            self.pushed_version = self.table.version
+            self.pushed_version = version  # a kept move is a later version: the peers' next
         self.status.set_ip_groups(self.table.counts())
+
+    def _keep_busy(self, dp: DataPlane, assignment: list[int | None]) -> list[int | None]:
+        """Moves of buckets that carried traffic since the rebalance's snapshot are undone
+        before the kernel sees them (scheduler/move_guard.py); the peers get the undo next."""
+        if assignment == self.pushed_assignment:
+            return assignment
+        busy = busy_moves(self.pushed_assignment, assignment, self.table.is_live,
+                          dp.last_access_ns(), self.snapshot_ns)
+        if not busy or not self.table.keep(busy, time.monotonic()):
+            return assignment
+        events.info("event=rebalance_kept buckets=%d version=%d", len(busy), self.table.version)
+        self.pending_push = asyncio.ensure_future(self.push_now())
+        kept = dict(busy)
+        return [kept.get(b, o) for b, o in enumerate(assignment)]
 
     def _on_sweep(self, event: SweepEvent) -> None:
         if isinstance(event, NodeFailed | NodeRecovered):
@@ -305,6 +324,7 @@ class SchedulerRole:
             dp = self.dataplane
             if dp is None:
                 continue
+            self.snapshot_ns = time.monotonic_ns()
             self.table.load_last_access([ns / 1e9 for ns in dp.last_access_ns()])
             if self.table.panic_scheduler is None:
                 moved = self.table.rebalance(time.monotonic(), idle_s)
