@@ -173,6 +173,8 @@ async def test_chromium_websocket_over_the_http2_connection(tmp_path: Path) -> N
         await b.goto(url(arr, "/whoami"))
         await b.wait("document.readyState === 'complete' && document.body.innerText.length > 0")
         before = arr.node.ctx.stats.connections_total
+        h2_before = arr.node.ctx.stats.h2_connections  # Chromium may have preconnected a spare
+        assert h2_before >= 1
         echo = await b.eval(
             "new Promise((ok, fail) => { const ws = new WebSocket("
             f"'wss://localhost:{arr.https_port}/ws'); "
@@ -181,5 +183,5 @@ async def test_chromium_websocket_over_the_http2_connection(tmp_path: Path) -> N
             "ws.onerror = () => fail('websocket error'); "
             "setTimeout(() => fail('timeout'), 8000); })")
         assert echo == "hello over h2"
-        assert arr.node.ctx.stats.connections_total == before  # no second connection
-        assert arr.node.ctx.stats.h2_connections == 1
+        assert arr.node.ctx.stats.connections_total == before  # no new connection
+        assert arr.node.ctx.stats.h2_connections == h2_before
