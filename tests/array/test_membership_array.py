@@ -121,6 +121,7 @@ class KeepAlive:
             s.connect((VIP, 80))
             return s
 
+        self.sport = sport
         self.sock: socket.socket = arr.in_client(connect)
 
     def get(self) -> int:
@@ -137,6 +138,29 @@ class KeepAlive:
         return int(head.split()[1])
 
 
+def held_on(arr: Array, sched: int, name: str, k: int) -> KeepAlive:
+    """A kept-open connection whose first request node `name` (number `k`) served. A bucket
+    the table shows moving to it may be one the move guard keeps on its old node (a flow
+    started there while the scheduler waited for its peers): then the next port is tried."""
+    for _ in range(8):
+        table = arr.admin(sched, "/table")["assignments"]
+        sport = next(p for p in range(40000, 49000) if table[arr.bucket(p)] == name)
+        hits = arr.admin(k, "/status")["nodes"][0]["hits"]
+        conn = KeepAlive(arr, sport)
+        assert conn.get() == 200
+        served = False
+        for _ in range(10):  # the node counts the request as it ends: a moment after we read it
+            served = arr.admin(k, "/status")["nodes"][0]["hits"] > hits
+            if served:
+                break
+            time.sleep(0.1)
+        if served and arr.admin(sched, "/table")["assignments"][arr.bucket(sport)] == name:
+            return conn
+        conn.sock.close()
+        time.sleep(1.0)  # the next rebalance settles
+    raise AssertionError(f"no connection held on {name}")
+
+
 def test_a_draining_node_survives_a_takeover_and_never_takes_over(tmp_path: Path) -> None:
     with running_array(tmp_path, nodes=3, backends=2, up_args=("--spare-nodes", "1")) as arr:
         sched = arr.scheduler()
@@ -151,10 +175,8 @@ def test_a_draining_node_survives_a_takeover_and_never_takes_over(tmp_path: Path
             wait_until(lambda: arr.try_admin(4, "/status"), 20, "n4 to answer")
             push(arr, four, [1, 2, 3, 4])
             wait_until(lambda: owned(arr, sched, "n4") > 0, 20, "n4 to get buckets")
-            table = arr.admin(sched, "/table")["assignments"]
-            sport = next(p for p in range(40000, 49000) if table[arr.bucket(p)] == "n4")
-            conn = KeepAlive(arr, sport)
-            assert conn.get() == 200
+            conn = held_on(arr, sched, "n4", 4)
+            sport = conn.sport
             push(arr, three, [1, 2, 3])  # n4 drains: its busy bucket stays (idle after 60 s)
             arr.link(3, up=False)
             try:
