@@ -280,8 +280,8 @@ class ClientTable:
         it: ``scheduler.move_guard``); a new version, so the peers follow."""
         changes: list[Change] = []
         for b, o in owners:
-            if self._owner[b] != o and self._live[o]:
-                changes.append((b, o))
+            if self._owner[b] != o and o < len(self._live) and self._live[o]:
+                changes.append((b, o))  # (a member dropped since is no owner to go back to)
                 self._set(b, o, now)
         return self._commit(changes)
 

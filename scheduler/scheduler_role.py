@@ -32,7 +32,7 @@ from scheduler.vip_owner import VipOwner, interface_of, mac_text
 
 events = logging.getLogger("dlba.event")
 MAINTENANCE_S = 1.0
-Push = Callable[[SyncMessage], Awaitable[None]]
+Push = Callable[[SyncMessage], Awaitable[bool]]  # False: a peer did not answer
 
 
 class SchedulerRole:
@@ -96,6 +96,8 @@ class SchedulerRole:
         self.pending_push: asyncio.Future[None] | None = None
         self.pushed_version = -1
         self.pushed_panic: int | None = None
+        self.peers_version = -1  # the table's version the peers were last sent
+        self.unsynced = False  # a peer did not answer the last push
         self.pushed_macs: dict[int, str] = {}
         self.pushed_assignment: list[int | None] = []
         self.snapshot_ns = 0  # when the last-access times the last rebalance used were read
@@ -250,11 +252,23 @@ class SchedulerRole:
         so a takeover finds every flow's owner in its synced table."""
         async with self.push_lock:
             panic = self.table.panic_scheduler
-            if self.push is not None and (self.table.version != self.pushed_version
-                                          or panic != self.pushed_panic):
-                await self.push(message_for(self.table, self.pushed_version))
+            if self.push is not None and (self.table.version != self.peers_version
+                                          or panic != self.pushed_panic or self.unsynced):
+                # A peer that missed a change gets the whole table at the next maintenance
+                # (within a second), not only when a later change shows it the gap.
+                msg = (snapshot_of(self.table) if self.unsynced
+                       else message_for(self.table, self.peers_version))
+                self.peers_version = self.table.version
+                was, self.unsynced = self.unsynced, not await self.push(msg)
+                if self.unsynced and not was:
+                    events.info("event=sync_unanswered version=%d", self.table.version)
                 self.pushed_panic = panic
             self._push()
+
+    def _push_soon(self) -> None:
+        task = asyncio.ensure_future(self.push_now())
+        task.add_done_callback(_log_failure)
+        self.pending_push = task
 
     def _push(self) -> None:
         dp = self.dataplane
@@ -265,7 +279,10 @@ class SchedulerRole:
         if macs_changed:
             dp.set_nodes({i: bytes.fromhex(m.replace(":", "")) for i, m in macs.items()})
             self.pushed_macs = macs
-        if self.table.version != self.pushed_version or macs_changed:
+        if self.push is not None and self.table.version != self.peers_version:
+            # Changed while the peers were being told: they hear of it first, then the kernel.
+            self._push_soon()
+        elif self.table.version != self.pushed_version or macs_changed:
             # A bucket whose owner has no known MAC yet has no owner the kernel can use.
             assignment = [o if o in macs else None for o in self.table.assignments()]
             version = self.table.version  # what the peers were told
@@ -285,12 +302,14 @@ class SchedulerRole:
         before the kernel sees them (scheduler/move_guard.py); the peers get the undo next."""
         if assignment == self.pushed_assignment:
             return assignment
-        busy = busy_moves(self.pushed_assignment, assignment, self.table.is_live,
+        table = self.table
+        busy = busy_moves(self.pushed_assignment, assignment,
+                          lambda o: o < table.node_count and table.is_live(o),
                           dp.last_access_ns(), self.snapshot_ns)
         if not busy or not self.table.keep(busy, time.monotonic()):
             return assignment
         events.info("event=rebalance_kept buckets=%d version=%d", len(busy), self.table.version)
-        self.pending_push = asyncio.ensure_future(self.push_now())
+        self._push_soon()
         kept = dict(busy)
         return [kept.get(b, o) for b, o in enumerate(assignment)]
 
@@ -299,7 +318,7 @@ class SchedulerRole:
             self._on_liveness(SWEEP, event)
         elif isinstance(event, NodeAnswered) and self.liveness.failed(event.node):
             self.status.mark_failed(event.node)  # its status answers, its heartbeat does not
-        self.pending_push = asyncio.ensure_future(self.push_now())
+        self._push_soon()
 
     def _on_liveness(self, source: str, event: NodeFailed | NodeRecovered) -> None:
         change = self.liveness.on_event(source, event)
@@ -315,30 +334,42 @@ class SchedulerRole:
         else:
             self.table.node_joined(change.node, now)
             events.info("event=node_joined node=%s by=%s", name, source)
-        self.pending_push = asyncio.ensure_future(self.push_now())
+        self._push_soon()
 
     async def _maintenance(self) -> None:
         while True:
             await asyncio.sleep(MAINTENANCE_S)
-            idle_s = self.config.cluster.bucket_idle_s  # a push may change it
-            dp = self.dataplane
-            if dp is None:
-                continue
-            self.snapshot_ns = time.monotonic_ns()
-            self.table.load_last_access([ns / 1e9 for ns in dp.last_access_ns()])
-            if self.table.panic_scheduler is None:
-                moved = self.table.rebalance(time.monotonic(), idle_s)
-                if moved:
-                    events.info("event=rebalance buckets_moved=%d version=%d", moved,
-                                self.table.version)
-            counts = self.table.counts()
-            members = next_members(self.config.nodes, self.members, counts)
-            gone = tombstones(self.config.nodes, members, counts)
-            if len(members) < len(self.members) or gone != self.gone:
-                events.info("event=node_drained nodes=%s", ",".join(
-                    n for i, n in enumerate(self.names)
-                    if i >= len(members) or (i in gone and i not in self.gone)))
-                self._set_members(members)
+            try:
+                await self._maintain()
+            except Exception:  # a bug of ours: logged, and the next round tries again
+                events.exception("event=internal_error where=maintenance")
+
+    async def _maintain(self) -> None:
+        """Idle buckets rebalanced, peers then kernel told; then members that drained leave.
+        In that order: the kernel write may keep a busy bucket on a draining member (the move
+        guard), and a member's number must outlive every bucket the kernel gives it."""
+        idle_s = self.config.cluster.bucket_idle_s  # a push may change it
+        dp = self.dataplane
+        if dp is None:
+            return
+        self.snapshot_ns = time.monotonic_ns()
+        self.table.load_last_access([ns / 1e9 for ns in dp.last_access_ns()])
+        if self.table.panic_scheduler is None:
+            moved = self.table.rebalance(time.monotonic(), idle_s)
+            if moved:
+                events.info("event=rebalance buckets_moved=%d version=%d", moved,
+                            self.table.version)
+        await self.push_now()
+        counts = self.table.counts()
+        members = next_members(self.config.nodes, self.members, counts)
+        gone = tombstones(self.config.nodes, members, counts)
+        leaving = {i for i in range(len(self.members))
+                   if i >= len(members) or (i in gone and i not in self.gone)}
+        if (len(members) < len(self.members) or gone != self.gone) and not (
+                leaving & set(self.pushed_assignment)):  # the kernel still sends it flows
+            events.info("event=node_drained nodes=%s",
+                        ",".join(self.names[i] for i in sorted(leaving)))
+            self._set_members(members)
             await self.push_now()
 
     # --- what the admin API shows -------------------------------------------------------------
@@ -425,3 +456,9 @@ class SchedulerRole:
         else:
             self.table.clear_panic()
             events.info("event=panic_off")
+
+
+def _log_failure(task: asyncio.Future[None]) -> None:
+    """A push that failed on a bug of ours: one line, not asyncio's "never retrieved"."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        events.error("event=internal_error where=push error=%r", exc)

@@ -360,15 +360,16 @@ class NodeAgent:
         await self._prepare()
 
     # --- table sync ---------------------------------------------------------------------------
-    async def _push_to_peers(self, msg: SyncMessage) -> None:
-        """Send one change (or the whole table) to every peer before the kernel uses it."""
+    async def _push_to_peers(self, msg: SyncMessage) -> bool:
+        """Send one change (or the whole table) to every peer before the kernel uses it;
+        False when a peer did not answer."""
         assert self.session is not None
         # Only to live peers: a dead one would add its timeout to every change.
         table = self.current_table()
         live = {n for i, n in enumerate(table.names) if table.is_live(i)}
         urls = [self.config.admin_url(i) for i, n in enumerate(self.names)
                 if i != self.index and n in live]
-        await push_message(self.session, urls, msg, self.headers)
+        return await push_message(self.session, urls, msg, self.headers)
 
     def apply_sync(self, msg: SyncMessage) -> dict[str, Any]:
         """A pushed change from the scheduler (or a pulled snapshot); a follower that missed a

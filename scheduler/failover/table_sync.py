@@ -86,18 +86,22 @@ def _live(table: ClientTable) -> tuple[bool, ...]:
 
 
 async def push_message(session: aiohttp.ClientSession, urls: list[str], msg: SyncMessage,
-                       headers: dict[str, str]) -> None:
+                       headers: dict[str, str]) -> bool:
     """POST one message to every peer's `/sync` at once; a peer that fails is not waited for
-    beyond PUSH_TIMEOUT_S (it pulls the whole table when it sees the gap)."""
+    beyond PUSH_TIMEOUT_S. True when every peer answered: one that did not may never have
+    applied the change (it pulls the whole table only when a later change shows it the gap,
+    and there may be none before a takeover), so the caller sends it the whole table."""
     body = msg.to_json()
 
-    async def push(url: str) -> None:
+    async def push(url: str) -> bool:
         with contextlib.suppress(aiohttp.ClientError, TimeoutError):
             async with session.post(url + "/sync", json=body, headers=headers,
                                     timeout=aiohttp.ClientTimeout(total=PUSH_TIMEOUT_S)) as r:
                 await r.read()
+                return r.status == 200
+        return False
 
-    await asyncio.gather(*(push(u) for u in urls))
+    return all(await asyncio.gather(*(push(u) for u in urls)))
 
 
 async def pull_snapshot(session: aiohttp.ClientSession, url: str,

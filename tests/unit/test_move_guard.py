@@ -46,3 +46,13 @@ def test_keep_gives_buckets_back_in_a_new_version() -> None:
     assert table.owner(bucket) == 0 and table.version == version + 1
     assert table.changes_since(version, epoch=table.epoch) == [(bucket, 0)]
     assert table.keep([(bucket, 0)], 102.0) == 0  # already its owner: no new version
+
+
+def test_keep_never_gives_a_bucket_to_a_member_dropped_since() -> None:
+    """A drained member's slot can be gone from the table while the kernel's last assignment
+    still names it: nothing goes back to it, and nothing fails on its number."""
+    table = ClientTable(8, [100, 100, 0])
+    table.fill(0.0)
+    table.drop_last_node()
+    assert table.keep([(0, 2), (1, 5)], 1.0) == 0
+    assert all(table.owner(b) in (0, 1) for b in range(8))
