@@ -95,7 +95,8 @@ async def run_sweep(
         if not isinstance(action, Visit):
             delay = max(0.0, action.until - clock())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay)
+                async with asyncio.timeout(delay):
+                    await stop.wait()
             continue
         doc = await fetch(action.node)
         ok = False

@@ -145,7 +145,8 @@ class NodeArbiter(Arbiter):  # type: ignore[misc]
     async def _loop(self) -> None:
         while not self.stopping:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), TICK_S)
+                async with asyncio.timeout(TICK_S):
+                    await self.wake.wait()
             self.wake.clear()
             for sig in self.wait_for_signals(timeout=0):
                 name = self.SIG_NAMES.get(sig, str(sig))

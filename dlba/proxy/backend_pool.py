@@ -230,8 +230,8 @@ class BackendPool:
         loop = asyncio.get_running_loop()
         self.connects += 1
         factory = cast(Any, lambda: BackendConnection(self))  # an asyncio protocol by its methods
-        _, proto = await asyncio.wait_for(
-            loop.create_connection(factory, self.host, self.port), self.connect_timeout_s)
+        async with asyncio.timeout(self.connect_timeout_s):
+            _, proto = await loop.create_connection(factory, self.host, self.port)
         return cast(BackendConnection, proto)
 
     def release(self, conn: BackendConnection, now: float) -> None:

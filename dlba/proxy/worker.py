@@ -158,7 +158,8 @@ class ProxyWorker(GunicornWorker):  # type: ignore[misc]
         args = self.args
         reader, writer = await asyncio.open_connection(sock=socket.socket(fileno=args.control))
         # The master sends its config first: after a live reload it differs from the file.
-        first = await asyncio.wait_for(reader.readline(), 10)
+        async with asyncio.timeout(10):
+            first = await reader.readline()
         msg = json.loads(first) if first else {}
         config: Config = (parse_config(msg["text"], Path(args.config))
                           if msg.get("op") == "config" else load_config(args.config))

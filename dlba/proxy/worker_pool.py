@@ -238,7 +238,8 @@ class WorkerPool:
                 return False
             self.report_arrived.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.report_arrived.wait(), left)
+                async with asyncio.timeout(left):
+                    await self.report_arrived.wait()
         return True
 
     # --- learned session ids ------------------------------------------------------------------

@@ -20,7 +20,8 @@ events = logging.getLogger("dlba.event")
 async def http_health_once(host: str, port: int, path: str, timeout: float) -> bool:
     """One GET of the health path on its own connection; 2xx and 3xx are healthy."""
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
     except (TimeoutError, OSError):
         return False
     try:
@@ -28,7 +29,8 @@ async def http_health_once(host: str, port: int, path: str, timeout: float) -> b
             f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: dlba-health\r\n"
             "Connection: close\r\n\r\n".encode()
         )
-        line = await asyncio.wait_for(reader.readline(), timeout)
+        async with asyncio.timeout(timeout):
+            line = await reader.readline()
         parts = line.split()
         return len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1][:1] in b"23"
     except (TimeoutError, OSError):
@@ -39,9 +41,11 @@ async def http_health_once(host: str, port: int, path: str, timeout: float) -> b
 
 async def agent_once(host: str, port: int, timeout: float) -> str:
     """The agent's one-line reply (HAProxy agent-check: it answers and closes)."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(host, port)
     try:
-        line = await asyncio.wait_for(reader.readline(), timeout)
+        async with asyncio.timeout(timeout):
+            line = await reader.readline()
         return line.decode("ascii", "replace").strip()
     finally:
         writer.close()

@@ -69,6 +69,7 @@ class NodeAgent:
         self.heartbeat: asyncio.DatagramTransport | None = None
         self.session: aiohttp.ClientSession | None = None
         self.task: asyncio.Task[None] | None = None
+        self.stopping = False  # a cancellation lost in a library still ends the loop
         self.headers = {"Authorization": f"Bearer {token}"}
         self.failovers = 0
         self.lock = asyncio.Lock()
@@ -168,6 +169,7 @@ class NodeAgent:
             self.checks.front = prepared[0]
 
     async def stop(self) -> None:
+        self.stopping = True
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -190,7 +192,7 @@ class NodeAgent:
     async def _run(self) -> None:
         interval = self.config.cluster.ping_interval_s
         started = time.monotonic()
-        while True:
+        while not self.stopping:
             t0 = time.monotonic()
             try:
                 await self._step(started)

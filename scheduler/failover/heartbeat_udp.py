@@ -108,7 +108,8 @@ class Pinger:
         self.protocol.waiters[nonce] = fut
         try:
             self.transport.sendto(encode_ping(self.key, Ping(nonce)), (address, port))
-            return await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                return await fut
         except (TimeoutError, OSError):
             return None
         finally:
