@@ -1,18 +1,23 @@
-"""Where the node's CPU goes per full TLS handshake, by library and by compiled function, from
-`perf` with DWARF call graphs (issue 7: how this session's changes were found).
+"""Where the node's CPU goes per unit of a load (a full TLS handshake, an HTTP/2 request),
+by library and by compiled function, from `perf` with DWARF call graphs (issue 7: how this
+session's changes were found).
 
-    python -m bench.perf_attribution [--duration 10] [--freq 997] [--workers 1]
+    python -m bench.perf_attribution [--load handshakes|h2|h2_1stream|h1_tls] [--duration 10]
+                                     [--freq 997] [--workers 1]
 
-Runs the `tls_handshakes` load (`openssl s_time -new`, 3 clients) against a node, records its
-process tree with `perf record --call-graph dwarf`, and prints:
+Loads: `handshakes` (`openssl s_time -new`, 3 clients, per connection); `h2` (h2load, 4
+connections x 100 streams, GET /1k, per request); `h2_1stream` (16 x 1); `h1_tls` (h2load
+--h1, 16 keepalive HTTPS connections: the HTTP/1.1 path beside HTTP/2's). It records the
+node's process tree with `perf record --call-graph dwarf` and prints:
 
-* the share of each library (libcrypto, kernel, libpython, ...) and µs per connection;
+* the share of each library (libcrypto, kernel, libpython, ...) and µs per unit;
 * the node's own overhead (everything outside OpenSSL and the kernel) attributed to the
   innermost function of the compiled request path (mypyc's `CPyDef_*`) or of uvloop on the
-  stack, which is where an avoidable cost is (a hidden exception, a copy, a timer) shows up.
+  stack, which is where an avoidable cost is (a hidden exception, a copy, a timer) shows up;
+* each compiled function's inclusive share (the samples with it anywhere on the stack).
 
 Unlike py-spy (wall time, stops the process to sample) this counts CPU only and leaves the
-load undisturbed. Needs `perf` (linux-perf) and root.
+load undisturbed. Needs `perf` (linux-perf), root, and h2load for the HTTP loads.
 """
 
 from __future__ import annotations
@@ -64,10 +69,11 @@ def owner(stack: Stack) -> str:
     return f"({stack[0][1]}) {stack[0][0]}"
 
 
-def report(stacks: list[Stack], conns: float, cpu_s: float, top: int) -> str:
-    us = 1e6 * cpu_s / conns / len(stacks)  # µs per connection that one sample stands for
-    lines = [f"{len(stacks)} samples, {conns:.0f} connections, "
-             f"{1e6 * cpu_s / conns:.0f} µs CPU per connection", "", "by library:"]
+def report(stacks: list[Stack], conns: float, cpu_s: float, top: int,
+           unit: str = "connection") -> str:
+    us = 1e6 * cpu_s / conns / len(stacks)  # µs per unit that one sample stands for
+    lines = [f"{len(stacks)} samples, {conns:.0f} {unit}s, "
+             f"{1e6 * cpu_s / conns:.0f} µs CPU per {unit}", "", "by library:"]
     by_dso = collections.Counter(s[0][1] for s in stacks)
     for dso, n in by_dso.most_common(12):
         lines.append(f"  {100 * n / len(stacks):5.1f} %  {n * us:6.1f} µs  {dso}")
@@ -76,11 +82,38 @@ def report(stacks: list[Stack], conns: float, cpu_s: float, top: int) -> str:
               "innermost compiled or uvloop function:"]
     for name, n in collections.Counter(owner(s) for s in own).most_common(top):
         lines.append(f"  {100 * n / len(stacks):5.2f} %  {n * us:6.1f} µs  {name}")
+    lines += ["", "compiled functions, inclusive (anywhere on the stack):"]
+    inclusive = collections.Counter(
+        name for s in stacks for name in {sym.removeprefix("CPyDef_").replace("___", ".")
+                                          for sym, dso in s if "native__mypyc" in dso
+                                          and sym.startswith("CPyDef_")})
+    for name, n in inclusive.most_common(top):
+        lines.append(f"  {100 * n / len(stacks):5.2f} %  {n * us:6.1f} µs  {name}")
     return "\n".join(lines)
+
+
+def run_load(load: str, node: proxies.Server, duration: float) -> tuple[float, str]:
+    """(units done, unit name) of `duration` seconds of the load against the node."""
+    if load == "handshakes":
+        conns, _, _ = s_time(node.ports["https_full"], duration, 3)
+        return conns, "connection"
+    from bench.h2 import h2load
+
+    conns, streams = {"h2": (4, 100), "h2_1stream": (16, 1), "h1_tls": (16, 1)}[load]
+    if load == "h1_tls":
+        out = subprocess.run(["h2load", "--h1", "-D", str(round(duration)), "-c", "16",
+                              "-t", "1", f"https://{proxies.HOST}:{node.ports['https']}/1k"],
+                             capture_output=True, text=True, timeout=duration + 60).stdout
+        m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded", out)
+        return float(m.group(1)) if m else 0.0, "request"
+    done, _, _ = h2load(node.ports["h2"], duration, conns, streams)
+    return done, "request"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.perf_attribution")
+    p.add_argument("--load", choices=("handshakes", "h2", "h2_1stream", "h1_tls"),
+                   default="handshakes")
     p.add_argument("--duration", type=float, default=10)
     p.add_argument("--freq", type=int, default=997)
     p.add_argument("--workers", type=int, default=1)
@@ -101,14 +134,14 @@ def main(argv: list[str] | None = None) -> int:
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
         u0, s0 = proxies.tree_times(node.pid)
-        conns, _, _ = s_time(node.ports["https_full"], a.duration, 3)
+        done, unit = run_load(a.load, node, a.duration)
         u1, s1 = proxies.tree_times(node.pid)
         rec.send_signal(2)
         rec.wait(timeout=120)
         text = subprocess.run(["perf", "script", "-i", str(data), "-F", "comm,ip,sym,dso"],
                               capture_output=True, text=True, timeout=900).stdout
         print("\n".join(node.notes))
-        print(report(read_stacks(text), conns, (u1 - u0) + (s1 - s0), a.top))
+        print(report(read_stacks(text), done, (u1 - u0) + (s1 - s0), a.top, unit))
     finally:
         node.stop()
         be.stop()
