@@ -157,7 +157,10 @@ def request_head(
             if low == b"upgrade":
                 upgrade_value = value
             continue
-        out += [name, b": ", value, b"\r\n"]
+        out.append(name)  # (appends: `out += [...]` makes a list per field)
+        out.append(b": ")
+        out.append(value)
+        out.append(b"\r\n")
     ip = client_ip.encode()
     out += [b"X-Forwarded-For: ", prior_xff + b", " + ip if prior_xff else ip, b"\r\n"]
     # A trusted proxy's scheme is the client's; anyone else's is replaced by the one we saw.

@@ -7,7 +7,6 @@ these numbers only when /metrics is asked for.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from dataclasses import dataclass, field
 
 # Prometheus-style upper bounds in seconds for request latency.
@@ -21,7 +20,14 @@ class LatencyHistogram:
     count: int = 0
 
     def observe(self, seconds: float) -> None:
-        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        # A scan from the fastest bucket (where most requests fall), compiled to float
+        # compares: bisect's call cost more than the scan. Same index as bisect_left.
+        i = 0
+        for bound in LATENCY_BUCKETS:
+            if seconds <= bound:
+                break
+            i += 1
+        self.counts[i] += 1
         self.total += seconds
         self.count += 1
 

@@ -25,7 +25,6 @@ import fnmatch
 import random
 import re
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 from dlba.config import PersistenceConfig, SchedulingConfig
@@ -39,11 +38,19 @@ from dlba.scheduling.web_server_status_table import WebServerStatus, WebServerSt
 Reason = Literal["cookie", "learned", "session", "url_hash", "policy"]
 
 
-@dataclass(frozen=True, slots=True)
 class Selection:
-    backend_id: int
-    reason: Reason
-    bad_cookie: bool = False
+    """Where a request goes and why. A plain class, not a frozen dataclass: one is made per
+    request, and compiled, a frozen dataclass's constructor costs several times as much."""
+
+    __slots__ = ("backend_id", "bad_cookie", "reason")
+
+    def __init__(self, backend_id: int, reason: Reason, bad_cookie: bool = False) -> None:
+        self.backend_id = backend_id
+        self.reason = reason
+        self.bad_cookie = bad_cookie
+
+    def __repr__(self) -> str:
+        return f"Selection({self.backend_id}, {self.reason!r}, {self.bad_cookie})"
 
 
 def compile_url_patterns(patterns: Collection[str]) -> re.Pattern[str] | None:

@@ -41,7 +41,10 @@ def test_owner_is_the_innermost_compiled_function_else_uvloop() -> None:
 def test_report_leaves_openssl_and_the_kernel_out_of_the_overhead() -> None:
     text = report(read_stacks(PERF_SCRIPT), conns=100, cpu_s=0.04, top=10)
     assert "4 samples, 100 connections, 400 µs CPU per connection" in text
-    overhead = text.split("outside OpenSSL and the kernel")[1]
+    overhead, inclusive = text.split("outside OpenSSL and the kernel")[1].split(
+        "compiled functions, inclusive")
     assert "(50.0 %)" in overhead  # 2 of the 4 samples
     assert "http_head.request_head" in overhead and "TLSTransport" not in overhead
+    # inclusive: a compiled function counts for every sample it is on the stack of
+    assert "TLSTransport._handshake" in inclusive
     assert "100.0 µs  libcrypto.so.3" in text
