@@ -6,11 +6,13 @@ ARG BASE=dlba-base:bookworm
 
 FROM ${BASE} AS build
 # clang/llvm/libbpf-dev: the BPF object (scheduler/bpf/dlba_tc.c) for this image's kernel
-# headers; libssl-dev: the TLS ticket callback in C (dlba/tls/ticket_cb.c); gcc + python3-dev +
-# mypy: the request path compiled by mypyc (build_native.py).
+# headers; libssl-dev: the TLS ticket callback in C (dlba/tls/ticket_cb.c); libnghttp2-dev:
+# HTTP/2's engine (dlba/proxy/nghttp2_ext.c, a CPython extension: without it the node speaks
+# HTTP/1.1 only); gcc + python3-dev + mypy: the request path compiled by mypyc (build_native.py).
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       python3 python3-venv python3-dev gcc libc6-dev clang llvm libbpf-dev libssl-dev \
+      libnghttp2-dev \
  && rm -rf /var/lib/apt/lists/*
 # The base image trusts the host's CA certificates; pip reads the system bundle.
 ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -27,16 +29,20 @@ COPY build_native.py ./
 RUN clang -O2 -g -target bpf -I/usr/include/$(gcc -print-multiarch) \
       -c scheduler/bpf/dlba_tc.c -o scheduler/bpf/dlba_tc.o \
  && clang -O2 -Wall -shared -fPIC -o dlba/tls/_ticket_cb.so dlba/tls/ticket_cb.c -lcrypto \
+ && clang -O2 -Wall -shared -fPIC -I"$(python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" \
+      -o "dlba/proxy/_nghttp2$(python -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')" \
+      dlba/proxy/nghttp2_ext.c -lnghttp2 \
  && pip install -q --no-deps --no-build-isolation -e . \
+ && python -c 'from dlba.proxy import nghttp2_engine as ng; assert ng.available()' \
  && python build_native.py >/dev/null \
  && pip uninstall -q -y mypy
 
 FROM ${BASE}
 # iproute2: the VIP on lo; procps: sysctl; curl: healthcheck, client; libssl3: the ticket
-# callback's libcrypto.
+# callback's libcrypto; libnghttp2-14: HTTP/2's engine.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      python3 iproute2 procps curl libssl3 \
+      python3 iproute2 procps curl libssl3 libnghttp2-14 \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/dlba /opt/dlba

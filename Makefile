@@ -7,7 +7,9 @@ APT_PKGS := clang llvm libbpf-dev libssl-dev iproute2 redis-server openssl curl 
   libnghttp2-dev
 BPF_OBJ := scheduler/bpf/dlba_tc.o
 TICKET_SO := dlba/tls/_ticket_cb.so
-NGHTTP2_SO := dlba/proxy/_nghttp2_shim.so
+# The CPython extension's file name and headers, from the Python the venv is made with.
+NGHTTP2_EXT := dlba/proxy/_nghttp2$(shell $(PY) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+PY_INCLUDE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 NATIVE := build/native/manifest.json
 PURE_TESTS := tests/unit tests/integration/test_tls_transport.py \
   tests/integration/test_connection_lifetime.py tests/integration/test_node_bad_input.py \
@@ -16,7 +18,7 @@ PURE_TESTS := tests/unit tests/integration/test_tls_transport.py \
 
 .PHONY: install run test lint bench clean
 
-install: $(BIN)/dlba $(BPF_OBJ) $(TICKET_SO) $(NGHTTP2_SO) $(NATIVE)
+install: $(BIN)/dlba $(BPF_OBJ) $(TICKET_SO) $(NGHTTP2_EXT) $(NATIVE)
 
 # Re-checked when this file changes (a package added to APT_PKGS).
 .apt-stamp: Makefile
@@ -41,10 +43,10 @@ $(BPF_OBJ): scheduler/bpf/dlba_tc.c scheduler/bpf/dlba_tc.h .apt-stamp
 $(TICKET_SO): dlba/tls/ticket_cb.c .apt-stamp
 	clang -O2 -Wall -Wextra -Werror -shared -fPIC -o $@ $< -lcrypto
 
-# HTTP/2's protocol engine: libnghttp2 behind a small shim (dlba/proxy/nghttp2_engine.py loads
-# it; without it TLS listeners offer HTTP/1.1 only).
-$(NGHTTP2_SO): dlba/proxy/nghttp2_shim.c .apt-stamp
-	clang -O2 -Wall -Wextra -Werror -shared -fPIC -o $@ $< -lnghttp2
+# HTTP/2's protocol engine: libnghttp2 in a CPython extension, dlba.proxy._nghttp2
+# (dlba/proxy/nghttp2_engine.py imports it; without it TLS listeners offer HTTP/1.1 only).
+$(NGHTTP2_EXT): dlba/proxy/nghttp2_ext.c .apt-stamp
+	clang -O2 -Wall -Wextra -Werror -shared -fPIC -I$(PY_INCLUDE) -o $@ $< -lnghttp2
 
 # The request path compiled by mypyc (build_native.py; dlba/__init__.py uses it only while it
 # matches every source of the package, so any change under dlba/ rebuilds it here).

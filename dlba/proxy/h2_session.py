@@ -24,7 +24,7 @@ import base64
 import logging
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dlba.proxy import h2_headers, http_head
 from dlba.proxy import nghttp2_engine as ng
@@ -44,7 +44,8 @@ FLOOD_WINDOW_S = 10.0
 RESET_LIMIT = 200  # client resets a window (a browser cancels a few on each navigation)
 CONTROL_LIMIT = 200  # SETTINGS, PING, PRIORITY, unknown and empty DATA frames a window
 WINDOW_UPDATE_LIMIT = 1000  # beyond the DATA frames sent in the window
-_RECORD = ng.RECORD.unpack_from
+FLOODS = {ng.FLOOD_RESETS: "rapid reset", ng.FLOOD_CONTROL: "control frame flood",
+          ng.FLOOD_UPDATES: "window update flood"}
 
 
 class H2Session:
@@ -72,7 +73,9 @@ class H2Session:
         # Settings: MAX_STREAMS, header list MAX_HEAD_BYTES, HPACK 4 KiB, extended CONNECT
         # (WebSockets, RFC 8441); the connection's window is larger than one stream's, so a
         # stream whose back end is slow to take its body does not stall the others' bodies.
-        self.engine = ng.Engine(MAX_STREAMS, MAX_HEAD_BYTES, CONNECTION_WINDOW)
+        # The flood limits are checked in C as frames arrive (receive's rc).
+        self.engine = ng.Session(MAX_STREAMS, MAX_HEAD_BYTES, CONNECTION_WINDOW, RESET_LIMIT,
+                                 CONTROL_LIMIT, WINDOW_UPDATE_LIMIT)
         now = ctx.loop.time()
         self.window_start = now
         self.deadline = now + ctx.limits.header_timeout_s  # the preface and a first request
@@ -96,32 +99,30 @@ class H2Session:
             return
         if self.closed:
             return
-        if rc < 0 and not self._flooding():
+        if rc > 0:
+            self._flood(FLOODS[rc])
+        elif rc < 0:
             # nghttp2 read no further (bad preface, a CONTINUATION flood, its own flood limits)
             self._refused("fatal")
             self.engine.terminate(ng.PROTOCOL_ERROR)
             self._close()
-            return
-        if rc >= 0 and not self._flooding():
+        else:
             self.flush_out()
 
-    def _events(self, evs: bytes) -> None:
+    def _events(self, evs: list[tuple[int, int, int, Any]]) -> None:
         if not evs:
             return
         fresh: list[H2Stream] = []
         streams = self.streams
-        off, end = 0, len(evs)
-        while off < end:
-            kind, sid, arg, n = _RECORD(evs, off)
-            off += 16
+        for kind, sid, arg, payload in evs:
             if kind == ng.EV_DATA:
                 st = streams.get(sid)
                 if st is not None:
-                    st.body(evs[off:off + n], n)
+                    st.body(payload, arg)
                 else:
-                    self.ack(sid, n)
+                    self.ack(sid, arg)
             elif kind == ng.EV_REQUEST:
-                st = self._request(sid, evs[off:off + n], arg)
+                st = self._request(sid, payload, arg)
                 if st is not None:
                     fresh.append(st)
             elif kind == ng.EV_END:
@@ -136,7 +137,6 @@ class H2Session:
                 self._other(kind, sid, arg)
                 if self.closed:
                     return
-            off += n
         # Started only now: a stream its client reset in this same read (the rapid-reset
         # pattern) never reaches a back end.
         for st in fresh:
@@ -175,7 +175,8 @@ class H2Session:
         self.ctx.stats.bad_requests += 1
         self.ctx.stats.h2_refused += 1
 
-    def _request(self, sid: int, block: bytes, flags: int) -> H2Stream | None:
+    def _request(self, sid: int, fields: list[tuple[bytes, bytes]],
+                 flags: int) -> H2Stream | None:
         st = H2Stream(self, sid)
         self.streams[sid] = st
         self.deadline = 0.0
@@ -187,7 +188,7 @@ class H2Session:
         try:
             if flags & 2:
                 raise BadRequest(431, "header list too large")
-            req = h2_headers.request_from_h2(ng.decode_fields(block), limits.max_headers,
+            req = h2_headers.request_from_h2(fields, limits.max_headers,
                                              limits.max_header_line)
         except BadRequest as bad:
             events.info("event=bad_request peer=%s stream=%d status=%d reason=%r", self.peer,
@@ -296,20 +297,10 @@ class H2Session:
             self.deadline = self.ctx.loop.time() + self.ctx.limits.keepalive_timeout_s
 
     # --- limits ------------------------------------------------------------------------------
-    def _flooding(self) -> bool:
-        resets, control, updates, data_frames = self.engine.counters()
-        if resets > RESET_LIMIT:
-            what = "rapid reset"
-        elif control > CONTROL_LIMIT:
-            what = "control frame flood"
-        elif updates > WINDOW_UPDATE_LIMIT + data_frames:
-            what = "window update flood"
-        else:
-            return False
+    def _flood(self, what: str) -> None:
         self.ctx.stats.bad_requests += 1
         self.ctx.stats.h2_refused += 1
         self.goaway(ng.ENHANCE_YOUR_CALM, what)
-        return True
 
     def goaway(self, code: int, reason: str) -> None:
         """Close now: GOAWAY with `code`, the streams in flight cut."""

@@ -90,8 +90,8 @@ class H2Stream(ExchangeClient):
     def send_head(self, fields: list[tuple[bytes, bytes]], end: bool = False) -> None:
         if self.reset:
             return
-        final = fields[0][1][:1] != b"1"  # :status comes first
-        if self.engine.head(self.sid, ng.encode_fields(fields), final, end) < 0:
+        # (informational when :status, the first field, is 1xx: the engine looks)
+        if self.engine.head(self.sid, fields, end) < 0:
             self.abort()
             return
         if end:
