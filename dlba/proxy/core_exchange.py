@@ -7,7 +7,8 @@ streams to the back end as it arrives and the response streams to the client as 
 with flow control both ways. The back-end shell reports the connection and the parsed response
 to the exchange (backend_connected ... on_response_complete); the exchange answers through
 ClientIO and BackendLink calls and the pure collaborators of ProxyContext (selector, status
-table, counters, the access-log hook).
+table, counters, the access-log hook). How the response is framed for the client is its
+subclasses' part: http1_exchange (HTTP/1.1 text), h2_stream (HTTP/2 frames).
 """
 
 from __future__ import annotations
@@ -42,45 +43,16 @@ RETAIN_LIMIT = 64 * 1024  # request bodies up to this size can be replayed on an
 MAX_ATTEMPTS = 4
 
 
-# h2_stream.H2Exchange (interpreted) subclasses it for HTTP/2 clients.
+# http1_exchange.H1Exchange and h2_stream.H2Exchange frame the response for their clients;
+# interpreted subclasses (tests) are allowed too.
 @mypyc_attr(allow_interpreted_subclasses=True)
 class Exchange:
-    __slots__ = (
-        "attempts",
-        "backend_id",
-        "backend_keep_alive",
-        "body_bytes",
-        "body_done",
-        "bytes_out",
-        "cdn",
-        "chunked_in",
-        "client",
-        "client_keep_alive",
-        "conn",
-        "cookie_header",
-        "ctx",
-        "ends_at_close",
-        "excluded",
-        "headers",
-        "held",
-        "http11",
-        "last_activity",
-        "local",
-        "method",
-        "no_host",
-        "pending",
-        "plain",
-        "reason",
-        "rechunk",
-        "retained",
-        "route",
-        "stale_reset",
-        "state",
-        "status",
-        "t0",
-        "target",
-        "upgrade",
-    )
+    __slots__ = ("attempts", "backend_id", "backend_keep_alive", "body_bytes", "body_done",
+                 "bytes_out", "cdn", "chunked_in", "client", "client_keep_alive", "conn",
+                 "cookie_header", "ctx", "ends_at_close", "excluded", "headers", "held", "http11",
+                 "last_activity", "local", "method", "no_host", "pending", "plain", "reason",
+                 "rechunk", "retained", "route", "stale_reset", "state", "status", "t0", "target",
+                 "upgrade")
 
     def __init__(
         self, client: ExchangeClient, method: bytes, target: bytes,
@@ -144,14 +116,6 @@ class Exchange:
             self._answer_locally(self.local)
             return
         self._schedule()
-
-    def _answer_locally(self, response: bytes) -> None:
-        """No back end: the body, if any, is read and dropped (pending and retained gone)."""
-        self.status = int(response[9:12])
-        self.reason = "local"
-        self.pending = self.retained = None
-        self.client.io.write(response)
-        self._end(True, counted=False)
 
     def _schedule(self) -> None:
         ctx = self.ctx
@@ -293,28 +257,6 @@ class Exchange:
         hsts = (ctx.hsts if route is None else route.hsts) if https else b""
         self._respond(status, reason, headers, extra, upgrade, hsts)
 
-    # The client side's framing (HTTP/1.1 here; h2_stream.H2Exchange overrides these).
-    def _informational(self, status: int, reason: bytes,
-                       headers: list[tuple[bytes, bytes]]) -> None:
-        if self.http11:
-            self.client.io.write(http_head.response_head(
-                status, reason, headers, (), chunked=False, keep_alive=True, upgrade=False
-            ))
-
-    def _respond(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
-                 extra: Sequence[tuple[bytes, bytes]], upgrade: bool, hsts: bytes) -> None:
-        """The response head, held until the end of this read from the back end."""
-        client = self.client
-        self.held.append(http_head.response_head(
-            status, reason, headers, extra, chunked=self.rechunk,
-            keep_alive=self.client_keep_alive and not client.closing, upgrade=upgrade,
-            keep_alive_header=not self.http11, hsts=hsts,
-        ))
-        if upgrade:
-            self.flush()
-            self.state = TUNNELLING
-            client.start_tunnel(self)
-
     def on_response_body(self, data: bytes) -> None:
         if self.cdn is not None:
             data = self.cdn.body(data)
@@ -325,12 +267,6 @@ class Exchange:
             self.held += (b"%x\r\n" % len(data), data, b"\r\n")
         else:
             self.held.append(data)
-
-    def flush(self) -> None:
-        """The end of one read from the back end: what it gave goes out in one write."""
-        if self.held:
-            self.client.io.writelines(self.held)
-            self.held = []
 
     def on_response_complete(self) -> None:
         cdn, self.cdn = self.cdn, None
@@ -398,6 +334,28 @@ class Exchange:
                 return
         self._fail(502, "back end closed the connection before responding")
 
+    # --- the client side's framing: http1_exchange.H1Exchange, h2_stream.H2Exchange ----------
+    def _answer_locally(self, response: bytes) -> None:
+        """A whole response the node made (a redirect, a cached page): no back end."""
+        raise NotImplementedError
+
+    def _informational(self, status: int, reason: bytes,
+                       headers: list[tuple[bytes, bytes]]) -> None:
+        raise NotImplementedError
+
+    def _respond(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                 extra: Sequence[tuple[bytes, bytes]], upgrade: bool, hsts: bytes) -> None:
+        """The response head (`extra`: injected cookies)."""
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """The end of one read from the back end: what it gave goes out."""
+        raise NotImplementedError
+
+    def _fail(self, status: int, message: str, extra: bytes = b"") -> None:
+        """An error the node answers itself (`extra`: whole header lines, a Retry-After)."""
+        raise NotImplementedError
+
     # --- ending -------------------------------------------------------------------------------
     def check_timeout(self, now: float) -> None:
         """On a tick: no bytes from the back end for backend_timeout_s."""
@@ -421,15 +379,6 @@ class Exchange:
         line), a class kept out of a pool (403)."""
         if self.state != DONE:
             self._fail(status, message, extra)
-
-    def _fail(self, status: int, message: str, extra: bytes = b"") -> None:
-        self.status = status
-        self.client_keep_alive = False
-        client = self.client
-        client.io.write(http_head.error_response(
-            status, message, extra=self.ctx.hsts_for(client.scheme) + extra))
-        self.ctx.stats.errors += 1
-        self._end(False, counted=False)
 
     def _end(self, ok: bool, counted: bool = True) -> None:
         if self.state == DONE:

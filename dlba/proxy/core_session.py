@@ -33,6 +33,7 @@ from dlba.proxy.core_io import (
     UPGRADING,
     ClientIO,
 )
+from dlba.proxy.http1_exchange import H1Exchange
 from dlba.proxy.http_head import BadRequest as Reject
 
 if TYPE_CHECKING:
@@ -149,7 +150,7 @@ class ClientSession(RequestFraming):
     # --- a request head is complete (RequestFraming checked it) ------------------------------
     def _request(self, keep_alive: bool, upgrade: bool, chunked: bool, length: int,
                  cookie_header: str | None, plain: bool, host: bytes, no_host: bool) -> None:
-        ex = Exchange(self, self.method, self.url, self.headers, keep_alive, upgrade, chunked,
+        ex = H1Exchange(self, self.method, self.url, self.headers, keep_alive, upgrade, chunked,
                       cookie_header, plain, no_host)
         ex.http11 = self.http11
         if self.redirect:
