@@ -109,12 +109,19 @@ class H2Session:
         else:
             self.flush_out()
 
-    def _events(self, evs: list[tuple[int, int, int, Any]]) -> None:
+    def _events(self, evs: list[Any]) -> None:
+        """The engine's events: a flat list, kind, stream, arg, payload for each."""
         if not evs:
             return
         fresh: list[H2Stream] = []
         streams = self.streams
-        for kind, sid, arg, payload in evs:
+        i, n = 0, len(evs)
+        while i < n:
+            kind: int = evs[i]
+            sid: int = evs[i + 1]
+            arg: int = evs[i + 2]
+            payload = evs[i + 3]
+            i += 4
             if kind == ng.EV_DATA:
                 st = streams.get(sid)
                 if st is not None:

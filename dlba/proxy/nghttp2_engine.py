@@ -3,10 +3,10 @@ CPython extension, ``dlba/proxy/nghttp2_ext.c``, built by ``make install`` into
 ``dlba/proxy/_nghttp2<EXT_SUFFIX>`` (typed by ``_nghttp2.pyi``).
 
 ``Session`` is one server session driven sans-I/O. Every nghttp2 callback stays in C and
-appends an event tuple ``(kind, stream, arg, payload)`` to a list the call returns, so no C
-code calls back into Python and nothing is encoded or parsed here: a request arrives as one
-EV_REQUEST whose payload is its ``[(name, value)]`` list, a response head goes down as the
-same list. Without the extension the node offers HTTP/1.1 only in ALPN (`available()`).
+appends an event, four items ``kind, stream, arg, payload``, to a flat list the call returns,
+so no C code calls back into Python and nothing is encoded or parsed here: a request arrives
+as one EV_REQUEST whose payload is its ``[(name, value)]`` list, a response head goes down as
+the same list. Without the extension the node offers HTTP/1.1 only in ALPN (`available()`).
 """
 
 from __future__ import annotations

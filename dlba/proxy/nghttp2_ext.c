@@ -2,9 +2,9 @@
  *
  * Driven sans-I/O by h2_session.H2Session: feed the client's bytes (receive), take the bytes
  * to send (send). Every nghttp2 callback stays in C (no C code calls into Python) and appends
- * an event tuple (kind, stream, arg, payload) to a list the call returns: a request's header
- * block is handed over whole at END_HEADERS as a list of (name, value) bytes tuples, a DATA
- * chunk as bytes (arg: its length), the others with payload None. Python objects cross
+ * an event (four items: kind, stream, arg, payload) to a flat list the call returns: a
+ * request's header block is handed over whole at END_HEADERS as a list of (name, value) bytes
+ * tuples, a DATA chunk as bytes (arg: its length), the others with payload None. Python objects cross
  * directly, so nothing is encoded, copied or parsed in Python, and every call is a plain
  * method call (no libffi). Response bodies wait in a per-stream buffer read by the data
  * provider (deferred while empty), so nghttp2's own flow control paces them; DRAINED tells
@@ -38,7 +38,7 @@ typedef struct stream_out {
 typedef struct {
     PyObject_HEAD
     nghttp2_session *session;
-    PyObject *events;     /* list of event tuples since the last call, or NULL: none */
+    PyObject *events;     /* the events since the last call (flat: 4 items each), or NULL */
     PyObject *fields;     /* the request header list being received (blocks never interleave) */
     size_t hdr_len, hdr_limit;
     int hdr_over;
@@ -61,24 +61,29 @@ static int grow(char **buf, size_t *cap, size_t need) {
     return 0;
 }
 
-/* Appends (kind, sid, arg, payload); steals payload (NULL: None). 0, or -1 with an error set. */
+static int append_new(PyObject *list, PyObject *item) {  /* steals item */
+    if (!item) return -1;
+    int rc = PyList_Append(list, item);
+    Py_DECREF(item);
+    return rc;
+}
+
+/* Appends kind, sid, arg, payload to the flat event list (no tuple per event: with 100
+ * requests in one read, hundreds of young container objects made the cyclic GC run longer);
+ * steals payload (NULL: None). 0, or -1 with an error set. */
 static int emit(Session *s, long kind, int32_t sid, unsigned long arg, PyObject *payload) {
     if (!payload) payload = Py_NewRef(Py_None);
-    PyObject *t = PyTuple_New(4);
-    if (!t) { Py_DECREF(payload); return -1; }
-    PyTuple_SET_ITEM(t, 3, payload);
-    PyObject *k = PyLong_FromLong(kind), *i = PyLong_FromLong(sid);
-    PyObject *a = PyLong_FromUnsignedLong(arg);
-    if (k) PyTuple_SET_ITEM(t, 0, k);
-    if (i) PyTuple_SET_ITEM(t, 1, i);
-    if (a) PyTuple_SET_ITEM(t, 2, a);
-    if (!k || !i || !a || (!s->events && !(s->events = PyList_New(0)))) {
-        Py_DECREF(t);
+    if (!s->events && !(s->events = PyList_New(0))) {
+        Py_DECREF(payload);
         return -1;
     }
-    int rc = PyList_Append(s->events, t);
-    Py_DECREF(t);
-    return rc;
+    PyObject *e = s->events;
+    if (append_new(e, PyLong_FromLong(kind)) || append_new(e, PyLong_FromLong(sid))
+        || append_new(e, PyLong_FromUnsignedLong(arg))) {
+        Py_DECREF(payload);
+        return -1;
+    }
+    return append_new(e, payload);
 }
 
 static PyObject *take_events(Session *s) {
@@ -135,9 +140,12 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
     PyObject *v = PyBytes_FromStringAndSize((const char *)value, (Py_ssize_t)valuelen);
     if (n) PyTuple_SET_ITEM(f, 0, n);
     if (v) PyTuple_SET_ITEM(f, 1, v);
-    int rc = !n || !v || PyList_Append(s->fields, f);
-    Py_DECREF(f);
-    return CHECK(rc);
+    if (!n || !v) {
+        Py_DECREF(f);
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    PyObject_GC_UnTrack(f);  /* two bytes: never in a cycle, nothing for the GC to visit */
+    return CHECK(append_new(s->fields, f));
 }
 
 static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *user) {
