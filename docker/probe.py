@@ -3,7 +3,8 @@
 Each subcommand prints one JSON line and exits 0 when the check holds, 1 (with the reason on
 stderr) when it does not. Standard library only: it runs on the image's Python.
 
-  probe.py serve                      HTTP and HTTPS (verified against the array's CA) via the VIP
+  probe.py serve                      HTTP, HTTPS (verified against the array's CA) and HTTP/2
+                                      (curl) via the VIP
   probe.py sticky                     /login's JSESSIONID keeps a session on one back end
   probe.py status                     every node's role, scheduler and config_version
   probe.py vip-mac                    the MAC the client's ARP cache holds for the VIP
@@ -80,7 +81,20 @@ def serve() -> dict[str, Any]:
         if status != 200 or "x-backend" not in headers:
             raise CheckFailed(f"{scheme}: status {status}, headers {headers}")
         out[scheme] = headers["x-backend"]
+    out["h2"] = http2()
     return out
+
+
+def http2() -> str:
+    """One request with curl over HTTP/2 (ALPN h2): the image's node must speak it."""
+    url = f"https://{env('DLBA_VIP')}/whoami"
+    done = subprocess.run(
+        ["curl", "-sS", "--http2", "--max-time", str(TIMEOUT_S), "--cacert",
+         str(certs() / "ca.pem"), "-o", "/dev/null", "-w", "%{http_version} %{http_code}", url],
+        capture_output=True, text=True, timeout=TIMEOUT_S + 5)
+    if done.stdout.strip() != "2 200":
+        raise CheckFailed(f"HTTP/2: curl said {done.stdout!r} {done.stderr.strip()!r}")
+    return "HTTP/2 200"
 
 
 def cookie_header(set_cookies: list[str]) -> str:
