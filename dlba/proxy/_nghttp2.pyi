@@ -3,8 +3,11 @@ from collections.abc import Sequence
 from typing import Any
 
 # Events come as a flat list, four items each: kind, stream id, arg, payload (the request's
-# [(name, value)] for EV_REQUEST, the bytes for EV_DATA (arg: their length), else None).
+# header block for EV_REQUEST, fields() makes it a list; the bytes for EV_DATA, arg: their
+# length; else None).
 Events = list[Any]
+
+def fields(block: bytes, /) -> list[tuple[bytes, bytes]]: ...
 
 class Session:
     def __init__(self, max_streams: int, header_list: int, conn_window: int,

@@ -182,8 +182,7 @@ class H2Session:
         self.ctx.stats.bad_requests += 1
         self.ctx.stats.h2_refused += 1
 
-    def _request(self, sid: int, fields: list[tuple[bytes, bytes]],
-                 flags: int) -> H2Stream | None:
+    def _request(self, sid: int, block: bytes, flags: int) -> H2Stream | None:
         st = H2Stream(self, sid)
         self.streams[sid] = st
         self.deadline = 0.0
@@ -195,7 +194,7 @@ class H2Session:
         try:
             if flags & 2:
                 raise BadRequest(431, "header list too large")
-            req = h2_headers.request_from_h2(fields, limits.max_headers,
+            req = h2_headers.request_from_h2(ng.fields(block), limits.max_headers,
                                              limits.max_header_line)
         except BadRequest as bad:
             events.info("event=bad_request peer=%s stream=%d status=%d reason=%r", self.peer,

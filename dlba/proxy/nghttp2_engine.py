@@ -5,8 +5,10 @@ CPython extension, ``dlba/proxy/nghttp2_ext.c``, built by ``make install`` into
 ``Session`` is one server session driven sans-I/O. Every nghttp2 callback stays in C and
 appends an event, four items ``kind, stream, arg, payload``, to a flat list the call returns,
 so no C code calls back into Python and nothing is encoded or parsed here: a request arrives
-as one EV_REQUEST whose payload is its ``[(name, value)]`` list, a response head goes down as
-the same list. Without the extension the node offers HTTP/1.1 only in ALPN (`available()`).
+as one EV_REQUEST whose header block ``fields()`` makes the ``[(name, value)]`` list (in C,
+as the request is taken: made for a whole read at once, the lists kept the cyclic GC busy),
+and a response head goes down as such a list. Without the extension the node offers HTTP/1.1
+only in ALPN (`available()`).
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ from __future__ import annotations
 import struct
 
 try:
-    from dlba.proxy._nghttp2 import Session
+    from dlba.proxy._nghttp2 import Session, fields
 except ImportError:  # not built (make install), or libnghttp2 missing
     _BUILT = False
 else:
     _BUILT = True
 
-__all__ = ["Session", "available", "goaway_frame"]
+__all__ = ["Session", "available", "fields", "goaway_frame"]
 
 # Event kinds (nghttp2_ext.c).
 EV_REQUEST, EV_DATA, EV_END, EV_RESET, EV_CLOSE, EV_DRAINED = 1, 2, 3, 4, 5, 6

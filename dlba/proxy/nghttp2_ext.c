@@ -3,9 +3,9 @@
  * Driven sans-I/O by h2_session.H2Session: feed the client's bytes (receive), take the bytes
  * to send (send). Every nghttp2 callback stays in C (no C code calls into Python) and appends
  * an event (four items: kind, stream, arg, payload) to a flat list the call returns: a
- * request's header block is handed over whole at END_HEADERS as a list of (name, value) bytes
- * tuples, a DATA chunk as bytes (arg: its length), the others with payload None (the
- * callbacks: nghttp2_callbacks.c). Python objects cross directly, so nothing is encoded,
+ * request's header block is handed over whole at END_HEADERS (bytes that fields() makes a list
+ * of (name, value) tuples), a DATA chunk as bytes (arg: its length), the others with payload
+ * None (the callbacks: nghttp2_callbacks.c). Python objects cross directly, so nothing is encoded,
  * copied or parsed in Python, and every call is a plain method call (no libffi). Response bodies wait in a per-stream buffer read by the data
  * provider (deferred while empty), so nghttp2's own flow control paces them; DRAINED tells
  * Python when a stream it paused has sent all. Flood counters (resets, control frames,
@@ -50,7 +50,7 @@ static void Session_dealloc(Session *s) {
     if (s->session) nghttp2_session_del(s->session);
     while (s->all) dn_out_free(s, s->all);  /* streams still open: no close callback for them */
     Py_XDECREF(s->events);
-    Py_XDECREF(s->fields);
+    PyMem_Free(s->hdr);
     PyMem_Free(s->out);
     Py_TYPE(s)->tp_free((PyObject *)s);
 }
@@ -303,6 +303,44 @@ static PyObject *Session_clear_counters(Session *s, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+/* fields(block) -> [(name, value)]: a request's header block as the field list. */
+static PyObject *fields(PyObject *module, PyObject *arg) {
+    (void)module;
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "fields: a header block (bytes)");
+        return NULL;
+    }
+    const char *p = PyBytes_AS_STRING(arg);
+    size_t len = (size_t)PyBytes_GET_SIZE(arg), off = 0;
+    PyObject *out = PyList_New(0);
+    while (out && off < len) {
+        uint32_t n, v;
+        if (len - off < 4 || (memcpy(&n, p + off, 4), len - off - 4 < (size_t)n + 4)
+            || (memcpy(&v, p + off + 4 + n, 4), len - off - 8 - n < v)) {
+            PyErr_SetString(PyExc_ValueError, "fields: not a header block");
+            Py_CLEAR(out);
+            break;
+        }
+        PyObject *f = PyTuple_New(2);
+        PyObject *name = PyBytes_FromStringAndSize(p + off + 4, (Py_ssize_t)n);
+        PyObject *value = PyBytes_FromStringAndSize(p + off + 8 + n, (Py_ssize_t)v);
+        if (f && name) PyTuple_SET_ITEM(f, 0, name);
+        else Py_XDECREF(name);
+        if (f && value) PyTuple_SET_ITEM(f, 1, value);
+        else Py_XDECREF(value);
+        if (f) PyObject_GC_UnTrack(f);  /* two bytes: never in a cycle */
+        if (!f || !name || !value || PyList_Append(out, f)) Py_CLEAR(out);
+        Py_XDECREF(f);
+        off += 8 + (size_t)n + v;
+    }
+    return out;
+}
+
+static PyMethodDef module_methods[] = {
+    {"fields", fields, METH_O, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyMethodDef Session_methods[] = {
     {"receive", (PyCFunction)Session_receive, METH_O, NULL},
     {"send", (PyCFunction)Session_send, METH_NOARGS, NULL},
@@ -331,8 +369,8 @@ static PyTypeObject SessionType = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_nghttp2", "HTTP/2 server sessions on libnghttp2.", -1, NULL,
-    NULL, NULL, NULL, NULL,
+    PyModuleDef_HEAD_INIT, "_nghttp2", "HTTP/2 server sessions on libnghttp2.", -1,
+    module_methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__nghttp2(void) {

@@ -30,8 +30,10 @@ typedef struct {
     PyObject_HEAD
     nghttp2_session *session;
     PyObject *events;     /* the events since the last call (flat: 4 items each), or NULL */
-    PyObject *fields;     /* the request header list being received (blocks never interleave) */
-    size_t hdr_len, hdr_limit;
+    /* The request header block being received (blocks never interleave): per field u32
+     * length, name, u32 length, value; made a field list only when Python takes it. */
+    char *hdr;
+    size_t hdr_len, hdr_cap, hdr_size, hdr_limit;
     int hdr_over;
     uint32_t control, resets, updates, data_frames;  /* flood counters of the window */
     uint32_t reset_limit, control_limit, update_limit;

@@ -52,9 +52,21 @@ def test_a_request_arrives_as_one_event_holding_its_field_list(
     c.send_headers(1, GET + fields, end_stream=True)
     rc, evs = session().receive(c.data_to_send())
     assert rc == 0
-    assert grouped(evs) == [(ng.EV_REQUEST, 1, 1, GET + fields), (ng.EV_END, 1, 0, None)]
+    assert [e[:3] for e in grouped(evs)] == [(ng.EV_REQUEST, 1, 1), (ng.EV_END, 1, 0)]
+    assert evs[7] is None
+    got = ng.fields(evs[3])
+    assert got == GET + fields
     # Two bytes objects cannot make a cycle: the collector never visits a field.
-    assert not any(gc.is_tracked(f) for f in evs[3])
+    assert not any(gc.is_tracked(f) for f in got)
+
+
+@given(st.binary(max_size=64))
+def test_fields_reads_only_a_whole_block(block: bytes) -> None:
+    try:
+        got = ng.fields(block)
+    except ValueError:
+        return
+    assert sum(8 + len(n) + len(v) for n, v in got) == len(block)
 
 
 def test_a_head_goes_down_as_its_field_list_and_a_nul_field_is_dropped() -> None:
@@ -79,6 +91,7 @@ def test_a_body_waits_for_the_window_and_arrives_as_bytes() -> None:
     evs = grouped(flat)
     assert rc == 0
     assert [e[:2] for e in evs] == [(ng.EV_REQUEST, 1), (ng.EV_DATA, 1), (ng.EV_END, 1)]
+    assert (b":path", b"/x") in ng.fields(evs[0][3])
     assert evs[1] == (ng.EV_DATA, 1, 3, b"abc")
     assert eng.head(1, [(b":status", b"100")], False) == 0  # informational: no body buffer
     assert eng.pending(1) == -1
