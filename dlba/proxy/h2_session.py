@@ -291,6 +291,8 @@ class H2Session:
             self._events(evs)  # streams closed, windows waited for or drained by this send
             if self.closed:
                 return
+            if not self.engine.want_write():  # (what the events did queued nothing)
+                break
         if done or (self.goaway_sent and not self.streams):
             self._close()
 

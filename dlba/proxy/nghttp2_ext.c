@@ -286,6 +286,12 @@ static PyObject *Session_terminate(Session *s, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* want_write(): frames are queued (send() would make bytes). */
+static PyObject *Session_want_write(Session *s, PyObject *unused) {
+    (void)unused;
+    return PyBool_FromLong(nghttp2_session_want_write(s->session));
+}
+
 static PyObject *Session_last_stream(Session *s, PyObject *unused) {
     (void)unused;
     return PyLong_FromLong(nghttp2_session_get_last_proc_stream_id(s->session));
@@ -351,6 +357,7 @@ static PyMethodDef Session_methods[] = {
     {"reset", (PyCFunction)(void (*)(void))Session_reset, METH_FASTCALL, NULL},
     {"terminate", (PyCFunction)Session_terminate, METH_O, NULL},
     {"last_stream", (PyCFunction)Session_last_stream, METH_NOARGS, NULL},
+    {"want_write", (PyCFunction)Session_want_write, METH_NOARGS, NULL},
     {"counters", (PyCFunction)Session_counters, METH_NOARGS, NULL},
     {"clear_counters", (PyCFunction)Session_clear_counters, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},

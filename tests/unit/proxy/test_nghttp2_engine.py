@@ -102,7 +102,7 @@ def test_a_body_waits_for_the_window_and_arrives_as_bytes() -> None:
     answer = c.receive_data(data)
     assert [type(e) for e in answer if not isinstance(e, DataReceived)][-1] is ResponseReceived
     assert sum(len(e.data) for e in answer if isinstance(e, DataReceived)) == 10
-    assert eng.pending(1) == 15
+    assert eng.pending(1) == 15 and not eng.want_write()  # blocked by the window
     c.increment_flow_control_window(100, 1)
     eng.receive(c.data_to_send())
     data, done, flat = eng.send()
