@@ -75,15 +75,20 @@ class H2ClientConnection(ClientIO):
             self.out.append(data)
 
     def kick(self) -> None:
-        """The session has frames to make: at the end of this turn, with every other."""
+        """The session has frames to make: at the end of this turn, with every other. A lone
+        stream has nothing to share its write with: then now (saves a loop callback)."""
         if self.out is None:
             self.out = []
-            self.ctx.loop.call_soon(self._send)
+            session = self.session
+            if session is not None and len(session.streams) <= 1:
+                self._send()
+            else:
+                self.ctx.loop.call_soon(self._send)
 
     def _send(self) -> None:
         session = self.session
         if session is not None and session.dirty:
-            session.flush_now()
+            session.flush_now()  # its writes gather in self.out
         out, self.out = self.out, None
         t = self.transport
         # Not after a failed send (the peer went): each write would log a warning.

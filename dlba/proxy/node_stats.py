@@ -8,9 +8,11 @@ these numbers only when /metrics is asked for.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
 # Prometheus-style upper bounds in seconds for request latency.
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                          2.5, 5.0)
 
 
 @dataclass

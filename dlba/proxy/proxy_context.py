@@ -144,7 +144,9 @@ class ProxyContext:
         self, headers: Sequence[tuple[bytes, bytes]], backend_id: int, https: bool = False,
         route: Route | None = None,
     ) -> list[tuple[bytes, bytes]]:
-        values = [v.decode("latin-1") for n, v in headers if n.lower() == b"set-cookie"]
+        # The length first: no lower-cased copy of every other field's name (per response).
+        values = [v.decode("latin-1") for n, v in headers
+                  if len(n) == 10 and n.lower() == b"set-cookie"]
         if not values:
             return []
         value = self.cookie_values.get(backend_id)
