@@ -64,6 +64,35 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
     if (frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;  /* trailers are not kept */
     s->hdr_len = s->hdr_size = 0;
     s->hdr_over = 0;
+    s->hdr_bad = 0;
+    return 0;
+}
+
+/* RFC 9113 8.2.1: a field name is lower-case token characters. */
+static const char LOWER_TOKEN[256] = {
+    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1,
+    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1,
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
+    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
+    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
+    ['y'] = 1, ['z'] = 1,
+};
+
+/* What h2_headers.request_from_h2 refuses in a regular field (a name that is not a lower-case
+ * token; CR, LF or NUL in a value: each would let one request smuggle a second into the back
+ * end's HTTP/1.1), checked here while the bytes are at hand. nghttp2 refuses the same before
+ * on_header; this is the second line, and it spares Python a scan of every field. */
+static int bad_field(const uint8_t *name, size_t namelen, const uint8_t *value, size_t valuelen) {
+    if (namelen == 0) return 1;
+    if (name[0] == ':') return 0;  /* pseudo-headers: request_from_h2 knows each by name */
+    for (size_t i = 0; i < namelen; i++)
+        if (!LOWER_TOKEN[name[i]]) return 1;
+    for (size_t i = 0; i < valuelen; i++) {
+        uint8_t c = value[i];
+        if (c == '\r' || c == '\n' || c == 0) return 1;
+    }
     return 0;
 }
 
@@ -81,6 +110,7 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
         return 0;
     }
     s->hdr_size = size;
+    if (!s->hdr_bad && bad_field(name, namelen, value, valuelen)) s->hdr_bad = 1;
     if (dn_grow(&s->hdr, &s->hdr_cap, s->hdr_len + 8 + namelen + valuelen))
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     char *p = s->hdr + s->hdr_len;
@@ -107,7 +137,7 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
             PyObject *block = PyBytes_FromStringAndSize(s->hdr, (Py_ssize_t)s->hdr_len);
             if (!block) return NGHTTP2_ERR_CALLBACK_FAILURE;
             /* arg: 1 no body follows, 2 the header list was over the limit */
-            return CHECK(dn_emit(s, EV_REQUEST, sid, (unsigned long)(end | (s->hdr_over << 1)),
+            return CHECK(dn_emit(s, EV_REQUEST, sid, (unsigned long)(end | (s->hdr_over << 1) | (s->hdr_bad << 2)),
                                  block)
                          || (end && dn_emit(s, EV_END, sid, 0, NULL)));
         }
@@ -187,7 +217,8 @@ ssize_t dn_read_body(nghttp2_session *session, int32_t sid, uint8_t *buf, size_t
     return (ssize_t)n;
 }
 
-int dn_open(Session *s, uint32_t max_streams, uint32_t header_list, uint32_t conn_window) {
+int dn_open(Session *s, uint32_t max_streams, uint32_t header_list, uint32_t conn_window,
+            int raw) {
     nghttp2_session_callbacks *cb;
     nghttp2_option *opt;
     if (nghttp2_session_callbacks_new(&cb)) return -1;
@@ -201,6 +232,7 @@ int dn_open(Session *s, uint32_t max_streams, uint32_t header_list, uint32_t con
     if (nghttp2_option_new(&opt)) { nghttp2_session_callbacks_del(cb); return -1; }
     /* Request body windows reopen only as the back end takes the bytes (consume). */
     nghttp2_option_set_no_auto_window_update(opt, 1);
+    if (raw) nghttp2_option_set_no_http_messaging(opt, 1);
     int rv = nghttp2_session_server_new2(&s->session, cb, s, opt);
     nghttp2_option_del(opt);
     nghttp2_session_callbacks_del(cb);

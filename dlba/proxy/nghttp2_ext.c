@@ -26,12 +26,13 @@ static PyObject *take_events(Session *s) {
 
 static PyObject *Session_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     unsigned int max_streams, header_list, conn_window, reset_limit, control_limit, update_limit;
+    int raw = 0;  /* tests only: nghttp2's own field checks off, to reach the second line's */
     if (kw && PyDict_GET_SIZE(kw)) {
         PyErr_SetString(PyExc_TypeError, "Session takes positional arguments only");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "IIIIII:Session", &max_streams, &header_list, &conn_window,
-                          &reset_limit, &control_limit, &update_limit))
+    if (!PyArg_ParseTuple(args, "IIIIII|p:Session", &max_streams, &header_list, &conn_window,
+                          &reset_limit, &control_limit, &update_limit, &raw))
         return NULL;
     Session *s = (Session *)type->tp_alloc(type, 0);
     if (!s) return NULL;
@@ -39,7 +40,7 @@ static PyObject *Session_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     s->reset_limit = reset_limit;
     s->control_limit = control_limit;
     s->update_limit = update_limit;
-    if (dn_open(s, max_streams, header_list, conn_window)) {
+    if (dn_open(s, max_streams, header_list, conn_window, raw)) {
         Py_DECREF(s);
         return PyErr_NoMemory();
     }
@@ -367,7 +368,8 @@ static PyTypeObject SessionType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "dlba.proxy._nghttp2.Session",
     .tp_doc = "Session(max_streams, header_list, conn_window, reset_limit, control_limit, "
-              "update_limit): one HTTP/2 server session on libnghttp2.",
+              "update_limit, raw=False): one HTTP/2 server session on libnghttp2 (raw, for "
+              "tests: nghttp2's own field checks off).",
     .tp_basicsize = sizeof(Session),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = Session_new,

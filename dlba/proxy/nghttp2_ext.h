@@ -35,6 +35,7 @@ typedef struct {
     char *hdr;
     size_t hdr_len, hdr_cap, hdr_size, hdr_limit;
     int hdr_over;
+    int hdr_bad;      /* a field HTTP/1.1 would read differently (h2_headers' checks) */
     uint32_t control, resets, updates, data_frames;  /* flood counters of the window */
     uint32_t reset_limit, control_limit, update_limit;
     stream_out *waiting;
@@ -53,6 +54,6 @@ DN_HIDDEN ssize_t dn_read_body(nghttp2_session *session, int32_t sid, uint8_t *b
                                nghttp2_data_source *source, void *user);
 /* The nghttp2 server session with every callback set, our SETTINGS queued. 0, or -1. */
 DN_HIDDEN int dn_open(Session *s, uint32_t max_streams, uint32_t header_list,
-                      uint32_t conn_window);
+                      uint32_t conn_window, int raw);
 
 #endif
