@@ -51,7 +51,7 @@ $(NGHTTP2_EXT): $(NGHTTP2_SRC) dlba/proxy/nghttp2_ext.h .apt-stamp
 
 # The request path compiled by mypyc (build_native.py; dlba/__init__.py uses it only while it
 # matches every source of the package, so any change under dlba/ rebuilds it here).
-$(NATIVE): build_native.py $(shell find dlba -name '*.py') $(BIN)/dlba
+$(NATIVE): build_native.py $(shell find dlba -name '*.py' -o -name '*.pyi') $(BIN)/dlba
 	$(BIN)/python build_native.py > build-native.log 2>&1 || { tail -30 build-native.log; exit 1; }
 	@tail -1 build-native.log
 

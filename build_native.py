@@ -42,7 +42,7 @@ def manifest() -> dict[str, object]:
     # other modules declare (a field of Config, say), so any edit makes the build stale.
     package = ROOT / "dlba"
     sources = {p.relative_to(package).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-               for p in sorted(package.rglob("*.py"))}
+               for p in sorted(package.rglob("*.py*")) if p.suffix in (".py", ".pyi")}
     return {"python": sys.implementation.cache_tag, "sources": sources}
 
 

@@ -21,6 +21,11 @@ _HERE = Path(__file__).resolve().parent
 NATIVE_DIR = _HERE.parent / "build" / "native"
 
 
+# Python sources and stubs: compiled code relies on the types a stub (a C extension's)
+# declares, so an edited stub makes the build stale too.
+SOURCE_SUFFIXES = (".py", ".pyi")
+
+
 def native_problem(native: Path = NATIVE_DIR, sources: Path = _HERE) -> str:
     """Why the compiled modules in `native` cannot be used for `sources` ("" when they can)."""
     if os.environ.get("DLBA_NATIVE", "1") == "0":
@@ -32,8 +37,8 @@ def native_problem(native: Path = NATIVE_DIR, sources: Path = _HERE) -> str:
     if manifest.get("python") != sys.implementation.cache_tag:
         return f"built for {manifest.get('python')}, this is {sys.implementation.cache_tag}"
     built = dict(manifest.get("sources", {}))
-    added = sorted({p.relative_to(sources).as_posix() for p in sources.rglob("*.py")}
-                   - set(built))
+    added = sorted({p.relative_to(sources).as_posix() for p in sources.rglob("*.py*")
+                    if p.suffix in SOURCE_SUFFIXES} - set(built))
     if added:
         return f"{added[0]} is newer than the build (make install)"
     for name, digest in built.items():

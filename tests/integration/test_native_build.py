@@ -47,6 +47,14 @@ def test_a_changed_source_is_never_shadowed_by_a_stale_build(tmp_path: Path) -> 
     assert native_problem(dlba.NATIVE_DIR, src) == (
         "tls/new_module.py is newer than the build (make install)")
     (src / "tls" / "new_module.py").unlink()
+    # a C extension's stub: compiled callers rely on the types it declares
+    stub = "proxy/_nghttp2.pyi"
+    assert stub in manifest["sources"]
+    with (src / stub).open("a") as f:
+        f.write("\n# edited\n")
+    assert native_problem(dlba.NATIVE_DIR, src) == (
+        f"{stub} changed since the build (make install)")
+    shutil.copy(ROOT / "dlba" / stub, src / stub)
     (src / edited).unlink()
     assert native_problem(dlba.NATIVE_DIR, src) == f"{edited} is missing"
     assert native_problem(tmp_path / "nothing", src) == "not built (make install)"
