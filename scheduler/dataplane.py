@@ -45,6 +45,14 @@ class DataPlaneCounters:
     icmp_errors: int = 0  # ICMP errors routed by the flow they quote (to its owner)
 
 
+def counters_json(dp: DataPlane, names: Sequence[str]) -> dict[str, object]:
+    """What /summary shows of the data plane: its kind, packets per member, drops."""
+    counters = dp.counters()
+    return {"kind": type(dp).__name__,
+            "packets": {names[i]: n for i, n in counters.packets.items() if i < len(names)},
+            "drops": counters.drops, "redirected": counters.redirected}
+
+
 class DataPlane(Protocol):
     def install(self) -> None:
         """Attach to the front interface (clsact ingress) in the current network namespace."""

@@ -12,7 +12,7 @@ the end of the slots are forgotten, since no number moves when they go. Pure: no
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 
 from dlba.config import Config, HostPort, NodeConfig, parse_host_port
@@ -62,6 +62,23 @@ def slot_members(slot_names: Sequence[str], config_nodes: Sequence[NodeConfig],
         seen.add(node.name)
         members.append(node)
     return members, frozenset(unknown)
+
+
+def drained(config_nodes: Sequence[NodeConfig], members: Sequence[NodeConfig],
+            gone: frozenset[int], counts: Sequence[int], in_kernel: Collection[int | None],
+            ) -> tuple[list[NodeConfig], frozenset[int], list[int]] | None:
+    """The members and tombstones after removed members drained, and the slots that left;
+    None while nothing drained, or while the kernel's map (`in_kernel`: its owners) still
+    names a leaving slot: a number must outlive every bucket the kernel gives it."""
+    after = next_members(config_nodes, members, counts)
+    after_gone = tombstones(config_nodes, after, counts)
+    leaving = [i for i in range(len(members))
+               if i >= len(after) or (i in after_gone and i not in gone)]
+    if len(after) == len(members) and after_gone == gone:
+        return None
+    if any(i in in_kernel for i in leaving):
+        return None
+    return after, after_gone, leaving
 
 
 def _owns_none(counts: Sequence[int], slot: int) -> bool:

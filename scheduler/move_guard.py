@@ -21,3 +21,10 @@ def busy_moves(before: Sequence[int | None], after: Sequence[int | None],
     return [(b, old) for b, (old, new) in enumerate(zip(before, after, strict=True))
             if old is not None and new is not None and new != old and owner_alive(old)
             and last_ns[b] >= since_ns]
+
+
+def with_kept(assignment: Sequence[int | None], kept: Sequence[tuple[int, int]]
+              ) -> list[int | None]:
+    """`assignment` with the kept buckets back on their owners."""
+    back = dict(kept)
+    return [back.get(b, o) for b, o in enumerate(assignment)]

@@ -18,12 +18,12 @@ import aiohttp
 
 from dlba.config import Config, NodeConfig
 from scheduler.client_table import ClientTable
-from scheduler.dataplane import DataPlane, make_dataplane, port_rules, vip_map
+from scheduler.dataplane import DataPlane, counters_json, make_dataplane, port_rules, vip_map
 from scheduler.failover.server_heartbeats import HEARTBEAT, SWEEP
-from scheduler.failover.sync_messages import SyncMessage, SyncSnapshot
+from scheduler.failover.sync_messages import SyncMessage
 from scheduler.failover.table_sync import message_for, snapshot_of
-from scheduler.membership import endpoint, next_members, slot_members, tombstones
-from scheduler.move_guard import busy_moves
+from scheduler.membership import drained, endpoint, next_members, slot_members, tombstones
+from scheduler.move_guard import busy_moves, with_kept
 from scheduler.server_status_table import ServerStatusTable
 from scheduler.server_watch import OnHeartbeats, first_visit, heartbeat_servers, watch_state
 from scheduler.status_sweep import NodeAnswered, NodeFailed, NodeRecovered, SweepEvent
@@ -243,10 +243,6 @@ class SchedulerRole:
             await self.session.close()
 
     # --- keeping the peers and the kernel in step with the tables ----------------------------
-    def snapshot(self) -> SyncSnapshot:
-        """The whole table as a follower pulls it."""
-        return snapshot_of(self.table)
-
     async def push_now(self) -> None:
         """Peers first, then the kernel: a bucket is never used before every live peer has it,
         so a takeover finds every flow's owner in its synced table."""
@@ -310,8 +306,7 @@ class SchedulerRole:
             return assignment
         events.info("event=rebalance_kept buckets=%d version=%d", len(busy), self.table.version)
         self._push_soon()
-        kept = dict(busy)
-        return [kept.get(b, o) for b, o in enumerate(assignment)]
+        return with_kept(assignment, busy)
 
     def _on_sweep(self, event: SweepEvent) -> None:
         if isinstance(event, NodeFailed | NodeRecovered):
@@ -360,16 +355,12 @@ class SchedulerRole:
                 events.info("event=rebalance buckets_moved=%d version=%d", moved,
                             self.table.version)
         await self.push_now()
-        counts = self.table.counts()
-        members = next_members(self.config.nodes, self.members, counts)
-        gone = tombstones(self.config.nodes, members, counts)
-        leaving = {i for i in range(len(self.members))
-                   if i >= len(members) or (i in gone and i not in self.gone)}
-        if (len(members) < len(self.members) or gone != self.gone) and not (
-                leaving & set(self.pushed_assignment)):  # the kernel still sends it flows
+        done = drained(self.config.nodes, self.members, self.gone, self.table.counts(),
+                       set(self.pushed_assignment))
+        if done is not None:
             events.info("event=node_drained nodes=%s",
-                        ",".join(self.names[i] for i in sorted(leaving)))
-            self._set_members(members)
+                        ",".join(self.names[i] for i in done[2]))
+            self._set_members(done[0])
             await self.push_now()
 
     # --- what the admin API shows -------------------------------------------------------------
@@ -386,7 +377,6 @@ class SchedulerRole:
 
     def summary_json(self) -> dict[str, Any]:
         dp = self.dataplane
-        counters = dp.counters() if dp is not None else None
         return {
             "scheduler": self.names[self.index],
             "table_version": self.table.version,
@@ -394,13 +384,7 @@ class SchedulerRole:
             "sweeps": self.sweep.sweeps,
             "nodes": self.node_rows(),
             "backends": [r.to_json() for r in self.status.summary()],
-            "dataplane": None if counters is None else {
-                "kind": type(dp).__name__,
-                "packets": {self.names[i]: n for i, n in counters.packets.items()
-                            if i < len(self.names)},
-                "drops": counters.drops,
-                "redirected": counters.redirected,
-            },
+            "dataplane": None if dp is None else counters_json(dp, self.names),
             "panic": self.table.panic_scheduler is not None,
         }
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from abc import abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -335,26 +336,27 @@ class Exchange:
         self._fail(502, "back end closed the connection before responding")
 
     # --- the client side's framing: http1_exchange.H1Exchange, h2_stream.H2Exchange ----------
+    @abstractmethod
     def _answer_locally(self, response: bytes) -> None:
         """A whole response the node made (a redirect, a cached page): no back end."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _informational(self, status: int, reason: bytes,
                        headers: list[tuple[bytes, bytes]]) -> None:
-        raise NotImplementedError
+        """A 1xx response the back end sent before its final one."""
 
+    @abstractmethod
     def _respond(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
                  extra: Sequence[tuple[bytes, bytes]], upgrade: bool, hsts: bytes) -> None:
         """The response head (`extra`: injected cookies)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def flush(self) -> None:
         """The end of one read from the back end: what it gave goes out."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _fail(self, status: int, message: str, extra: bytes = b"") -> None:
         """An error the node answers itself (`extra`: whole header lines, a Retry-After)."""
-        raise NotImplementedError
 
     # --- ending -------------------------------------------------------------------------------
     def check_timeout(self, now: float) -> None:

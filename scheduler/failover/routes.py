@@ -14,6 +14,7 @@ from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from scheduler.failover.sync_messages import SyncMessage, SyncMessageError, parse_sync
+from scheduler.failover.table_sync import snapshot_of
 from scheduler.scheduler_role import SchedulerRole
 
 events = logging.getLogger("dlba.event")
@@ -63,7 +64,7 @@ def _scheduler_routes(agent: Agent, app: web.Application) -> None:
             return not_scheduler()
         d = role.table_json()
         if request.query.get("indexes"):
-            d.update(role.snapshot().to_table_json())
+            d.update(snapshot_of(role.table).to_table_json())
         return web.json_response(d)
 
     async def summary(_: web.Request) -> web.Response:

@@ -99,3 +99,26 @@ def test_a_node_some_peer_leaves_out_is_an_outsider() -> None:
     old = {"address": "10.0.0.1", "candidate": False, "scheduler_alive": True,
            "is_scheduler": False, "term": 1}  # an older node says nothing of its members
     assert not summarize([parse_peer(old)], addresses, "n4").outsider
+
+
+def test_a_drained_member_leaves_only_once_the_kernel_names_it_nowhere() -> None:
+    from scheduler.membership import drained
+
+    members = [*NODES[:3], NODES[3]]  # n4 removed by the config, still a member
+    assert drained(NODES[:3], members, frozenset(), [5, 5, 5, 1], {0, 1, 2, 3}) is None
+    assert drained(NODES[:3], members, frozenset(), [6, 5, 5, 0], {0, 1, 2, 3}) is None
+    got = drained(NODES[:3], members, frozenset(), [6, 5, 5, 0], {0, 1, 2, None})
+    assert got is not None and names(got[0]) == ["n1", "n2", "n3"] and got[2] == [3]
+    # a middle member: a tombstone, once the kernel gives it nothing
+    middle = [NODES[0], replace_weight(NODES[1]), NODES[2]]
+    cfg = [NODES[0], NODES[2]]
+    assert drained(cfg, middle, frozenset(), [8, 0, 8], {0, 1, 2}) is None
+    got = drained(cfg, middle, frozenset(), [8, 0, 8], {0, 2})
+    assert got is not None and got[1] == {1} and got[2] == [1]
+    assert drained(cfg, got[0], got[1], [8, 0, 8], {0, 2}) is None  # nothing more to do
+
+
+def replace_weight(node: NodeConfig) -> NodeConfig:
+    from dataclasses import replace
+
+    return replace(node, weight=0)

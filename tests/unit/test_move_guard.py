@@ -56,3 +56,10 @@ def test_keep_never_gives_a_bucket_to_a_member_dropped_since() -> None:
     table.drop_last_node()
     assert table.keep([(0, 2), (1, 5)], 1.0) == 0
     assert all(table.owner(b) in (0, 1) for b in range(8))
+
+
+def test_with_kept_puts_kept_buckets_back_on_their_owners() -> None:
+    from scheduler.move_guard import with_kept
+
+    assert with_kept([1, 1, None, 2], [(0, 0), (3, 1)]) == [0, 1, None, 1]
+    assert with_kept([1, 2], []) == [1, 2]
