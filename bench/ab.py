@@ -7,7 +7,8 @@ much).
     python -m bench.ab old=/path/to/tree new=.          # NAME=PATH or a git revision
     python -m bench.ab HEAD HEAD                        # A/A: the noise of this box right now
 
-Rows: http_rps, https_rps, throughput_100k, tls_handshakes (full), tls_resumed (default all).
+Rows: http_rps, https_rps, throughput_100k, tls_handshakes (full), tls_resumed, h2_rps (h2load
+4 x 100 streams), h2_rps_1stream (16 x 1) (default all).
 A revision is exported (`git archive`) into a cache folder keyed by its commit (`--cache`), so
 the next run of the same commit reuses the tree and its native build; a directory is used as it
 is. Every tree gets its own native build (build_native.py) unless it has a current one
@@ -25,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -97,6 +99,8 @@ def build(tree: Path, allowed: bool, commit: str = "") -> str:
             else tree / "dlba" / "_tls_ticket_cb.so")
     if allowed and ticket is not None and not dest.exists():
         shutil.copy2(ticket, dest)
+    if allowed:
+        build_nghttp2(tree)
     state = native_state(tree)
     if allowed and state != "yes" and commit:
         reuse_build(tree, commit)
@@ -106,6 +110,18 @@ def build(tree: Path, allowed: bool, commit: str = "") -> str:
                        timeout=1800, check=False)
         state = native_state(tree)
     return state
+
+
+def build_nghttp2(tree: Path) -> None:
+    """The tree's HTTP/2 engine (the Makefile's rule), if it has one and it is not built: the
+    node offers h2 only with it, and the h2 rows need it."""
+    src = sorted((tree / "dlba" / "proxy").glob("nghttp2_*.c"))
+    so = tree / "dlba" / "proxy" / ("_nghttp2" + str(sysconfig.get_config_var("EXT_SUFFIX")))
+    if not src or so.exists():
+        return
+    subprocess.run(["clang", "-O2", "-shared", "-fPIC", f"-I{sysconfig.get_paths()['include']}",
+                    "-o", str(so), *map(str, src), "-lnghttp2"], capture_output=True,
+                   timeout=300, check=True)
 
 
 def start_targets(trees: list[tuple[str, Path]], work: Path, workers: int,

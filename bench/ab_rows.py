@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.h2 import h2load
 from bench.handshake_cost import counters
 from bench.proxies import HOST, Server
 from bench.run import CLOSE_LUA, s_time, wrk
@@ -45,6 +46,14 @@ def _wrk(listener: str, path: str, script: bool = False) -> Callable[[Server, Lo
     return go
 
 
+def _h2(conns: int, streams: int) -> Callable[[Server, Load], tuple[float, float]]:
+    def go(srv: Server, ld: Load) -> tuple[float, float]:
+        n, secs, _ = h2load(srv.ports["h2"], ld.duration, conns, streams)
+        return n, secs
+
+    return go
+
+
 def _full_handshakes(srv: Server, ld: Load) -> tuple[float, float]:
     n, secs, _ = s_time(srv.ports["https_full"], ld.duration, ld.stime_procs)
     return n, secs
@@ -56,6 +65,8 @@ ROWS: dict[str, Row] = {r.name: r for r in (
     Row("throughput_100k", "MiB", 100 / 1024, _wrk("http", "/100k")),
     Row("tls_handshakes", "handshakes", 1.0, _full_handshakes),
     Row("tls_resumed", "handshakes", 1.0, _wrk("https", "/1k", script=True)),
+    Row("h2_rps", "req", 1.0, _h2(4, 100)),
+    Row("h2_rps_1stream", "req", 1.0, _h2(16, 1)),
 )}
 
 

@@ -77,6 +77,9 @@ def report(stacks: list[Stack], conns: float, cpu_s: float, top: int,
     by_dso = collections.Counter(s[0][1] for s in stacks)
     for dso, n in by_dso.most_common(12):
         lines.append(f"  {100 * n / len(stacks):5.1f} %  {n * us:6.1f} µs  {dso}")
+    lines += ["", "innermost symbols (any library):"]
+    for (sym, dso), n in collections.Counter(s[0] for s in stacks).most_common(top):
+        lines.append(f"  {100 * n / len(stacks):5.2f} %  {n * us:6.1f} µs  {sym} ({dso})")
     own = [s for s in stacks if s[0][1] not in TLS_AND_KERNEL]
     lines += ["", f"outside OpenSSL and the kernel ({100 * len(own) / len(stacks):.1f} %), by "
               "innermost compiled or uvloop function:"]
@@ -118,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--freq", type=int, default=997)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--top", type=int, default=40)
+    p.add_argument("--save", type=Path, help="also write perf script's text here")
     a = p.parse_args(argv)
     if shutil.which("perf") is None:
         print("perf is missing (apt-get install linux-perf)")
@@ -140,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         rec.wait(timeout=120)
         text = subprocess.run(["perf", "script", "-i", str(data), "-F", "comm,ip,sym,dso"],
                               capture_output=True, text=True, timeout=900).stdout
+        if a.save:
+            a.save.write_text(text)
         print("\n".join(node.notes))
         print(report(read_stacks(text), done, (u1 - u0) + (s1 - s0), a.top, unit))
     finally:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
+from dlba.proxy import http_head
 from dlba.proxy.core_io import BackendLink
 
 if TYPE_CHECKING:
@@ -111,18 +112,11 @@ class BackendConnection(BackendLink):
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         headers = self._headers
-        chunked = has_length = False
-        for name, value in headers:
-            n = len(name)  # the length first: no lower-cased copy of every name (hot path)
-            if n == 14 and name.lower() == b"content-length":
-                has_length = True
-            elif n == 17 and name.lower() == b"transfer-encoding" and \
-                    value.lower().find(b"chunked") >= 0:
-                chunked = True
+        chunked, has_length, seen = http_head.response_facts(headers)
         if self.sink is not None:
             self.sink.on_response_head(
                 status, self._reason, headers, self.parser.should_keep_alive(), chunked,
-                has_length,
+                has_length, seen,
             )
         if self.head_request and status >= 200:
             # httptools cannot be told that a HEAD response has no body, so the message is

@@ -222,8 +222,9 @@ class Exchange:
     # --- response side: events from the back-end shell -----------------------------------------
     def on_response_head(
         self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool,
-        chunked: bool, has_length: bool,
+        chunked: bool, has_length: bool, seen: int = http_head.ANY_FIELD,
     ) -> None:
+        """`seen`: http_head.response_facts' bits for these fields (what is worth a look)."""
         client = self.client
         ctx = self.ctx
         self.last_activity = ctx.loop.time()
@@ -233,6 +234,7 @@ class Exchange:
         if self.cdn is not None:
             status, reason, headers, chunked, has_length = self.cdn.head(
                 status, reason, headers, chunked, has_length)
+            seen = http_head.ANY_FIELD
         self.status = status
         self.state = RECEIVING
         self.backend_keep_alive = keep_alive
@@ -251,12 +253,17 @@ class Exchange:
         if self.upgrade and not upgrade:
             self.client_keep_alive = False  # the client's parser already switched protocols
         # Session ids this back end issues are its own, on every node (learned sessions).
-        ctx.selector.learn(headers, self.backend_id, self.last_activity)
+        if seen & (http_head.SETS_COOKIE | http_head.HAS_LOCATION):
+            ctx.selector.learn(headers, self.backend_id, self.last_activity)
         https = client.scheme == b"https"
         route = self.route
-        extra = ctx.inject_cookies(headers, self.backend_id, https, route) if status < 400 else ()
+        extra: Sequence[tuple[bytes, bytes]] = ()
+        if status < 400 and seen & http_head.SETS_COOKIE:
+            extra = ctx.inject_cookies(headers, self.backend_id, https, route)
         hsts = (ctx.hsts if route is None else route.hsts) if https else b""
-        self._respond(status, reason, headers, extra, upgrade, hsts)
+        tokens = (http_head.connection_tokens(headers) if seen & http_head.NAMES_HOPS
+                  else http_head.NO_TOKENS)
+        self._respond(status, reason, headers, extra, upgrade, hsts, tokens)
 
     def on_response_body(self, data: bytes) -> None:
         if self.cdn is not None:
@@ -347,8 +354,10 @@ class Exchange:
 
     @abstractmethod
     def _respond(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
-                 extra: Sequence[tuple[bytes, bytes]], upgrade: bool, hsts: bytes) -> None:
-        """The response head (`extra`: injected cookies)."""
+                 extra: Sequence[tuple[bytes, bytes]], upgrade: bool, hsts: bytes,
+                 tokens: frozenset[bytes]) -> None:
+        """The response head (`extra`: injected cookies; `tokens`: the names its Connection
+        field lists)."""
 
     @abstractmethod
     def flush(self) -> None:

@@ -30,10 +30,11 @@ _REQUEST_DROP = http_head.HOP_BY_HOP | {b"host", b"cookie", b"content-length"}
 class H2Request:
     """One HTTP/2 request head, as the exchange takes it."""
 
-    __slots__ = ("cookie_header", "headers", "length", "method", "target", "websocket")
+    __slots__ = ("cookie_header", "headers", "length", "method", "plain", "target",
+                 "websocket")
 
     def __init__(self, method: bytes, target: bytes, headers: Fields, cookie_header: str | None,
-                 length: int, websocket: bool = False) -> None:
+                 length: int, websocket: bool = False, plain: bool = False) -> None:
         self.method = method
         self.target = target
         self.headers = headers  # HTTP/1.1 fields, Host first
@@ -42,6 +43,9 @@ class H2Request:
         # An extended CONNECT for a WebSocket (RFC 8441), made an HTTP/1.1 Upgrade: GET here;
         # the session adds Sec-WebSocket-Key, the back end's 101 becomes a 200.
         self.websocket = websocket
+        # No forwarding field of the client's: http_head.plain_request_head's bytes are
+        # request_head's (every hop-by-hop field is dropped here already).
+        self.plain = plain
 
 
 def request_from_h2(fields: Sequence[tuple[bytes, bytes]], max_headers: int,
@@ -53,6 +57,7 @@ def request_from_h2(fields: Sequence[tuple[bytes, bytes]], max_headers: int,
     out: Fields = []
     cookies: list[bytes] = []
     length = -1
+    forwarded = False
     for name, value in fields:
         if name[:1] == b":":
             if name == b":method":
@@ -83,6 +88,8 @@ def request_from_h2(fields: Sequence[tuple[bytes, bytes]], max_headers: int,
                     raise BadRequest(400, "bad content-length")
                 length = int(value)
             continue
+        if name in http_head.FORWARDING:
+            forwarded = True
         out.append((name, value))
     if len(out) + len(cookies) > max_headers:
         raise BadRequest(431, f"more than {max_headers} header fields")
@@ -111,16 +118,18 @@ def request_from_h2(fields: Sequence[tuple[bytes, bytes]], max_headers: int,
     if length >= 0:
         headers.append((b"content-length", b"%d" % length))
     return H2Request(method, target, headers, cookie.decode("latin-1") if cookie else None,
-                     length, websocket)
+                     length, websocket, not forwarded and not websocket)
 
 
 def response_fields(status: int, headers: Sequence[tuple[bytes, bytes]],
                     extra: Sequence[tuple[bytes, bytes]], hsts: bytes,
-                    body_framed: bool) -> Fields:
+                    body_framed: bool, tokens: frozenset[bytes] | None = None) -> Fields:
     """An HTTP/1.1 response head's fields for HTTP/2: names lower-cased, hop-by-hop ones
-    dropped (and those its Connection names), Content-Length dropped when the back end's
-    body came chunked or unframed (`body_framed` False), HSTS added unless it sent its own."""
-    tokens = http_head.connection_tokens(headers)
+    dropped (and those its Connection names: `tokens`, if known), Content-Length dropped when
+    the back end's body came chunked or unframed (`body_framed` False), HSTS added unless it
+    sent its own."""
+    if tokens is None:
+        tokens = http_head.connection_tokens(headers)
     drop = http_head.HOP_BY_HOP | tokens if tokens else http_head.HOP_BY_HOP
     out: Fields = [(b":status", b"%d" % status)]
     for name, value in headers:

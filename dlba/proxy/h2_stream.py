@@ -156,7 +156,7 @@ class H2Exchange(Exchange):
 
     def __init__(self, stream: H2Stream, req: h2_headers.H2Request, chunked: bool) -> None:
         super().__init__(stream, req.method, req.target, req.headers, True, req.websocket,
-                         chunked, req.cookie_header)
+                         chunked, req.cookie_header, req.plain and not chunked)
         self.stream = stream
         self.completing = False
 
@@ -166,18 +166,20 @@ class H2Exchange(Exchange):
             self.stream.send_head(h2_headers.response_fields(status, headers, (), b"", True))
 
     def _respond(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
-                 extra: Sequence[tuple[bytes, bytes]], upgrade: bool, hsts: bytes) -> None:
+                 extra: Sequence[tuple[bytes, bytes]], upgrade: bool, hsts: bytes,
+                 tokens: frozenset[bytes]) -> None:
         framed = not self.rechunk and not self.ends_at_close
         self.rechunk = False  # DATA frames carry the body as it comes
         stream = self.stream
         if upgrade:  # the back end's 101 to a WebSocket's extended CONNECT: 200, then a tunnel
-            fields = h2_headers.response_fields(200, headers, extra, hsts, False)
+            fields = h2_headers.response_fields(200, headers, extra, hsts, False, tokens)
             stream.send_head([f for f in fields if f[0] != b"sec-websocket-accept"])
             self.state = TUNNELLING
             stream.start_tunnel(self)
             stream.session.flush_out()
             return
-        stream.send_head(h2_headers.response_fields(status, headers, extra, hsts, framed))
+        stream.send_head(h2_headers.response_fields(status, headers, extra, hsts, framed,
+                                                    tokens))
 
     def on_tunnel_data(self, data: bytes) -> None:
         self.bytes_out += len(data)

@@ -34,13 +34,14 @@ class H1Exchange(Exchange):
             ))
 
     def _respond(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
-                 extra: Sequence[tuple[bytes, bytes]], upgrade: bool, hsts: bytes) -> None:
+                 extra: Sequence[tuple[bytes, bytes]], upgrade: bool, hsts: bytes,
+                 tokens: frozenset[bytes]) -> None:
         """The response head, held until the end of this read from the back end."""
         client = self.client
         self.held.append(http_head.response_head(
             status, reason, headers, extra, chunked=self.rechunk,
             keep_alive=self.client_keep_alive and not client.closing, upgrade=upgrade,
-            keep_alive_header=not self.http11, hsts=hsts,
+            keep_alive_header=not self.http11, hsts=hsts, tokens=tokens,
         ))
         if upgrade:
             self.flush()

@@ -10,11 +10,12 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 Headers = list[tuple[bytes, bytes]]
 
 # Lower-case names that describe one hop only; `Connection` may name more at run time.
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -27,13 +28,13 @@ HOP_BY_HOP = frozenset(
         b"proxy-authorization",
     }
 )
-FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"forwarded"})
+FORWARDING: Final = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"forwarded"})
 # Never hop-by-hop, whatever `Connection` lists: dropping the framing (or Host) of a message
 # whose body is still forwarded would make the next hop read the body as a new message.
-END_TO_END = frozenset({b"content-length", b"host"})
-NO_TOKENS: frozenset[bytes] = frozenset()
+END_TO_END: Final = frozenset({b"content-length", b"host"})
+NO_TOKENS: Final[frozenset[bytes]] = frozenset()
 CONTENT_LENGTH = frozenset({b"content-length"})
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 _REASONS = {
     200: b"OK",
@@ -87,10 +88,45 @@ def connection_tokens(headers: Sequence[tuple[bytes, bytes]]) -> frozenset[bytes
     return frozenset(tokens - END_TO_END) if tokens else NO_TOKENS
 
 
-def _dropped(headers: Sequence[tuple[bytes, bytes]], chunked: bool) -> frozenset[bytes]:
+# What a back end's response head holds beyond its framing, as response_facts notes it in
+# its one pass (bits): the exchange skips the passes over the fields that would find nothing.
+SETS_COOKIE: Final = 1  # Set-Cookie (cookie injection, learned session ids)
+HAS_LOCATION: Final = 2  # Location (a learned session id in its URL)
+NAMES_HOPS: Final = 4  # Connection (names more hop-by-hop fields)
+ANY_FIELD: Final = 7  # not noted: look for each
+
+
+def response_facts(headers: Sequence[tuple[bytes, bytes]]) -> tuple[bool, bool, int]:
+    """(chunked, has Content-Length, the bits above) of a response head's fields, in one
+    pass that compares a name's length before lower-casing it (hot path)."""
+    chunked = has_length = False
+    seen = 0
+    for name, value in headers:
+        n = len(name)
+        if n == 14:
+            if name.lower() == b"content-length":
+                has_length = True
+        elif n == 10:
+            low = name.lower()
+            if low == b"set-cookie":
+                seen |= SETS_COOKIE
+            elif low == b"connection":
+                seen |= NAMES_HOPS
+        elif n == 17:
+            if name.lower() == b"transfer-encoding" and value.lower().find(b"chunked") >= 0:
+                chunked = True
+        elif n == 8 and name.lower() == b"location":
+            seen |= HAS_LOCATION
+    return chunked, has_length, seen
+
+
+def _dropped(headers: Sequence[tuple[bytes, bytes]], chunked: bool,
+             tokens: frozenset[bytes] | None = None) -> frozenset[bytes]:
     """The names a rewritten head leaves out: hop-by-hop ones, and Content-Length when the
-    body goes in chunks (one framing header only, RFC 9112 §6.3)."""
-    tokens = connection_tokens(headers)
+    body goes in chunks (one framing header only, RFC 9112 §6.3). `tokens`: the names its
+    Connection field lists, when the caller knows them."""
+    if tokens is None:
+        tokens = connection_tokens(headers)
     drop = HOP_BY_HOP | tokens if tokens else HOP_BY_HOP
     return drop | CONTENT_LENGTH if chunked else drop
 
@@ -187,13 +223,15 @@ def response_head(
     upgrade: bool,
     keep_alive_header: bool = False,
     hsts: bytes = b"",
+    tokens: frozenset[bytes] | None = None,
 ) -> bytes:
     """The head sent to the client. `extra` carries injected headers (Set-Cookie).
 
     `keep_alive_header`: say `Connection: keep-alive` when keeping the connection (an HTTP/1.0
     client closes, or waits for our close, without it). `hsts`: a Strict-Transport-Security
-    value added unless the back end sent its own."""
-    drop = _dropped(headers, chunked)
+    value added unless the back end sent its own. `tokens`: what its Connection field lists,
+    if known."""
+    drop = _dropped(headers, chunked, tokens)
     out = [b"HTTP/1.1 ", str(status).encode(), b" ", reason or _REASONS.get(status, b"-"), b"\r\n"]
     upgrade_value = None
     for name, value in headers:

@@ -14,6 +14,7 @@ only in ALPN (`available()`).
 from __future__ import annotations
 
 import struct
+from typing import Final
 
 try:
     from dlba.proxy._nghttp2 import Session, fields
@@ -24,17 +25,31 @@ else:
 
 __all__ = ["Session", "available", "fields", "goaway_frame"]
 
-# Event kinds (nghttp2_ext.c).
-EV_REQUEST, EV_DATA, EV_END, EV_RESET, EV_CLOSE, EV_DRAINED = 1, 2, 3, 4, 5, 6
-EV_GOAWAY_RECV, EV_GOAWAY_SENT, EV_BLOCKED, EV_PROGRESS = 7, 8, 9, 10
+# Event kinds (nghttp2_ext.c). Final, one a line: compiled callers then use the number itself,
+# not a module attribute looked up per event.
+EV_REQUEST: Final = 1
+EV_DATA: Final = 2
+EV_END: Final = 3
+EV_RESET: Final = 4
+EV_CLOSE: Final = 5
+EV_DRAINED: Final = 6
+EV_GOAWAY_RECV: Final = 7
+EV_GOAWAY_SENT: Final = 8
+EV_BLOCKED: Final = 9
+EV_PROGRESS: Final = 10
 # Session.receive's rc beyond 0 (read) and -1 (nghttp2 read no further): the flood limit
 # crossed in the current window.
-FLOOD_RESETS, FLOOD_CONTROL, FLOOD_UPDATES = 1, 2, 3
+FLOOD_RESETS: Final = 1
+FLOOD_CONTROL: Final = 2
+FLOOD_UPDATES: Final = 3
 
 # RFC 9113 error codes.
-NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR = 0, 1, 2
-REFUSED_STREAM, CANCEL, ENHANCE_YOUR_CALM = 7, 8, 11
-
+NO_ERROR: Final = 0
+PROTOCOL_ERROR: Final = 1
+INTERNAL_ERROR: Final = 2
+REFUSED_STREAM: Final = 7
+CANCEL: Final = 8
+ENHANCE_YOUR_CALM: Final = 11
 
 def available() -> bool:
     """The extension is built and libnghttp2 loads."""

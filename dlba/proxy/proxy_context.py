@@ -85,6 +85,8 @@ class ProxyContext:
         self.table.reconfigure(config.backends)
         self.selector.reconfigure(config.persistence, config.scheduling)
         self.services.apply(config)
+        # Read per request: a plain field here, not an attribute of the (interpreted) Services.
+        self.trivial = self.services.trivial
         self.redirect_services = any(s.redirect_https for s in config.services)
         self.redirect_listeners = self.redirect_listeners or self.redirect_services
         self.cookie_values = {
@@ -135,7 +137,7 @@ class ProxyContext:
     # --- hooks called by exchanges --------------------------------------------------------
     def schedule(self, ex: Exchange) -> Selection | None:
         """A back end for `ex`; Selection with id 0: it waits in its pool's queue."""
-        if self.services.trivial:  # one implicit service, one pool, no classes, no maxconn
+        if self.trivial:  # one implicit service, one pool, no classes, no maxconn
             return self.selector.select(
                 ex.target.decode("latin-1"), ex.cookie_header, ex.excluded, self.loop.time())
         return self.services.schedule(ex, self.loop.time())

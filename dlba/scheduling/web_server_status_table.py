@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from dlba.config import BackendConfig
 from dlba.scheduling.agent_check import AgentReport
@@ -26,7 +26,7 @@ from dlba.scheduling.agent_check import AgentReport
 # Weight of the newest sample in the response-time moving average: ~5 samples of memory, so a
 # back end that slows down is noticed within a handful of requests but one outlier does not
 # swing the policy.
-EWMA_ALPHA = 0.2
+EWMA_ALPHA: Final = 0.2
 _AGENT_DOWN = frozenset(("down", "maint", "stopped"))
 
 AdminAction = Literal["enable", "disable", "drain"]

@@ -15,13 +15,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv").exists() else sys.executable
-ROWS = {"http_rps", "https_rps", "throughput_100k", "tls_handshakes", "tls_resumed"}
+ROWS = {"http_rps", "https_rps", "throughput_100k", "tls_handshakes", "tls_resumed", "h2_rps",
+        "h2_rps_1stream"}
 
 pytestmark = pytest.mark.timeout(150)
 
 
 def test_bench_ab_aa_smoke_run_writes_every_row(tmp_path: Path) -> None:
-    missing = [t for t in ("haproxy", "nginx", "wrk", "openssl") if shutil.which(t) is None]
+    missing = [t for t in ("haproxy", "nginx", "wrk", "openssl", "h2load")
+               if shutil.which(t) is None]
     if missing:
         pytest.fail(f"{', '.join(missing)} missing: `make test` and `make bench` install them")
     out = tmp_path / "ab.json"

@@ -382,3 +382,26 @@ def test_keep_alive_header_for_http10_clients(keep_alive: bool, want: list[bytes
                                      chunked=False, keep_alive=keep_alive, upgrade=False,
                                      keep_alive_header=True))
     assert values(r.headers, b"connection") == want
+
+
+_NOTABLE = st.sampled_from([b"Set-Cookie", b"set-cookie", b"Location", b"CONNECTION",
+                            b"Transfer-Encoding", b"Content-Length", b"Set-Cookies", b"Locatio"])
+
+
+@given(headers=header_lists(), more=st.lists(st.tuples(_NOTABLE, st.sampled_from(
+    [b"chunked", b"gzip, chunked", b"a=1", b"/x", b"close"])), max_size=4))
+def test_response_facts_are_what_a_look_at_every_field_finds(
+    headers: list[tuple[bytes, bytes]], more: list[tuple[bytes, bytes]]
+) -> None:
+    """The one pass's bits and framing equal a separate search for each name: an exchange
+    that skips a pass because a bit is clear would have found nothing in it."""
+    fields = headers + more
+    low = [(n.lower(), v.lower()) for n, v in fields]
+    chunked, has_length, seen = http_head.response_facts(fields)
+    assert chunked == any(n == b"transfer-encoding" and b"chunked" in v for n, v in low)
+    assert has_length == any(n == b"content-length" for n, _ in low)
+    assert bool(seen & http_head.SETS_COOKIE) == any(n == b"set-cookie" for n, _ in low)
+    assert bool(seen & http_head.HAS_LOCATION) == any(n == b"location" for n, _ in low)
+    assert bool(seen & http_head.NAMES_HOPS) == any(n == b"connection" for n, _ in low)
+    if not seen & http_head.NAMES_HOPS:
+        assert http_head.connection_tokens(fields) == http_head.NO_TOKENS

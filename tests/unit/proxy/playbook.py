@@ -30,6 +30,7 @@ from dlba.config import (
     SchedulingConfig,
     TlsConfig,
 )
+from dlba.proxy import http_head
 from dlba.proxy.core_exchange import Exchange
 from dlba.proxy.core_io import BackendLink, ClientIO
 from dlba.proxy.core_session import ClientSession
@@ -286,11 +287,9 @@ def head(name: str, status: int = 200, headers: tuple[tuple[bytes, bytes], ...] 
     """A response head parsed from back end `name` (framing found as the shell finds it)."""
 
     def run(pb: Playbook) -> None:
-        low = [n.lower() for n, _ in headers]
-        chunked = any(n.lower() == b"transfer-encoding" and b"chunked" in v.lower()
-                      for n, v in headers)
+        chunked, has_length, seen = http_head.response_facts(headers)
         pb.exchange(name).on_response_head(status, reason or b"-", list(headers), keep_alive,
-                                           chunked, b"content-length" in low)
+                                           chunked, has_length, seen)
 
     return run
 

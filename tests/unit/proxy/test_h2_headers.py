@@ -71,12 +71,39 @@ def test_no_field_or_path_can_add_a_line_to_the_http1_head(
     assert lines[0].count(b" ") == 2
 
 
+_NAMES = st.sampled_from([b"accept", b"x-forwarded-for", b"forwarded", b"x-forwarded-proto",
+                          b"te", b"cookie", b"host", b"content-length", b"user-agent"])
+
+
+@given(st.lists(st.tuples(_NAMES, st.sampled_from([b"1", b"a, b", b"trailers", b"2"])),
+                max_size=6), st.booleans(), st.booleans())
+def test_a_plain_request_has_the_general_head(
+        extra: list[tuple[bytes, bytes]], trusted: bool, v6: bool) -> None:
+    """`plain` (no forwarding field of the client's) is exactly when the exchange's fast head
+    gives request_head's bytes, for a trusted client and any other."""
+    try:
+        req = request_from_h2([*BASE, *extra], 100, 8192)
+    except BadRequest:
+        return
+    ip = "2001:db8::1" if v6 else "192.0.2.1"
+    proxies = TrustedProxies.parse(["0.0.0.0/0", "::/0"] if trusted else [])
+    general = http_head.request_head(req.method, req.target, req.headers, client_ip=ip,
+                                     scheme=b"https", trusted=proxies, chunked=False,
+                                     upgrade=False)
+    forwarded = any(n in http_head.FORWARDING for n, _ in extra)
+    assert req.plain == (not forwarded)
+    if req.plain:
+        assert http_head.plain_request_head(req.method, req.target, req.headers,
+                                            http_head.forwarding_lines(ip, b"https")) == general
+
+
 def test_websocket_extended_connect_becomes_an_upgrade() -> None:
     req = request_from_h2([(b":method", b"CONNECT"), (b":protocol", b"websocket"),
                            (b":scheme", b"https"), (b":authority", b"a"), (b":path", b"/ws"),
                            (b"sec-websocket-key", b"client's"), (b"sec-websocket-version", b"13")],
                           100, 8192)
     assert req.websocket and req.method == b"GET" and req.target == b"/ws"
+    assert not req.plain  # its Upgrade goes through request_head
     assert req.headers == [(b"host", b"a"), (b"sec-websocket-version", b"13"),
                            (b"upgrade", b"websocket")]
     with pytest.raises(BadRequest) as e:
