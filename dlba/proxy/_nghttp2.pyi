@@ -8,6 +8,10 @@ from typing import Any
 Events = list[Any]
 
 def fields(block: bytes, /) -> list[tuple[bytes, bytes]]: ...
+# (status, reason, method, target, protocol, fields (Host first), cookie, length, plain,
+#  method_ok, target_ok): nghttp2_request.c
+def request(block: bytes, max_headers: int, max_line: int, /) -> tuple[
+    int, str, bytes, bytes, bytes, list[tuple[bytes, bytes]], bytes, int, bool, bool, bool]: ...
 
 class Session:
     def __init__(self, max_streams: int, header_list: int, conn_window: int,

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dlba.proxy import http_head
+from dlba.proxy import nghttp2_engine as ng
 from dlba.proxy.http_head import BadRequest
 
 Fields = list[tuple[bytes, bytes]]
@@ -52,9 +53,11 @@ def request_from_h2(fields: Sequence[tuple[bytes, bytes]], max_headers: int,
                     max_line: int, checked: bool = False) -> H2Request:
     """Raises BadRequest (status, reason) for what the exchange must not forward. `checked`:
     each field's characters were checked already (the nghttp2 engine does it in C as it
-    gathers the block, a scan per field less here)."""
+    gathers the block, a scan per field less here). The node reads a block with
+    request_from_block, this function's twin in C; the unit tests hold the two to the same
+    answers."""
     method = target = authority = host = protocol = b""
-    out: Fields = []
+    out: Fields = [(b"host", b"")]  # [0]: Host, known at the end
     cookies: list[bytes] = []
     length = -1
     forwarded = False
@@ -84,41 +87,62 @@ def request_from_h2(fields: Sequence[tuple[bytes, bytes]], max_headers: int,
             elif name == b"host":
                 host = value
             elif name == b"content-length":
-                if not value.isdigit() or (length >= 0 and int(value) != length):
+                # (at most 18 digits: beyond any body we would take, and a C long long)
+                if not value.isdigit() or len(value) > 18 \
+                        or (length >= 0 and int(value) != length):
                     raise BadRequest(400, "bad content-length")
                 length = int(value)
             continue
         if name in http_head.FORWARDING:
             forwarded = True
         out.append((name, value))
-    if len(out) + len(cookies) > max_headers:
+    if len(out) - 1 + len(cookies) > max_headers:
         raise BadRequest(431, f"more than {max_headers} header fields")
+    out[0] = (b"host", authority or host)
+    method_ok = bool(method) and not method.translate(None, _TOKEN)
+    target_ok = (target[:1] == b"/" or (target == b"*" and method == b"OPTIONS")) \
+        and len(target.translate(None, _NOT_IN_TARGET)) == len(target)
+    return _request(method, target, protocol, out, b"; ".join(cookies), length, not forwarded,
+                    method_ok, target_ok)
+
+
+def request_from_block(block: bytes, max_headers: int, max_line: int) -> H2Request:
+    """request_from_h2 of the engine's header block, its field characters checked already,
+    the per-field work done in C (nghttp2_request.c)."""
+    status, reason, method, target, protocol, headers, cookie, length, plain, method_ok, \
+        target_ok = ng.request(block, max_headers, max_line)
+    if status:
+        raise BadRequest(status, reason)
+    return _request(method, target, protocol, headers, cookie, length, plain, method_ok,
+                    target_ok)
+
+
+def _request(method: bytes, target: bytes, protocol: bytes, headers: Fields, cookie: bytes,
+             length: int, plain: bool, method_ok: bool, target_ok: bool) -> H2Request:
+    """The checks that need the whole head, and the request. `headers`: Host first."""
     websocket = False
     if method == b"CONNECT":
         if not protocol:
             raise BadRequest(405, "CONNECT is for forward proxies")
         if protocol.lower() != b"websocket":
             raise BadRequest(501, "only the websocket protocol is bridged")
-        method, websocket = b"GET", True
-        out.append((b"upgrade", b"websocket"))  # request_head adds Connection: upgrade
+        method, websocket, plain = b"GET", True, False
+        headers.append((b"upgrade", b"websocket"))  # request_head adds Connection: upgrade
     elif protocol:
         raise BadRequest(400, ":protocol without CONNECT")
-    if not method or method.translate(None, _TOKEN):
+    if not method_ok:
         raise BadRequest(400, "bad method")
-    if not (target[:1] == b"/" or (target == b"*" and method == b"OPTIONS")) \
-            or len(target.translate(None, _NOT_IN_TARGET)) != len(target):
+    if not target_ok:
         raise BadRequest(400, "bad request target")
-    host = authority or host
+    host = headers[0][1]
     if not host or not http_head.valid_host(host):
         raise BadRequest(400, "a request needs :authority or Host")
-    headers: Fields = [(b"host", host), *out]
-    cookie = b"; ".join(cookies) if cookies else b""
     if cookie:
         headers.append((b"cookie", cookie))
     if length >= 0:
         headers.append((b"content-length", b"%d" % length))
     return H2Request(method, target, headers, cookie.decode("latin-1") if cookie else None,
-                     length, websocket, not forwarded and not websocket)
+                     length, websocket, plain)
 
 
 def response_fields(status: int, headers: Sequence[tuple[bytes, bytes]],

@@ -196,8 +196,8 @@ class H2Session:
                 raise BadRequest(431, "header list too large")
             if flags & 4:  # the engine's check of each field (h2_headers' rules, in C)
                 raise BadRequest(400, "bad header field")
-            req = h2_headers.request_from_h2(ng.fields(block), limits.max_headers,
-                                             limits.max_header_line, checked=True)
+            req = h2_headers.request_from_block(block, limits.max_headers,
+                                                limits.max_header_line)
         except BadRequest as bad:
             events.info("event=bad_request peer=%s stream=%d status=%d reason=%r", self.peer,
                         sid, bad.status, bad.reason)

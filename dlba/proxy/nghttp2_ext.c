@@ -345,6 +345,7 @@ static PyObject *fields(PyObject *module, PyObject *arg) {
 
 static PyMethodDef module_methods[] = {
     {"fields", fields, METH_O, NULL},
+    {"request", (PyCFunction)(void (*)(void))dn_request, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
 
