@@ -31,7 +31,8 @@ RUN clang -O2 -g -target bpf -I/usr/include/$(gcc -print-multiarch) \
  && clang -O2 -Wall -shared -fPIC -o dlba/tls/_ticket_cb.so dlba/tls/ticket_cb.c -lcrypto \
  && clang -O2 -Wall -shared -fPIC -I"$(python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" \
       -o "dlba/proxy/_nghttp2$(python -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')" \
-      dlba/proxy/nghttp2_ext.c dlba/proxy/nghttp2_callbacks.c dlba/proxy/nghttp2_request.c -lnghttp2 \
+      dlba/proxy/nghttp2_ext.c dlba/proxy/nghttp2_callbacks.c dlba/proxy/nghttp2_request.c \
+      dlba/proxy/nghttp2_response.c -lnghttp2 \
  && pip install -q --no-deps --no-build-isolation -e . \
  && python -c 'from dlba.proxy import nghttp2_engine as ng; assert ng.available()' \
  && python build_native.py >/dev/null \

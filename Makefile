@@ -45,7 +45,8 @@ $(TICKET_SO): dlba/tls/ticket_cb.c .apt-stamp
 
 # HTTP/2's protocol engine: libnghttp2 in a CPython extension, dlba.proxy._nghttp2
 # (dlba/proxy/nghttp2_engine.py imports it; without it TLS listeners offer HTTP/1.1 only).
-NGHTTP2_SRC := dlba/proxy/nghttp2_ext.c dlba/proxy/nghttp2_callbacks.c dlba/proxy/nghttp2_request.c
+NGHTTP2_SRC := dlba/proxy/nghttp2_ext.c dlba/proxy/nghttp2_callbacks.c dlba/proxy/nghttp2_request.c \
+  dlba/proxy/nghttp2_response.c
 $(NGHTTP2_EXT): $(NGHTTP2_SRC) dlba/proxy/nghttp2_ext.h .apt-stamp
 	clang -O2 -Wall -Wextra -Werror -shared -fPIC -I$(PY_INCLUDE) -o $@ $(NGHTTP2_SRC) -lnghttp2
 

@@ -97,6 +97,16 @@ class H2Stream(ExchangeClient):
         if end:
             self.out_end = True
 
+    def send_response(self, status: int, headers: list[tuple[bytes, bytes]],
+                      extra: Sequence[tuple[bytes, bytes]], hsts: bytes, framed: bool,
+                      tokens: frozenset[bytes]) -> None:
+        """A back end's final head, made HTTP/2 fields by the engine (response_fields' rules,
+        in C: no list of new tuples per response); its body follows."""
+        if self.reset:
+            return
+        if self.engine.response(self.sid, status, headers, extra, hsts, framed, tokens) < 0:
+            self.abort()
+
     def send_data(self, data: bytes, end: bool) -> None:
         if self.reset or self.out_end:
             return
@@ -178,8 +188,7 @@ class H2Exchange(Exchange):
             stream.start_tunnel(self)
             stream.session.flush_out()
             return
-        stream.send_head(h2_headers.response_fields(status, headers, extra, hsts, framed,
-                                                    tokens))
+        stream.send_response(status, headers, extra, hsts, framed, tokens)
 
     def on_tunnel_data(self, data: bytes) -> None:
         self.bytes_out += len(data)

@@ -17,13 +17,13 @@ import struct
 from typing import Final
 
 try:
-    from dlba.proxy._nghttp2 import Session, fields, request
+    from dlba.proxy._nghttp2 import Session, fields, request, response_fields
 except ImportError:  # not built (make install), or libnghttp2 missing
     _BUILT = False
 else:
     _BUILT = True
 
-__all__ = ["Session", "available", "fields", "goaway_frame", "request"]
+__all__ = ["Session", "available", "fields", "goaway_frame", "request", "response_fields"]
 
 # Event kinds (nghttp2_ext.c). Final, one a line: compiled callers then use the number itself,
 # not a module attribute looked up per event.

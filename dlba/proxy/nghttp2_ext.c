@@ -167,7 +167,7 @@ static Py_ssize_t make_nva(PyObject *seq, nghttp2_nv *nva) {
 }
 
 /* Submits a head; final 0: informational; end: no body follows. 0, or -1 (nghttp2 refused). */
-static int submit_head(Session *s, int32_t sid, nghttp2_nv *nva, size_t n, int end) {
+int dn_submit_head(Session *s, int32_t sid, nghttp2_nv *nva, size_t n, int end) {
     int final = !(nva[0].valuelen && nva[0].value[0] == '1');  /* :status comes first */
     if (!final) return nghttp2_submit_headers(s->session, NGHTTP2_FLAG_NONE, sid, NULL, nva, n,
                                               NULL) ? -1 : 0;
@@ -208,7 +208,7 @@ static PyObject *Session_head(Session *s, PyObject *const *args, Py_ssize_t n) {
         return PyErr_NoMemory();
     }
     Py_ssize_t k = make_nva(seq, nva);
-    int rc = k <= 0 ? -1 : submit_head(s, sid, nva, (size_t)k, end);
+    int rc = k <= 0 ? -1 : dn_submit_head(s, sid, nva, (size_t)k, end);
     if (nva != stack) PyMem_Free(nva);
     Py_DECREF(seq);
     if (k < 0) return NULL;
@@ -346,6 +346,7 @@ static PyObject *fields(PyObject *module, PyObject *arg) {
 static PyMethodDef module_methods[] = {
     {"fields", fields, METH_O, NULL},
     {"request", (PyCFunction)(void (*)(void))dn_request, METH_FASTCALL, NULL},
+    {"response_fields", (PyCFunction)(void (*)(void))dn_response_fields, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -353,6 +354,7 @@ static PyMethodDef Session_methods[] = {
     {"receive", (PyCFunction)Session_receive, METH_O, NULL},
     {"send", (PyCFunction)Session_send, METH_NOARGS, NULL},
     {"head", (PyCFunction)(void (*)(void))Session_head, METH_FASTCALL, NULL},
+    {"response", (PyCFunction)(void (*)(void))dn_session_response, METH_FASTCALL, NULL},
     {"data", (PyCFunction)(void (*)(void))Session_data, METH_FASTCALL, NULL},
     {"pending", (PyCFunction)Session_pending, METH_O, NULL},
     {"consume", (PyCFunction)(void (*)(void))Session_consume, METH_FASTCALL, NULL},

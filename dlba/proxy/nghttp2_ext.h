@@ -1,6 +1,6 @@
 /* The session object of dlba.proxy._nghttp2 (nghttp2_ext.c: the Python type and its methods;
  * nghttp2_callbacks.c: the nghttp2 callbacks that turn frames into events; nghttp2_request.c:
- * a request's header block read for HTTP/1.1). */
+ * a request's header block read for HTTP/1.1; nghttp2_response.c: a response head's fields). */
 #ifndef DLBA_NGHTTP2_EXT_H
 #define DLBA_NGHTTP2_EXT_H
 #define PY_SSIZE_T_CLEAN
@@ -56,7 +56,13 @@ DN_HIDDEN ssize_t dn_read_body(nghttp2_session *session, int32_t sid, uint8_t *b
 /* The nghttp2 server session with every callback set, our SETTINGS queued. 0, or -1. */
 DN_HIDDEN int dn_open(Session *s, uint32_t max_streams, uint32_t header_list,
                       uint32_t conn_window, int raw);
+/* Submits a head; final 0: informational; end: no body follows. 0, or -1 (nghttp2 refused). */
+DN_HIDDEN int dn_submit_head(Session *s, int32_t sid, nghttp2_nv *nva, size_t n, int end);
 /* request(block, max_headers, max_line): nghttp2_request.c */
 DN_HIDDEN PyObject *dn_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+/* response_fields(...) and Session.response(sid, ...): nghttp2_response.c */
+DN_HIDDEN PyObject *dn_response_fields(PyObject *module, PyObject *const *args,
+                                       Py_ssize_t nargs);
+DN_HIDDEN PyObject *dn_session_response(Session *s, PyObject *const *args, Py_ssize_t nargs);
 
 #endif
