@@ -106,7 +106,8 @@ class H2Session:
             self._refused("fatal")
             self.engine.terminate(ng.PROTOCOL_ERROR)
             self._close()
-        else:
+        elif self.goaway_sent or self.engine.want_write():
+            # (a request alone gives nghttp2 nothing to send: no send, no empty frames made)
             self.flush_out()
 
     def _events(self, evs: list[Any]) -> None:
