@@ -9,9 +9,10 @@ Events = list[Any]
 
 def fields(block: bytes, /) -> list[tuple[bytes, bytes]]: ...
 # (status, reason, method, target, protocol, fields (Host first), cookie, length, plain,
-#  method_ok, target_ok): nghttp2_request.c
+#  method_ok, target_ok, host_ok): nghttp2_request.c
 def request(block: bytes, max_headers: int, max_line: int, /) -> tuple[
-    int, str, bytes, bytes, bytes, list[tuple[bytes, bytes]], bytes, int, bool, bool, bool]: ...
+    int, str, bytes, bytes, bytes, list[tuple[bytes, bytes]], bytes, int, bool, bool, bool,
+    bool]: ...
 # h2_headers.response_fields' fields, made in C (nghttp2_response.c)
 def response_fields(status: int, headers: Sequence[tuple[bytes, bytes]],
                     extra: Sequence[tuple[bytes, bytes]], hsts: bytes, framed: bool,

@@ -102,23 +102,25 @@ def request_from_h2(fields: Sequence[tuple[bytes, bytes]], max_headers: int,
     method_ok = bool(method) and not method.translate(None, _TOKEN)
     target_ok = (target[:1] == b"/" or (target == b"*" and method == b"OPTIONS")) \
         and len(target.translate(None, _NOT_IN_TARGET)) == len(target)
+    host_ok = bool(out[0][1]) and http_head.valid_host(out[0][1])
     return _request(method, target, protocol, out, b"; ".join(cookies), length, not forwarded,
-                    method_ok, target_ok)
+                    method_ok, target_ok, host_ok)
 
 
 def request_from_block(block: bytes, max_headers: int, max_line: int) -> H2Request:
     """request_from_h2 of the engine's header block, its field characters checked already,
     the per-field work done in C (nghttp2_request.c)."""
     status, reason, method, target, protocol, headers, cookie, length, plain, method_ok, \
-        target_ok = ng.request(block, max_headers, max_line)
+        target_ok, host_ok = ng.request(block, max_headers, max_line)
     if status:
         raise BadRequest(status, reason)
     return _request(method, target, protocol, headers, cookie, length, plain, method_ok,
-                    target_ok)
+                    target_ok, host_ok)
 
 
 def _request(method: bytes, target: bytes, protocol: bytes, headers: Fields, cookie: bytes,
-             length: int, plain: bool, method_ok: bool, target_ok: bool) -> H2Request:
+             length: int, plain: bool, method_ok: bool, target_ok: bool,
+             host_ok: bool) -> H2Request:
     """The checks that need the whole head, and the request. `headers`: Host first."""
     websocket = False
     if method == b"CONNECT":
@@ -134,8 +136,7 @@ def _request(method: bytes, target: bytes, protocol: bytes, headers: Fields, coo
         raise BadRequest(400, "bad method")
     if not target_ok:
         raise BadRequest(400, "bad request target")
-    host = headers[0][1]
-    if not host or not http_head.valid_host(host):
+    if not host_ok:
         raise BadRequest(400, "a request needs :authority or Host")
     if cookie:
         headers.append((b"cookie", cookie))

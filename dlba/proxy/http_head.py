@@ -92,7 +92,7 @@ def connection_tokens(headers: Sequence[tuple[bytes, bytes]]) -> frozenset[bytes
 # its one pass (bits): the exchange skips the passes over the fields that would find nothing.
 SETS_COOKIE: Final = 1  # Set-Cookie (cookie injection, learned session ids)
 HAS_LOCATION: Final = 2  # Location (a learned session id in its URL)
-NAMES_HOPS: Final = 4  # Connection (names more hop-by-hop fields)
+NAMES_HOPS: Final = 4  # a Connection field naming more than one of HOP_BY_HOP's fields
 ANY_FIELD: Final = 7  # not noted: look for each
 
 
@@ -110,8 +110,8 @@ def response_facts(headers: Sequence[tuple[bytes, bytes]]) -> tuple[bool, bool, 
             low = name.lower()
             if low == b"set-cookie":
                 seen |= SETS_COOKIE
-            elif low == b"connection":
-                seen |= NAMES_HOPS
+            elif low == b"connection" and value.lower() not in HOP_BY_HOP:
+                seen |= NAMES_HOPS  # ("keep-alive", the usual one, names nothing new)
         elif n == 17:
             if name.lower() == b"transfer-encoding" and value.lower().find(b"chunked") >= 0:
                 chunked = True

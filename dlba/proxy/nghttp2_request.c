@@ -5,10 +5,11 @@
  * 10-20 fields; the Python loop cost ~1 µs of a ~40 µs request).
  *
  * Returns (status, reason, method, target, protocol, fields, cookie, length, plain, method_ok,
- * target_ok): status 0, or the 4xx the request gets with its reason; fields: Host first (from
+ * target_ok, host_ok): status 0, or the 4xx the request gets with its reason; fields: Host first (from
  * :authority, else a Host field; b"" if neither), then every field passed on; cookie: the
  * Cookie fields joined with "; " (b"" for none); length: Content-Length or -1; plain: no
- * forwarding field of the client's; method_ok, target_ok: RFC 9110/9113 shapes. The field
+ * forwarding field of the client's; method_ok, target_ok, host_ok: RFC 9110/9112/9113 shapes
+ * (http_head's rules for the Host: a non-empty one of HOST_CHARS). The field
  * characters were checked as the block was gathered (the session's flag). */
 #include "nghttp2_ext.h"
 
@@ -70,6 +71,18 @@ static int target_ok(span t, span method) {
     return 1;
 }
 
+/* http_head.HOST_CHARS: reg-name, an IP literal, a port. */
+static int host_ok(span h) {
+    if (h.n == 0) return 0;
+    for (size_t i = 0; i < h.n; i++) {
+        unsigned char c = (unsigned char)h.p[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
+              || (c && strchr("-._~!$&'()*+,;=%:[]", c) != NULL)))
+            return 0;
+    }
+    return 1;
+}
+
 /* A Content-Length value: digits only, at most 18 (beyond any body we would take). -1 if
  * not one. */
 static long long length_of(span v) {
@@ -101,8 +114,8 @@ static PyObject *refused(int status, PyObject *reason, PyObject *fields, char *c
     PyMem_Free(cookie);
     if (!reason) return NULL;
     /* every item of its declared type, as compiled callers check (fields: an empty list) */
-    return Py_BuildValue("(iNyyy[]yiOOO)", status, reason, "", "", "", "", -1, Py_False,
-                         Py_False, Py_False);
+    return Py_BuildValue("(iNyyy[]yiOOOO)", status, reason, "", "", "", "", -1, Py_False,
+                         Py_False, Py_False, Py_False);
 }
 
 typedef struct {
@@ -204,11 +217,11 @@ PyObject *dn_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
     PyList_SET_ITEM(fields, 0, h);
     /* (y# of a NULL pointer would be None) */
     PyObject *out = Py_BuildValue(
-        "(isy#y#y#Ny#LOOO)", 0, "", OR_EMPTY(r.method.p), (Py_ssize_t)r.method.n,
+        "(isy#y#y#Ny#LOOOO)", 0, "", OR_EMPTY(r.method.p), (Py_ssize_t)r.method.n,
         OR_EMPTY(r.target.p), (Py_ssize_t)r.target.n, OR_EMPTY(r.protocol.p),
         (Py_ssize_t)r.protocol.n, fields, OR_EMPTY(r.cookie), (Py_ssize_t)r.cookie_len, r.length,
         r.forwarded ? Py_False : Py_True, method_ok(r.method) ? Py_True : Py_False,
-        target_ok(r.target, r.method) ? Py_True : Py_False);
+        target_ok(r.target, r.method) ? Py_True : Py_False, host_ok(host) ? Py_True : Py_False);
     PyMem_Free(r.cookie);
     return out;
 }

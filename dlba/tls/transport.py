@@ -175,9 +175,15 @@ class TLSTransport(asyncio.Protocol):
             # Read only while bytes wait, in the BIO or decrypted in OpenSSL: a read that finds
             # nothing costs an SSLWantReadError (read-ahead is off, so a record OpenSSL has not
             # taken whole is still in the BIO).
-            while not self.paused and not self.lost and (incoming.pending or sslobj.pending()):
+            while not self.paused and not self.lost:
+                # At most what the BIO holds (a record's plaintext is shorter than the record):
+                # a small request gets a small buffer, not 64 KiB malloc'd and shrunk (glibc
+                # consolidates its free chunks on each allocation that large).
+                size = incoming.pending or sslobj.pending()
+                if not size:
+                    break
                 try:
-                    data = sslobj.read(READ_SIZE)
+                    data = sslobj.read(min(size, READ_SIZE))
                 except ssl.SSLWantReadError:
                     break
                 except ssl.SSLZeroReturnError:
