@@ -99,10 +99,8 @@ class BackendConnection(BackendLink):
         if self.sink is not None:
             self.sink.on_backend_writable(True)
 
-    # --- httptools callbacks ----------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self._headers = []
-
+    # --- httptools callbacks (no on_message_begin: a call per response for nothing; each head
+    # takes its field list and leaves a new one for the next) -----------------------------
     def on_status(self, status: bytes) -> None:
         self._reason = status
 
@@ -112,6 +110,7 @@ class BackendConnection(BackendLink):
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         headers = self._headers
+        self._headers = []
         chunked, has_length, seen = http_head.response_facts(headers)
         if self.sink is not None:
             self.sink.on_response_head(

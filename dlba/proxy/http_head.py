@@ -156,8 +156,15 @@ def plain_request_head(method: bytes, target: bytes, headers: Sequence[tuple[byt
                        forwarding: bytes) -> bytes:
     """request_head's result for the common request: no hop-by-hop, framing-by-chunks or
     forwarding headers of its own, so every header passes and ours are added (hot path)."""
-    return b"".join([method, b" ", target, b" HTTP/1.1\r\n",
-                     *[n + b": " + v + b"\r\n" for n, v in headers], forwarding, b"\r\n"])
+    out = [method, b" ", target, b" HTTP/1.1\r\n"]
+    for name, value in headers:  # four appends: compiled, faster than two concatenations
+        out.append(name)
+        out.append(b": ")
+        out.append(value)
+        out.append(b"\r\n")
+    out.append(forwarding)
+    out.append(b"\r\n")
+    return b"".join(out)
 
 
 def request_head(
