@@ -140,7 +140,10 @@ static int take_field(request_t *r, PyObject *fields, span name, span value, lon
     case 2: r->host = value; return 0;
     case 3: {
         size_t need = r->cookie_len + (r->cookies ? 2 : 0) + value.n;
-        if (dn_grow(&r->cookie, &r->cookie_cap, need + 1)) return -1;
+        if (dn_grow(&r->cookie, &r->cookie_cap, need + 1)) {
+            PyErr_NoMemory();
+            return -1;
+        }
         if (r->cookies++) {
             memcpy(r->cookie + r->cookie_len, "; ", 2);
             r->cookie_len += 2;
