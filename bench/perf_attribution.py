@@ -129,9 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="dlba-perf-"))
     certs = proxies.make_certs(work)
     be = proxies.start_backend(work, certs)
-    node = proxies.start_dlba(work, certs, be.ports["http"], a.workers)
+    node: proxies.Server | None = None
     data = work / "perf.data"
     try:
+        node = proxies.start_dlba(work, certs, be.ports["http"], a.workers)
         pids = ",".join(str(x) for x in proxies.tree_pids(node.pid))
         rec = subprocess.Popen(["perf", "record", "-F", str(a.freq), "--call-graph",
                                 "dwarf,16384", "-o", str(data), "-p", pids],
@@ -148,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
             a.save.write_text(text)
         print("\n".join(node.notes))
         print(report(read_stacks(text), done, (u1 - u0) + (s1 - s0), a.top, unit))
-    finally:
-        node.stop()
+    finally:  # (a node that did not start leaves no back end behind either)
+        if node is not None:
+            node.stop()
         be.stop()
         shutil.rmtree(work, ignore_errors=True)
     return 0
