@@ -92,7 +92,7 @@ def connection_tokens(headers: Sequence[tuple[bytes, bytes]]) -> frozenset[bytes
 # its one pass (bits): the exchange skips the passes over the fields that would find nothing.
 SETS_COOKIE: Final = 1  # Set-Cookie (cookie injection, learned session ids)
 HAS_LOCATION: Final = 2  # Location (a learned session id in its URL)
-NAMES_HOPS: Final = 4  # a Connection field naming more than one of HOP_BY_HOP's fields
+NAMES_HOPS: Final = 4  # a Connection field other than one hop-by-hop name ("keep-alive")
 ANY_FIELD: Final = 7  # not noted: look for each
 
 

@@ -123,7 +123,7 @@ static PyObject *Session_send(Session *s, PyObject *unused) {
     return r;
 }
 
-static int arg_sid(PyObject *o, int32_t *sid) {
+int dn_arg_sid(PyObject *o, int32_t *sid) {
     long v = PyLong_AsLong(o);
     if (v == -1 && PyErr_Occurred()) return -1;
     if (v < 0 || v > INT32_MAX) {
@@ -134,7 +134,7 @@ static int arg_sid(PyObject *o, int32_t *sid) {
     return 0;
 }
 
-static int nargs(Py_ssize_t n, Py_ssize_t want, const char *name) {
+int dn_nargs(Py_ssize_t n, Py_ssize_t want, const char *name) {
     if (n == want) return 0;
     PyErr_Format(PyExc_TypeError, "%s takes %zd arguments (%zd given)", name, want, n);
     return -1;
@@ -196,7 +196,7 @@ int dn_submit_head(Session *s, int32_t sid, nghttp2_nv *nva, size_t n, int end) 
  * field) is 1xx; end: no body follows (else body bytes come by data()). */
 static PyObject *Session_head(Session *s, PyObject *const *args, Py_ssize_t n) {
     int32_t sid;
-    if (nargs(n, 3, "head") || arg_sid(args[0], &sid)) return NULL;
+    if (dn_nargs(n, 3, "head") || dn_arg_sid(args[0], &sid)) return NULL;
     int end = PyObject_IsTrue(args[2]);
     if (end < 0) return NULL;
     PyObject *seq = PySequence_Fast(args[1], "fields: a sequence");
@@ -219,7 +219,7 @@ static PyObject *Session_head(Session *s, PyObject *const *args, Py_ssize_t n) {
  * is gone, or its head had no body). */
 static PyObject *Session_data(Session *s, PyObject *const *args, Py_ssize_t n) {
     int32_t sid;
-    if (nargs(n, 3, "data") || arg_sid(args[0], &sid)) return NULL;
+    if (dn_nargs(n, 3, "data") || dn_arg_sid(args[0], &sid)) return NULL;
     int end = PyObject_IsTrue(args[2]);
     if (end < 0) return NULL;
     stream_out *o = nghttp2_session_get_stream_user_data(s->session, sid);
@@ -254,7 +254,7 @@ static PyObject *Session_data(Session *s, PyObject *const *args, Py_ssize_t n) {
 /* pending(sid): bytes of a stream's response still waiting (-1: none buffered here). */
 static PyObject *Session_pending(Session *s, PyObject *arg) {
     int32_t sid;
-    if (arg_sid(arg, &sid)) return NULL;
+    if (dn_arg_sid(arg, &sid)) return NULL;
     stream_out *o = nghttp2_session_get_stream_user_data(s->session, sid);
     return PyLong_FromSsize_t(o ? (Py_ssize_t)(o->len - o->off) : -1);
 }
@@ -262,7 +262,7 @@ static PyObject *Session_pending(Session *s, PyObject *arg) {
 /* consume(sid, n): n request body bytes taken (the stream's and connection's windows). */
 static PyObject *Session_consume(Session *s, PyObject *const *args, Py_ssize_t n) {
     int32_t sid;
-    if (nargs(n, 2, "consume") || arg_sid(args[0], &sid)) return NULL;
+    if (dn_nargs(n, 2, "consume") || dn_arg_sid(args[0], &sid)) return NULL;
     size_t k = PyLong_AsSize_t(args[1]);
     if (k == (size_t)-1 && PyErr_Occurred()) return NULL;
     if (!sid || nghttp2_session_consume(s->session, sid, k))  /* a stream gone: the connection */
@@ -272,7 +272,7 @@ static PyObject *Session_consume(Session *s, PyObject *const *args, Py_ssize_t n
 
 static PyObject *Session_reset(Session *s, PyObject *const *args, Py_ssize_t n) {
     int32_t sid;
-    if (nargs(n, 2, "reset") || arg_sid(args[0], &sid)) return NULL;
+    if (dn_nargs(n, 2, "reset") || dn_arg_sid(args[0], &sid)) return NULL;
     unsigned long code = PyLong_AsUnsignedLong(args[1]);
     if (code == (unsigned long)-1 && PyErr_Occurred()) return NULL;
     nghttp2_submit_rst_stream(s->session, NGHTTP2_FLAG_NONE, sid, (uint32_t)code);

@@ -56,6 +56,12 @@ DN_HIDDEN ssize_t dn_read_body(nghttp2_session *session, int32_t sid, uint8_t *b
 /* The nghttp2 server session with every callback set, our SETTINGS queued. 0, or -1. */
 DN_HIDDEN int dn_open(Session *s, uint32_t max_streams, uint32_t header_list,
                       uint32_t conn_window, int raw);
+/* A stream id argument (0, or -1 with ValueError set); a call's argument count (0, or -1
+ * with TypeError set). */
+DN_HIDDEN int dn_arg_sid(PyObject *o, int32_t *sid);
+DN_HIDDEN int dn_nargs(Py_ssize_t n, Py_ssize_t want, const char *name);
+/* A lower-case name that describes one hop only (http_head.HOP_BY_HOP): nghttp2_response.c */
+DN_HIDDEN int dn_hop_by_hop(const char *p, size_t n);
 /* Submits a head; final 0: informational; end: no body follows. 0, or -1 (nghttp2 refused). */
 DN_HIDDEN int dn_submit_head(Session *s, int32_t sid, nghttp2_nv *nva, size_t n, int end);
 /* request(block, max_headers, max_line): nghttp2_request.c */

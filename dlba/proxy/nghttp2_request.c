@@ -30,19 +30,10 @@ static int is(span s, const char *lit) {
 /* Dropped on the way to the back end (h2_headers._REQUEST_DROP): this hop's fields, and the
  * three the request is rebuilt with. 1 dropped, 2 Host, 3 Cookie, 4 Content-Length. */
 static int dropped(span name) {
-    switch (name.n) {
-    case 2: return is(name, "te");
-    case 4: return is(name, "host") ? 2 : 0;
-    case 6: return is(name, "cookie") ? 3 : 0;
-    case 7: return is(name, "upgrade") || is(name, "trailer");
-    case 10: return is(name, "connection") || is(name, "keep-alive");
-    case 14: return is(name, "content-length") ? 4 : 0;
-    case 16: return is(name, "proxy-connection");
-    case 17: return is(name, "transfer-encoding");
-    case 18: return is(name, "proxy-authenticate");
-    case 19: return is(name, "proxy-authorization");
-    default: return 0;
-    }
+    if (is(name, "host")) return 2;
+    if (is(name, "cookie")) return 3;
+    if (is(name, "content-length")) return 4;
+    return dn_hop_by_hop(name.p, name.n);
 }
 
 static int forwarding(span name) {

@@ -19,7 +19,7 @@ typedef struct {
     char stack_names[2048];
 } fields_t;
 
-static int hop_by_hop(const char *p, size_t n) {
+int dn_hop_by_hop(const char *p, size_t n) {
 #define IS(lit) (n == sizeof(lit) - 1 && memcmp(p, lit, n) == 0)
     switch (n) {
     case 2: return IS("te");
@@ -129,7 +129,7 @@ static int build(fields_t *f, PyObject *const *args) {
         size_t nl = (size_t)PyBytes_GET_SIZE(name);
         size_t mark = f->used;
         const char *low = lower(f, name);
-        int drop = hop_by_hop(low, nl)
+        int drop = dn_hop_by_hop(low, nl)
                    || (!framed && nl == 14 && !memcmp(low, "content-length", 14));
         if (!drop && some_tokens) {
             PyObject *key = PyBytes_FromStringAndSize(low, (Py_ssize_t)nl);
@@ -157,16 +157,10 @@ static int build(fields_t *f, PyObject *const *args) {
     return 0;
 }
 
-static int want_args(Py_ssize_t n, Py_ssize_t want, const char *name) {
-    if (n == want) return 0;
-    PyErr_Format(PyExc_TypeError, "%s takes %zd arguments (%zd given)", name, want, n);
-    return -1;
-}
-
 PyObject *dn_response_fields(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
     fields_t f;
-    if (want_args(nargs, 6, "response_fields") || build(&f, args)) return NULL;
+    if (dn_nargs(nargs, 6, "response_fields") || build(&f, args)) return NULL;
     PyObject *out = PyList_New(f.n);
     for (Py_ssize_t i = 0; out && i < f.n; i++) {
         PyObject *t = Py_BuildValue("(y#y#)", f.nva[i].name, (Py_ssize_t)f.nva[i].namelen,
@@ -180,15 +174,10 @@ PyObject *dn_response_fields(PyObject *module, PyObject *const *args, Py_ssize_t
 
 PyObject *dn_session_response(Session *s, PyObject *const *args, Py_ssize_t nargs) {
     fields_t f;
-    if (want_args(nargs, 7, "response")) return NULL;
-    long sid = PyLong_AsLong(args[0]);
-    if (sid == -1 && PyErr_Occurred()) return NULL;
-    if (sid <= 0 || sid > INT32_MAX) {
-        PyErr_SetString(PyExc_ValueError, "stream id out of range");
+    int32_t sid;
+    if (dn_nargs(nargs, 7, "response") || dn_arg_sid(args[0], &sid) || build(&f, args + 1))
         return NULL;
-    }
-    if (build(&f, args + 1)) return NULL;
-    int rc = dn_submit_head(s, (int32_t)sid, f.nva, (size_t)f.n, 0);
+    int rc = dn_submit_head(s, sid, f.nva, (size_t)f.n, 0);
     fields_free(&f);
     return PyLong_FromLong(rc);
 }
