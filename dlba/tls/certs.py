@@ -187,7 +187,9 @@ def init_certs(out_dir: Path, names: Sequence[str] = DEFAULT_NAMES,
         # 32 bytes = 256 bits, the HMAC-SHA256 block-safe key size; hex so it is one text line.
         _write_private(paths.cluster_key, (secrets.token_hex(32) + "\n").encode())
     if force or not paths.admin_token.exists():
-        _write_private(paths.admin_token, (secrets.token_urlsafe(32) + "\n").encode())
+        # Hex, like the secret: a URL-safe token can begin with "-", which a command line's
+        # `--token TOKEN` then takes for an option (one token in 64).
+        _write_private(paths.admin_token, (secrets.token_hex(32) + "\n").encode())
     return paths
 
 
